@@ -1,0 +1,188 @@
+"""Segmentation metrics on label maps: Dice, IoU, pixel accuracy, precision, recall, specificity, HD95.
+
+Inputs are ``H x W`` integer arrays of class ids (binary: {0, 1}) and an optional boolean region (field of view)
+outside which pixels do not count. Binary tasks report class 1; multi-class tasks report every foreground class
+(1..K-1) and their mean.
+
+Empty-mask rule (``empty``): a score whose denominator is zero (e.g. Dice when prediction and truth are both
+empty) is perfect when the prediction makes no error in that class -- 1 for the overlap scores and 0 for HD95 under
+``empty="perfect"`` (the default, as MONAI's ``ignore_empty=False``), NaN under ``empty="nan"`` (the image is
+left out of means for that metric) -- and 0 when it does make errors (e.g. precision of an empty prediction of a
+non-empty truth). HD95 when exactly one of prediction and truth is empty is the image diagonal (times spacing),
+the largest possible distance, so missed or hallucinated objects are penalised rather than skipped.
+
+Aggregation: per image then mean/std (NaN-skipping), and pooled (confusion counts summed over every pixel of the
+set; pooled HD95 is the 95th percentile of all surface distances of images where both masks have foreground).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+EmptyRule = Literal["perfect", "nan"]
+OVERLAP_METRICS = ("dice", "iou", "accuracy", "precision", "recall", "specificity")
+ALL_METRICS = (*OVERLAP_METRICS, "hd95")
+
+
+def confusion_counts(
+    pred: np.ndarray, truth: np.ndarray, n_classes: int, region: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-class ``[tp, fp, fn, tn]`` as a ``n_classes x 4`` int64 array, counting only pixels in ``region``."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    pred, truth = np.asarray(pred).ravel(), np.asarray(truth).ravel()
+    if region is not None:
+        keep = np.asarray(region, dtype=bool).ravel()
+        pred, truth = pred[keep], truth[keep]
+    matrix = np.bincount(
+        truth.astype(np.int64) * n_classes + pred.astype(np.int64), minlength=n_classes * n_classes
+    ).reshape(n_classes, n_classes)
+    tp = np.diag(matrix)
+    fp = matrix.sum(axis=0) - tp
+    fn = matrix.sum(axis=1) - tp
+    tn = matrix.sum() - tp - fp - fn
+    return np.stack([tp, fp, fn, tn], axis=1).astype(np.int64)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, errors: np.ndarray, empty: EmptyRule) -> np.ndarray:
+    perfect = 1.0 if empty == "perfect" else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = numerator / denominator
+    fallback = np.where(errors == 0, perfect, 0.0)
+    return np.where(denominator == 0, fallback, value)
+
+
+def scores_from_counts(counts: np.ndarray, empty: EmptyRule = "perfect") -> dict[str, np.ndarray]:
+    """Overlap metrics from ``... x 4`` confusion counts (last axis tp, fp, fn, tn)."""
+    counts = counts.astype(np.float64)
+    tp, fp, fn, tn = counts[..., 0], counts[..., 1], counts[..., 2], counts[..., 3]
+    errors = fp + fn
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, errors, empty),
+        "iou": _ratio(tp, tp + fp + fn, errors, empty),
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn, errors, empty),
+        "precision": _ratio(tp, tp + fp, errors, empty),
+        "recall": _ratio(tp, tp + fn, errors, empty),
+        "specificity": _ratio(tn, tn + fp, errors, empty),
+    }
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    return mask ^ ndimage.binary_erosion(mask)
+
+
+def surface_distances(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from each prediction edge pixel to the truth edge, and from each truth edge pixel to the
+    prediction edge (both boolean masks must have foreground). Edges are ``mask XOR erosion(mask)``, as in MONAI.
+    """
+    pred_edges, truth_edges = _edges(pred), _edges(truth)
+    sampling = tuple(spacing) if spacing is not None else None
+    to_truth = ndimage.distance_transform_edt(~truth_edges, sampling=sampling)
+    to_pred = ndimage.distance_transform_edt(~pred_edges, sampling=sampling)
+    return to_truth[pred_edges], to_pred[truth_edges]
+
+
+def hd95(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    empty: EmptyRule = "perfect",
+) -> float:
+    """Symmetric 95th-percentile Hausdorff distance between two boolean masks, in pixels (or spacing units).
+
+    Both empty: 0 (``empty="perfect"``) or NaN; exactly one empty: the image diagonal.
+    """
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    has_pred, has_truth = pred.any(), truth.any()
+    if not has_pred and not has_truth:
+        return 0.0 if empty == "perfect" else math.nan
+    if has_pred != has_truth:
+        scale = np.asarray(spacing if spacing is not None else (1.0,) * pred.ndim, dtype=np.float64)
+        return float(np.linalg.norm(np.asarray(pred.shape) * scale))
+    forward, backward = surface_distances(pred, truth, spacing)
+    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+
+
+@dataclass
+class MetricAccumulator:
+    """Collects per-image scores and pooled counts over a set of images.
+
+    ``add(image_id, pred, truth, region)`` per image; then :meth:`rows` (one dict per image) and :meth:`summary`
+    (per metric: mean, std, n, pooled). For multi-class tasks, columns are ``<metric>_c<k>`` per foreground class
+    plus ``<metric>`` for their mean.
+    """
+
+    n_classes: int = 2
+    empty: EmptyRule = "perfect"
+    with_hd95: bool = True
+    spacing: Sequence[float] | None = None
+    _rows: list[dict[str, float | str]] = field(default_factory=list)
+    _pooled: np.ndarray | None = None
+    _distances: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[int]:
+        return list(range(1, self.n_classes))
+
+    def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None) -> dict:
+        counts = confusion_counts(pred, truth, self.n_classes, region)
+        self._pooled = counts if self._pooled is None else self._pooled + counts
+        scores = scores_from_counts(counts[1:], self.empty)
+        if self.with_hd95:
+            scores["hd95"] = np.array([self._hd95(pred, truth, region, c) for c in self.classes])
+        row: dict[str, float | str] = {"id": image_id}
+        for name, values in scores.items():
+            if self.n_classes > 2:
+                row.update({f"{name}_c{c}": float(v) for c, v in zip(self.classes, values)})
+            row[name] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+        self._rows.append(row)
+        return row
+
+    def _hd95(self, pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None, cls: int) -> float:
+        p, t = pred == cls, truth == cls
+        if region is not None:
+            p, t = p & region, t & region
+        if p.any() and t.any():
+            forward, backward = surface_distances(p, t, self.spacing)
+            self._distances.setdefault(cls, []).extend([forward, backward])
+        return hd95(p, t, self.spacing, self.empty)
+
+    def rows(self) -> list[dict[str, float | str]]:
+        return list(self._rows)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per metric column: ``mean``, ``std`` (population), ``n`` (images with a defined value) and ``pooled``."""
+        if not self._rows:
+            return {}
+        pooled_scores = scores_from_counts(self._pooled[1:], self.empty)
+        if self.with_hd95:
+            pooled_scores["hd95"] = np.array([self._pooled_hd95(c) for c in self.classes])
+        pooled: dict[str, float] = {}
+        for name, values in pooled_scores.items():
+            if self.n_classes > 2:
+                pooled.update({f"{name}_c{c}": float(v) for c, v in zip(self.classes, values)})
+            pooled[name] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+        result = {}
+        for column in (k for k in self._rows[0] if k != "id"):
+            values = np.array([row[column] for row in self._rows], dtype=np.float64)
+            defined = values[~np.isnan(values)]
+            result[column] = {
+                "mean": float(defined.mean()) if defined.size else math.nan,
+                "std": float(defined.std()) if defined.size else math.nan,
+                "n": int(defined.size),
+                "pooled": pooled.get(column, math.nan),
+            }
+        return result
+
+    def _pooled_hd95(self, cls: int) -> float:
+        parts = self._distances.get(cls)
+        if not parts:
+            return math.nan
+        return float(np.percentile(np.concatenate(parts), 95))

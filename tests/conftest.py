@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path to ../shared/data/<name>, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not (path / "images").is_dir():
+        pytest.skip(f"shared dataset {name!r} not found at {path} (only present in the project's CI workspace)")
+    return path
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)

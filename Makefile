@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/medseg models
+	$(VENV)/bin/medseg demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

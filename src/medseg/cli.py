@@ -38,6 +38,95 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    from medseg.config import load_config
+
+    overrides = list(args.set or [])
+    flags = {
+        "data.root": args.data, "model.name": args.model, "train.epochs": args.epochs,
+        "train.iterations": args.iterations, "train.batch_size": args.batch_size, "data.patch_size": args.patch_size,
+        "optim.lr": args.lr, "train.seed": args.seed, "data.val_fraction": args.val_fraction,
+        "train.device": args.device, "data.fold": args.fold, "data.folds": args.folds,
+    }
+    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None] + overrides
+    if args.deterministic:
+        overrides.append("train.deterministic=true")
+    return load_config(args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medseg.engine.train import train
+
+    if args.resume:
+        result = train(None, args.resume, resume=True)
+    else:
+        if not args.out:
+            raise MedsegError("--out", "give the run folder to write (or --resume RUN_DIR)")
+        result = train(_train_config(args), args.out)
+    print(f"best val Dice {result.best_val_dice:.4f} (epoch {result.best_epoch}); run folder {result.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medseg.engine.evaluate import evaluate
+
+    evaluate(args.weights or args.run, args.data, args.out, split=args.split, fmt=args.format, empty=args.empty,
+             tta=args.tta, device=args.device,
+             postprocess_options=_postprocess_options(args))
+    return 0
+
+
+def _postprocess_options(args: argparse.Namespace) -> dict:
+    return {"largest_component": args.largest_component, "min_size": args.min_size, "fill_holes": args.fill_holes}
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medseg.engine.predict import predict_paths
+
+    overrides = {"tta": args.tta, "device": args.device, "threshold": args.threshold, "overlap": args.overlap,
+                 "batch_size": args.batch_size}
+    predict_paths(args.weights or args.run, args.inputs, args.out, overrides, save_probabilities=args.probabilities,
+                  save_overlays=args.overlays, **_postprocess_options(args))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from medseg.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes)
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from medseg.data.datasets import check_dataset
+
+    report = check_dataset(args.dir, args.format, args.n_classes)
+    print(f"{report.root} ({report.format}): {report.n_items} images")
+    print(f"  splits:        {report.splits}")
+    print(f"  sizes (WxH):   {dict(list(report.sizes.items())[:8])}{' ...' if len(report.sizes) > 8 else ''}")
+    print(f"  channels:      {report.channels}")
+    print(f"  mask values:   {report.mask_values} (class ids after decoding)")
+    print(f"  foreground:    {100 * report.foreground_fraction:.2f}% of mask pixels")
+    return 0
+
+
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from medseg.data.datasets import convert
+
+    count = convert(args.src, args.format, args.out, args.n_classes)
+    print(f"wrote {count} images in the folder format to {args.out}")
+    return 0
+
+
+def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", help="a checkpoint file instead of RUN_DIR/best_model.safetensors")
+    parser.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--largest-component", action="store_true", help="keep the largest connected component")
+    parser.add_argument("--min-size", type=int, default=0, help="remove objects smaller than this many pixels")
+    parser.add_argument("--fill-holes", action="store_true", help="fill holes in predicted objects")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medseg", description="2D medical image segmentation with the U-Net family")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +134,67 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the model zoo with parameters and GFLOPs")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=_cmd_models)
+
+    train = commands.add_parser("train", help="train a model on a dataset folder")
+    train.add_argument("--config", help="YAML config (see configs/)")
+    train.add_argument("--data", help="dataset folder (folder format or a supported layout)")
+    train.add_argument("--model", help="zoo model name (medseg models)")
+    train.add_argument("--out", help="run folder to create")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--iterations", type=int, help="total optimizer steps (overrides --epochs)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--patch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--fold", type=int, help="use fold i of --folds k as validation")
+    train.add_argument("--folds", type=int)
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--deterministic", action="store_true", help="reproducible run to run (CPU)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.name=sgd")
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained run on a dataset split")
+    evaluate.add_argument("run", nargs="?", help="run folder (uses best_model)")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    evaluate.add_argument("--format", default="auto")
+    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--empty", default="perfect", choices=["perfect", "nan"],
+                          help="score of an image whose truth and prediction are both empty")
+    _add_inference_flags(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="segment new images of any size")
+    predict.add_argument("run", help="run folder (uses best_model)")
+    predict.add_argument("inputs", nargs="+", help="image files, folders or TIFF stacks")
+    predict.add_argument("--out", required=True)
+    predict.add_argument("--threshold", type=float)
+    predict.add_argument("--overlap", type=float, help="tile overlap (0..0.9, default 0.5)")
+    predict.add_argument("--batch-size", type=int, help="tiles per forward pass")
+    predict.add_argument("--probabilities", action="store_true", help="also write probability maps (TIFF)")
+    predict.add_argument("--overlays", action="store_true", help="also write overlay PNGs")
+    _add_inference_flags(predict)
+    predict.set_defaults(handler=_cmd_predict)
+
+    demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--minutes", type=float, default=2.0, help="training time budget")
+    demo.set_defaults(handler=_cmd_demo)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="validate a dataset and print its statistics")
+    check.add_argument("dir")
+    check.add_argument("--format", default="auto")
+    check.add_argument("--n-classes", type=int, default=2)
+    check.set_defaults(handler=_cmd_data_check)
+    conv = data.add_parser("convert", help="write a supported layout in the folder format")
+    conv.add_argument("src")
+    conv.add_argument("--format", required=True, choices=["folder", "nnunet", "tiff-stack", "drive", "isic", "busi"])
+    conv.add_argument("--out", required=True)
+    conv.add_argument("--n-classes", type=int, default=2)
+    conv.set_defaults(handler=_cmd_data_convert)
     return parser
 
 

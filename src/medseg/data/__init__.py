@@ -1,0 +1,1 @@
+"""Data: one reader, datasets and adapters, splits, joint augmentation, synthetic data."""

@@ -1,0 +1,159 @@
+"""Joint image/mask augmentation (albumentations + the U-Net paper's coarse-grid elastic deformation), patch
+sampling with foreground oversampling, and intensity normalisation.
+
+Images are float32 ``H x W x C`` in [0, 1] during augmentation (so brightness/contrast/gamma are well defined) and
+normalised afterwards; masks and regions are warped with nearest-neighbour interpolation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from medseg.data.datasets import Sample
+
+
+class GridElasticDeformation(A.DualTransform):
+    """Elastic deformation of the U-Net paper: random displacements (std ``sigma`` pixels) on a coarse
+    ``grid x grid`` lattice, interpolated bicubically to a smooth per-pixel field, applied by remapping."""
+
+    def __init__(self, grid: int = 3, sigma: float = 10.0, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.grid = grid
+        self.sigma = sigma
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        coarse = self.random_generator.normal(0.0, self.sigma, size=(2, self.grid, self.grid)).astype(np.float32)
+        dy = cv2.resize(coarse[0], (width, height), interpolation=cv2.INTER_CUBIC)
+        dx = cv2.resize(coarse[1], (width, height), interpolation=cv2.INTER_CUBIC)
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        return {"map_x": xs + dx, "map_y": ys + dy}
+
+    def apply(self, img: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, **params: Any) -> np.ndarray:
+        out = cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        return out.reshape(img.shape)
+
+    def apply_to_mask(self, mask: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, **params: Any) -> np.ndarray:
+        out = cv2.remap(mask, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+        return out.reshape(mask.shape)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("grid", "sigma")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation switches and strengths; a probability of 0 disables a transform."""
+
+    flip: bool = True
+    rotate90: bool = True
+    rotate_degrees: float = 15.0
+    scale: float = 0.1
+    shift: float = 0.05
+    affine_p: float = 0.3
+    elastic_p: float = 0.3
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    intensity_p: float = 0.3
+    gamma: float = 0.2
+    gamma_p: float = 0.3
+    blur_p: float = 0.1
+    noise_p: float = 0.1
+    noise_std: float = 0.03
+
+
+def build_augmentation(config: AugmentConfig) -> A.Compose:
+    """The joint augmentation pipeline of a config (masks: ``mask`` and ``region`` targets, nearest)."""
+    steps: list[A.BasicTransform] = []
+    if config.flip:
+        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if config.rotate90:
+        steps.append(A.RandomRotate90(p=0.5))
+    if config.affine_p > 0:
+        steps.append(
+            A.Affine(
+                scale=(1 - config.scale, 1 + config.scale),
+                translate_percent=(-config.shift, config.shift),
+                rotate=(-config.rotate_degrees, config.rotate_degrees),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=config.affine_p,
+            )
+        )
+    if config.elastic_p > 0:
+        steps.append(GridElasticDeformation(config.elastic_grid, config.elastic_sigma, p=config.elastic_p))
+    if config.intensity_p > 0:
+        steps.append(A.RandomBrightnessContrast(config.brightness, config.contrast, p=config.intensity_p))
+    if config.gamma_p > 0:
+        low, high = 100 * (1 - config.gamma), 100 * (1 + config.gamma)
+        steps.append(A.RandomGamma(gamma_limit=(low, high), p=config.gamma_p))
+    if config.blur_p > 0:
+        steps.append(A.GaussianBlur(blur_limit=(3, 5), p=config.blur_p))
+    if config.noise_p > 0:
+        steps.append(A.GaussNoise(std_range=(0.0, config.noise_std), p=config.noise_p))
+    return A.Compose(steps, additional_targets={"region": "mask"}, seed=0, strict=True)
+
+
+def augment(pipeline: A.Compose, sample: Sample, seed: int) -> Sample:
+    """Apply ``pipeline`` to a sample with a per-sample seed (reproducible whatever the worker)."""
+    pipeline.set_random_seed(seed)
+    region = sample.region if sample.region is not None else np.ones(sample.image.shape[:2], bool)
+    out = pipeline(image=sample.image, mask=sample.mask.astype(np.uint8), region=region.astype(np.uint8))
+    image = np.clip(out["image"], 0.0, None) if sample.image.min() >= 0 else out["image"]
+    return Sample(sample.id, image.astype(np.float32), out["mask"].astype(np.int64), out["region"].astype(bool))
+
+
+def random_patch(sample: Sample, size: int, rng: np.random.Generator, foreground_p: float = 0.33) -> Sample:
+    """A ``size x size`` crop; with probability ``foreground_p`` centred on a random foreground pixel (nnU-Net
+    style oversampling). Images smaller than the patch are zero-padded, and the padding is outside the region."""
+    image, mask = sample.image, sample.mask
+    region = sample.region if sample.region is not None else np.ones(mask.shape, bool)
+    height, width = mask.shape
+    pad_h, pad_w = max(0, size - height), max(0, size - width)
+    if pad_h or pad_w:
+        top, left = pad_h // 2, pad_w // 2
+        spec = ((top, pad_h - top), (left, pad_w - left))
+        image = np.pad(image, (*spec, (0, 0)))
+        mask = np.pad(mask, spec)
+        region = np.pad(region, spec)
+        height, width = mask.shape
+    if foreground_p > 0 and rng.random() < foreground_p and (mask > 0).any():
+        ys, xs = np.nonzero(mask > 0)
+        pick = rng.integers(len(ys))
+        y0 = int(np.clip(ys[pick] - size // 2, 0, height - size))
+        x0 = int(np.clip(xs[pick] - size // 2, 0, width - size))
+    else:
+        y0, x0 = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+    window = (slice(y0, y0 + size), slice(x0, x0 + size))
+    return Sample(sample.id, image[window], mask[window], region[window])
+
+
+def resize_sample(sample: Sample, size: int) -> Sample:
+    """Resize image (bilinear), mask and region (nearest) to ``size x size``."""
+    image = cv2.resize(sample.image, (size, size), interpolation=cv2.INTER_LINEAR).reshape(size, size, -1)
+    mask = cv2.resize(sample.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    region = None
+    if sample.region is not None:
+        region = cv2.resize(sample.region.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    return Sample(sample.id, image.astype(np.float32), mask.astype(np.int64), region)
+
+
+NORMALIZATIONS = ("zscore", "unit")
+
+
+def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+    """``zscore``: per image and channel, zero mean and unit variance (nnU-Net's default for non-CT images);
+    ``unit``: keep the [0, 1] scaling of the reader."""
+    if mode == "unit":
+        return image.astype(np.float32)
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    std = image.std(axis=(0, 1), keepdims=True)
+    return ((image - mean) / np.maximum(std, 1e-6)).astype(np.float32)

@@ -1,0 +1,1 @@
+"""The engine: training, prediction, evaluation, checkpoints."""

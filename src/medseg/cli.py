@@ -71,8 +71,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medseg.engine.evaluate import evaluate
 
     evaluate(args.weights or args.run, args.data, args.out, split=args.split, fmt=args.format, empty=args.empty,
-             tta=args.tta, device=args.device,
-             postprocess_options=_postprocess_options(args))
+             tta=args.tta, device=args.device, postprocess_options=_postprocess_options(args),
+             prune_depth=args.prune_depth)
     return 0
 
 
@@ -86,7 +86,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     overrides = {"tta": args.tta, "device": args.device, "threshold": args.threshold, "overlap": args.overlap,
                  "batch_size": args.batch_size}
     predict_paths(args.weights or args.run, args.inputs, args.out, overrides, save_probabilities=args.probabilities,
-                  save_overlays=args.overlays, **_postprocess_options(args))
+                  save_overlays=args.overlays, prune_depth=args.prune_depth, **_postprocess_options(args))
     return 0
 
 
@@ -125,6 +125,7 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--largest-component", action="store_true", help="keep the largest connected component")
     parser.add_argument("--min-size", type=int, default=0, help="remove objects smaller than this many pixels")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes in predicted objects")
+    parser.add_argument("--prune-depth", type=int, help="UNet++ only: run the sub-network of depth 1..4")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -254,6 +254,8 @@ ADAPTERS: dict[str, Callable[[Path], list[Item]]] = {
 
 def detect_format(root: Path) -> str:
     """Guess the layout of ``root``."""
+    if not root.is_dir():
+        raise MedsegError(root, "dataset folder not found")
     if (root / "images").is_dir():
         return "folder"
     if (root / "dataset.json").is_file():
@@ -272,9 +274,9 @@ def detect_format(root: Path) -> str:
 def load_items(root: str | Path, fmt: str = "auto") -> list[Item]:
     """All items of a dataset in any supported layout."""
     root = Path(root)
+    fmt = detect_format(root) if fmt == "auto" else fmt
     if not root.is_dir():
         raise MedsegError(root, "dataset folder not found")
-    fmt = detect_format(root) if fmt == "auto" else fmt
     if fmt not in ADAPTERS:
         raise MedsegError("data.format", f"unknown format {fmt!r}; choose auto or one of {', '.join(ADAPTERS)}")
     items = ADAPTERS[fmt](root)
@@ -292,33 +294,34 @@ def split_items(
     fold: int | None = None,
     folds: int = 5,
 ) -> dict[str, list[Item]]:
-    """Train/val/test lists. The source's own split wins; ``val`` is carved (seeded) from ``train`` when the
-    source has none, or is fold ``fold`` of ``folds`` over the non-test items. Unsplit sources get a seeded
-    ``test_fraction`` first. An id is never on two sides."""
+    """Train/val/test lists. The source's own split (split.csv, an adapter's) is kept; a split it lacks is carved
+    from its training items, seeded: first ``test_fraction`` for test, then ``val_fraction`` (or fold ``fold`` of
+    ``folds``) for val. An id is never on two sides."""
     items = list(items)
     rng = np.random.default_rng(seed)
-    has_source_split = any(item.split for item in items)
-    result: dict[str, list[Item]] = {s: [item for item in items if item.split == s] for s in SPLITS}
-    pool = result["train"] if has_source_split else list(items)
-    if not has_source_split and test_fraction > 0:
+    pool = [item for item in items if item.split in (None, "train")]
+    test = [item for item in items if item.split == "test"]
+    val = [item for item in items if item.split == "val"]
+    if not test and test_fraction > 0 and len(pool) > 1:
         order = rng.permutation(len(pool))
-        n_test = max(1, round(test_fraction * len(pool)))
-        result["test"] = [pool[i] for i in sorted(order[:n_test])]
+        n_test = min(max(1, round(test_fraction * len(pool))), len(pool) - 1)
+        test = [pool[i] for i in sorted(order[:n_test])]
         pool = [pool[i] for i in sorted(order[n_test:])]
-    if not result["val"] or not has_source_split:
-        pool = pool + result["val"]
+    if fold is not None or not val:
+        pool = pool + val
         order = rng.permutation(len(pool))
         if fold is not None:
             if not 0 <= fold < folds:
                 raise MedsegError("data.fold", f"fold {fold} is outside 0..{folds - 1}")
             val_idx = set(np.array_split(order, folds)[fold].tolist())
         else:
-            n_val = round(val_fraction * len(pool)) if val_fraction > 0 else 0
+            n_val = 0
             if val_fraction > 0 and len(pool) > 1:
-                n_val = min(max(1, n_val), len(pool) - 1)
+                n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)
             val_idx = set(order[:n_val].tolist())
-        result["val"] = [item for i, item in enumerate(pool) if i in val_idx]
-        result["train"] = [item for i, item in enumerate(pool) if i not in val_idx]
+        val = [item for i, item in enumerate(pool) if i in val_idx]
+        pool = [item for i, item in enumerate(pool) if i not in val_idx]
+    result = {"train": pool, "val": val, "test": test}
     seen: dict[str, str] = {}
     for split, members in result.items():
         for item in members:

@@ -42,6 +42,9 @@ def _decode(path: Path) -> tuple[np.ndarray, bool]:
                 img.load()
                 if img.mode == "P":
                     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                    rgb = np.asarray(img)
+                    if _identical_channels(rgb[..., :3]):
+                        return np.ascontiguousarray(rgb[..., 0]), False
                 elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
                     img = img.convert("L" if img.mode == "1" else "RGB")
                 return np.asarray(img), False
@@ -164,13 +167,15 @@ def write_mask(path: str | Path, mask: np.ndarray, n_classes: int = 2) -> None:
     write_array(path, values)
 
 
-def write_array(path: str | Path, array: np.ndarray) -> None:
-    """Write an ``H x W [x C]`` array (uint8/uint16 PNG or any dtype TIFF, ``N x H x W`` TIFF stacks) atomically."""
+def write_array(path: str | Path, array: np.ndarray, stack: bool = False) -> None:
+    """Write an ``H x W [x C]`` array (uint8/uint16 PNG, any dtype TIFF) or, with ``stack``, an ``N x H x W`` TIFF
+    stack of grayscale pages, atomically."""
     path = Path(path)
     tmp = _atomic_path(path)
     try:
         if path.suffix.lower() in TIFF_EXTENSIONS:
-            tifffile.imwrite(tmp, array)
+            rgb = not stack and array.ndim == 3 and array.shape[2] in (3, 4)
+            tifffile.imwrite(tmp, array, photometric="rgb" if rgb else "minisblack")
         else:
             Image.fromarray(array).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
         os.replace(tmp, path)

@@ -115,8 +115,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return model_state, meta, train_state
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+def load_model(path: Path, device: str | torch.device = "cpu",
+               prune_depth: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode); ``prune_depth`` runs a UNet++
+    at that depth."""
     from medseg.models import create_model_from_spec
 
     state, meta, _ = load_checkpoint(path)
@@ -128,6 +130,13 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise MedsegError(path, f"weights do not fit model {meta['model'].get('name')!r}: {first}") from None
+    if prune_depth is not None:
+        if not hasattr(model, "prune_depth"):
+            raise MedsegError(path, f"model {meta['model']['name']!r} cannot be pruned (only unetpp)")
+        try:
+            model.prune_depth = prune_depth
+        except ValueError as exc:
+            raise MedsegError(path, str(exc)) from None
     return model.to(device).eval(), meta
 
 

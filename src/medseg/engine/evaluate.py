@@ -37,11 +37,12 @@ def evaluate(
     max_overlays: int = 12,
     postprocess_options: dict[str, Any] | None = None,
     settings_overrides: dict[str, Any] | None = None,
+    prune_depth: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` (a run folder's best model, or a file) on ``split`` of ``data``; returns the summary."""
     log = get_logger()
     checkpoint = resolve_weights(weights)
-    model, meta = load_model(checkpoint, device)
+    model, meta = load_model(checkpoint, device, prune_depth)
     settings = InferenceSettings.from_meta(meta, tta=tta, device=device, **(settings_overrides or {}))
     items = load_items(data, fmt)
     recorded = meta.get("training_data", {})
@@ -87,6 +88,7 @@ def evaluate(
         "empty_rule": empty,
         "tta": tta,
         "postprocess": postprocess_options or {},
+        "prune_depth": prune_depth,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=True))
     overlay_grid(panels).save(out / "overlays.png")

@@ -232,11 +232,12 @@ def predict_paths(
     fill_holes: bool = False,
     save_probabilities: bool = False,
     save_overlays: bool = False,
+    prune_depth: int | None = None,
 ) -> list[Path]:
     """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths."""
     log = get_logger()
-    model, meta = load_model(resolve_weights(weights), settings_overrides.get("device", "cpu")
-                             if settings_overrides else "cpu")
+    device = (settings_overrides or {}).get("device") or "cpu"
+    model, meta = load_model(resolve_weights(weights), device, prune_depth)
     settings = InferenceSettings.from_meta(meta, **(settings_overrides or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,11 +257,11 @@ def predict_paths(
         mask_path = out / f"{path.stem}{suffix}"
         if is_stack:
             scale = 255 if settings.n_classes == 2 else 1
-            write_array(mask_path, (np.stack(labels_stack) * scale).astype(np.uint8))
+            write_array(mask_path, (np.stack(labels_stack) * scale).astype(np.uint8), stack=True)
         else:
             write_mask(mask_path, labels_stack[0], settings.n_classes)
         if save_probabilities:
-            write_array(out / f"{path.stem}_prob.tif", np.stack(prob_stack) if is_stack else prob_stack[0])
+            write_array(out / f"{path.stem}_prob.tif", np.stack(prob_stack) if is_stack else prob_stack[0], stack=is_stack)
         for z, picture in enumerate(overlays):
             write_array(out / f"{path.stem}{f'_{z:03d}' if is_stack else ''}_overlay.png", picture)
         written.append(mask_path)

@@ -1,0 +1,62 @@
+"""The CLI: verbs run, and user errors are one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medseg.cli import main
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["unet"]["params"] == 31_043_521 and rows["unet_ultralight"]["params"] == 239_676
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_unknown_config_key(capsys, tmp_path):
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "optim.lrr=1"]) == 2
+    assert _error_line(capsys) == "medseg: error: config: unknown key 'optim.lrr' (did you mean 'optim.lr'?)"
+
+
+def test_bad_mask_values_stop_before_training(capsys, tmp_path):
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(np.full((8, 8), 128 if i == 2 else 255, np.uint8)).save(tmp_path / "masks" / f"{i}.png")
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert code == 2
+    line = _error_line(capsys)
+    assert line.startswith("medseg: error: ") and "2.png: unexpected mask values [128]" in line
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_missing_dataset_and_checkpoint(capsys, tmp_path):
+    assert main(["evaluate", str(tmp_path / "nope"), "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert "checkpoint not found" in _error_line(capsys)
+    assert main(["data", "check", str(tmp_path / "missing")]) == 2
+    assert "dataset folder not found" in _error_line(capsys)
+
+
+def test_console_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "medseg", "models"], capture_output=True, text=True, check=True)
+    assert "31,043,521" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["data", "convert", "x", "--format", "nope", "--out", "y"]])
+def test_argparse_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2

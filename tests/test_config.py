@@ -1,0 +1,35 @@
+"""The config system: YAML, overrides, unknown keys and wrong types."""
+
+from __future__ import annotations
+
+import pytest
+
+from medseg.config import load_config, save_config
+from medseg.errors import MedsegError
+
+
+def test_overrides_parse_yaml_values():
+    config = load_config(None, ["model.widths=[32,32,64,128,256]", "optim.lr=1e-4", "train.deterministic=true",
+                                "model.options.skips=2", "data.patch_size=null"])
+    assert config.model.widths == [32, 32, 64, 128, 256] and config.optim.lr == 1e-4
+    assert config.train.deterministic is True and config.model.options == {"skips": 2}
+    assert config.data.patch_size is None
+
+
+def test_unknown_key_names_it_and_suggests_the_closest():
+    with pytest.raises(MedsegError, match="unknown key 'train.epoch' \\(did you mean 'train.epochs'\\?\\)"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(MedsegError, match="train.epochs: expected int"):
+        load_config(None, ["train.epochs=many"])
+
+
+def test_yaml_round_trip_and_file_errors(tmp_path):
+    config = load_config(None, ["model.name=unetpp", "loss.name=bce_dice"])
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+    (tmp_path / "bad.yaml").write_text("optim:\n  lrate: 3\n")
+    with pytest.raises(MedsegError, match="bad.yaml: unknown key 'optim.lrate'"):
+        load_config(tmp_path / "bad.yaml")

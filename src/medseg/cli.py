@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from medseg.errors import MedsegError
@@ -97,6 +98,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from medseg.study.compare import StudySpec, parse_models, run_study
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    spec = StudySpec(data=args.data, models=parse_models(args.models), seeds=seeds, config=args.config,
+                     overrides=list(args.set or []), budget_minutes=args.budget_minutes, epochs=args.epochs)
+    rows = run_study(spec, args.out)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"{len(rows)} models; report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from medseg.data.datasets import check_dataset
 
@@ -178,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlays", action="store_true", help="also write overlay PNGs")
     _add_inference_flags(predict)
     predict.set_defaults(handler=_cmd_predict)
+
+    compare = commands.add_parser("compare", help="train, evaluate and compare several models with one protocol")
+    compare.add_argument("--data", required=True)
+    compare.add_argument("--models", required=True, help="comma-separated, options as name:key=value")
+    compare.add_argument("--out", required=True, help="study folder (re-run the command to resume)")
+    compare.add_argument("--config", help="base YAML config shared by every model")
+    compare.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    budget = compare.add_mutually_exclusive_group()
+    budget.add_argument("--budget-minutes", type=float, help="training time per run")
+    budget.add_argument("--epochs", type=int)
+    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the base config")
+    compare.set_defaults(handler=_cmd_compare)
 
     demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")

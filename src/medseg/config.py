@@ -28,6 +28,7 @@ class DataConfig:
     class_names: list[str] | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.0
+    split_seed: int = 0  # seeds the carved val/test split (kept apart from train.seed so studies share one split)
     fold: int | None = None
     folds: int = 5
     patch_size: int | None = 256  # random crops of this size for training; tiles of this size for inference
@@ -42,6 +43,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "unet"
     widths: list[int] | None = None
+    width_scale: float | None = None  # scale the model's default widths (rounded to multiples of 4), e.g. 0.25
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,9 +98,13 @@ class Config:
         return dataclasses.asdict(self)
 
     def model_options(self) -> dict[str, Any]:
+        from medseg.models import scaled_widths
+
         options = dict(self.model.options)
         if self.model.widths is not None:
             options["widths"] = list(self.model.widths)
+        elif self.model.width_scale is not None:
+            options["widths"] = scaled_widths(self.model.name, self.model.width_scale)
         return options
 
 

@@ -223,8 +223,7 @@ class Trainer:
     def _prepare_data(self) -> None:
         data = self.config.data
         items = load_items(data.root, data.format)
-        splits = split_items(items, data.val_fraction, data.test_fraction, self.config.train.seed, data.fold,
-                             data.folds)
+        splits = split_items(items, data.val_fraction, data.test_fraction, data.split_seed, data.fold, data.folds)
         for name in ("train", "val"):
             if not splits[name]:
                 raise MedsegError(data.root, f"the {name} split is empty (check split.csv or data.val_fraction)")

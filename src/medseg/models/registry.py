@@ -88,6 +88,19 @@ def create_model(name: str, in_channels: int = 1, out_channels: int = 1, **optio
     return model
 
 
+def default_widths(name: str) -> list[int]:
+    """The widths ``name`` is built with when none are given."""
+    entry = get_entry(name)
+    if "widths" in entry.presets:
+        return list(entry.presets["widths"])
+    return list(inspect.signature(entry.builder).parameters["widths"].default)
+
+
+def scaled_widths(name: str, scale: float) -> list[int]:
+    """Default widths times ``scale``, rounded to multiples of 4 (at least 4), for reduced-size studies."""
+    return [max(4, 4 * round(w * scale / 4)) for w in default_widths(name)]
+
+
 def create_model_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a model from the ``model.spec`` dict stored in checkpoints."""
     return create_model(spec["name"], spec["in_channels"], spec["out_channels"], **spec.get("options", {}))

@@ -1,0 +1,1 @@
+"""Comparison studies: many models, one protocol, one report."""

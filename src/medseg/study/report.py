@@ -1,0 +1,275 @@
+"""Study outputs: results.csv/.json/.md, plots, a prediction gallery and a self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from medseg.engine.checkpoint import atomic_write_bytes, atomic_write_text, load_model
+from medseg.engine.predict import InferenceSettings, overlay, predict_image, to_display
+
+# (column, header, higher is better)
+TABLE_COLUMNS = [
+    ("dice", "Dice", True), ("iou", "IoU", True), ("accuracy", "Accuracy", True), ("precision", "Precision", True),
+    ("recall", "Recall", True), ("hd95", "HD95 (px)", False), ("dice_pooled", "Dice (pooled)", True),
+    ("params", "Params", False), ("gflops", "GFLOPs", False), ("cpu_latency_ms", "CPU ms", False),
+    ("gpu_latency_ms", "GPU ms", False), ("train_seconds", "Train s", False), ("epochs", "Epochs", None),
+]
+
+
+def _format(column: str, value: Any, std: Any = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column == "params":
+        text = f"{int(round(value)):,}"
+    elif column in ("dice", "iou", "accuracy", "precision", "recall", "dice_pooled"):
+        text = f"{value:.4f}"
+    elif column in ("epochs",):
+        text = f"{value:.0f}"
+    elif column == "gflops":
+        text = f"{value:.3g}"
+    else:
+        text = f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)) and column not in ("params", "gflops"):
+        text += f" ± {_format(column, std)}"
+    return text
+
+
+def _best(rows: list[dict], column: str, higher: bool | None) -> float | None:
+    values = [r.get(column) for r in rows if r.get(column) is not None and not
+              (isinstance(r.get(column), float) and math.isnan(r[column]))]
+    if higher is None or not values or len(rows) < 2:
+        return None
+    return max(values) if higher else min(values)
+
+
+def table_cells(rows: list[dict]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Headers and, per row, ``(text, is_best)`` cells; shared by the Markdown and HTML tables."""
+    columns = [c for c in TABLE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    headers = ["Model"] + [header for _, header, _ in columns]
+    body = []
+    for row in rows:
+        cells = [(row["model"], False)]
+        for column, _, higher in columns:
+            best = _best(rows, column, higher)
+            value = row.get(column)
+            cells.append((_format(column, value, row.get(f"{column}_std")),
+                          best is not None and value is not None and value == best))
+        body.append(cells)
+    return headers, body
+
+
+def markdown_table(rows: list[dict]) -> str:
+    headers, body = table_cells(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for cells in body:
+        lines.append("| " + " | ".join(f"**{text}**" if best else text for text, best in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(out: Path, rows: list[dict], records: list[dict], note: str) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buffer.getvalue())
+    atomic_write_text(out / "results.json", json.dumps({"models": rows, "runs": records}, indent=2))
+    atomic_write_text(out / "results.md", markdown_table(rows) + "\n" + note + "\n")
+
+
+def _figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def scatter_plot(rows: list[dict], x_key: str, x_label: str, log_x: bool) -> bytes:
+    """Test Dice against ``x_key``, one point per model with error bars across seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        if row.get(x_key) is None:
+            continue
+        err = row.get("dice_std")
+        ax.errorbar(row[x_key], row["dice"], yerr=None if err is None or math.isnan(err) else err, fmt="o",
+                    capsize=3, label=row["model"])
+        ax.annotate(row["model"], (row[x_key], row["dice"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel=x_label, ylabel="test Dice (mean per image)", title=f"Dice vs {x_label}")
+    ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+def curves_plot(histories: dict[str, list[tuple[int, float]]]) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in histories.items():
+        if points:
+            ax.plot(*zip(*points), marker=".", label=label)
+    ax.set(xlabel="epoch", ylabel="validation Dice", title="Validation Dice during training (first seed)", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+def box_plot(per_image: dict[str, list[float]]) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(per_image)), 4))
+    labels = list(per_image)
+    ax.boxplot([per_image[k] for k in labels], showmeans=True)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test Dice per image", title="Per-image test Dice (all seeds)", ylim=(0, 1.02))
+    ax.grid(alpha=0.3, axis="y")
+    return _figure_png(fig)
+
+
+def gallery(entries: list[tuple[str, np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, float]]]],
+            tile: int = 160) -> Image.Image:
+    """Rows of image | truth | every model's prediction (TP cyan, FP red, FN yellow), captioned with Dice."""
+    n_models = len(entries[0][3]) if entries else 0
+    caption = 28
+    grid = Image.new("RGB", ((2 + n_models) * tile, max(1, len(entries)) * (tile + caption)), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, (title, image, truth, predictions) in enumerate(entries):
+        top = row * (tile + caption)
+        views = [("image", to_display(image)), ("truth", overlay(image, truth))]
+        views += [(f"{label} {dice:.3f}", overlay(image, labels, truth)) for label, (labels, dice) in predictions.items()]
+        draw.text((4, top + 2), title, fill="black")
+        for col, (name, view) in enumerate(views):
+            grid.paste(Image.fromarray(view).resize((tile, tile), Image.NEAREST), (col * tile, top + caption))
+            draw.text((col * tile + 3, top + 15), name[:26], fill="black")
+    return grid
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def build_gallery(out: Path, spec, choices) -> Image.Image:
+    """Worst, median and best test images by mean Dice over models (first seed), every model's prediction."""
+    from medseg.data.datasets import load_items, load_sample
+
+    seed = spec.seeds[0]
+    per_model = {c.label: {r["id"]: float(r["dice"]) for r in
+                           _read_csv(out / "runs" / c.folder / f"seed{seed}" / "eval" / "per_image.csv")}
+                 for c in choices}
+    ids = sorted(set.intersection(*(set(v) for v in per_model.values())))
+    mean_dice = {i: float(np.nanmean([per_model[m][i] for m in per_model])) for i in ids}
+    ranked = sorted(ids, key=lambda i: mean_dice[i])
+    picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
+    items = {item.id: item for item in load_items(spec.data)}
+    models = {c.label: load_model(out / "runs" / c.folder / f"seed{seed}" / "best_model.safetensors") for c in choices}
+    entries = []
+    for kind, item_id in picks.items():
+        first_meta = next(iter(models.values()))[1]
+        settings = InferenceSettings.from_meta(first_meta)
+        sample = load_sample(items[item_id], settings.channels, settings.n_classes)
+        predictions = {}
+        for label, (model, meta) in models.items():
+            labels, _ = predict_image(model, sample.image, InferenceSettings.from_meta(meta))
+            predictions[label] = (labels, per_model[label][item_id])
+        entries.append((f"{kind}: {item_id} (mean Dice {mean_dice[item_id]:.3f})", sample.image, sample.mask,
+                        predictions))
+    return gallery(entries)
+
+
+def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices: Sequence) -> None:
+    """All study outputs from finished runs."""
+    config = spec.base_config()
+    seeds_note = (f"mean ± std over seeds {spec.seeds}" if len(spec.seeds) > 1
+                  else f"single seed ({spec.seeds[0]}): no spread across seeds is reported")
+    size = config.data.resize or config.data.patch_size
+    widths = (f"width scale {config.model.width_scale}" if config.model.width_scale
+              else f"widths {config.model.widths}" if config.model.widths else "default (full) widths")
+    note = (f"Test split only; models selected on validation Dice. {seeds_note}. Metrics are per-image means "
+            f"(pooled Dice over all test pixels also shown); HD95 in pixels. Input {size}x{size}, {widths}. "
+            f"Latency: batch 1, {size}x{size}, median of 10 runs, {platform.processor() or platform.machine()}.")
+    write_tables(out, rows, records, note)
+    plots = {
+        "dice_vs_params.png": scatter_plot(rows, "params", "parameters", log_x=True),
+        "dice_vs_latency.png": scatter_plot(rows, "cpu_latency_ms", "CPU latency (ms)", log_x=False),
+    }
+    histories, per_image = {}, {}
+    for choice in choices:
+        first = out / "runs" / choice.folder / f"seed{spec.seeds[0]}" / "history.csv"
+        histories[choice.label] = [(int(r["epoch"]), float(r["val_dice"])) for r in _read_csv(first)]
+        per_image[choice.label] = [float(r["dice"]) for s in spec.seeds for r in
+                                   _read_csv(out / "runs" / choice.folder / f"seed{s}" / "eval" / "per_image.csv")
+                                   if r["dice"] not in ("", "nan")]
+    plots["val_dice_curves.png"] = curves_plot(histories)
+    plots["dice_boxplot.png"] = box_plot(per_image)
+    plots["gallery.png"] = _png_bytes(build_gallery(out, spec, choices))
+    for name, data in plots.items():
+        atomic_write_bytes(out / name, data)
+    atomic_write_text(out / "report.html", render_html(spec, config, rows, note, plots))
+
+
+def render_html(spec, config, rows: list[dict], note: str, plots: dict[str, bytes]) -> str:
+    headers, body = table_cells(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    table_rows = "".join(
+        "<tr>" + "".join(f"<td{' class=best' if best else ''}>{html.escape(text)}</td>" for text, best in cells)
+        + "</tr>" for cells in body)
+    images = "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots.items())
+    protocol = {
+        "data": spec.data, "models": spec.models, "seeds": spec.seeds, "base config": spec.config or "(defaults)",
+        "overrides": spec.overrides, "epochs (cap)": config.train.epochs,
+        "budget per run (min)": spec.budget_minutes, "optimizer": f"{config.optim.name} lr {config.optim.lr}",
+        "schedule": config.optim.schedule, "loss": config.loss.name,
+        "input": f"patch {config.data.patch_size}" if not config.data.resize else f"resize {config.data.resize}",
+        "batch size": config.train.batch_size, "split seed": config.data.split_seed,
+    }
+    protocol_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                            for k, v in protocol.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>medseg study</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
+td.best {{ font-weight: bold; background: #e8f6e8; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
+img {{ max-width: 100%; border: 1px solid #ddd; }}
+</style></head><body>
+<h1>medseg comparison study</h1>
+<h2>Protocol</h2><table id="protocol">{protocol_rows}</table>
+<h2>Results</h2><p>{html.escape(note)}</p>
+<table id="results"><thead><tr>{head}</tr></thead><tbody>{table_rows}</tbody></table>
+<h2>Plots and gallery</h2>{images}
+</body></html>
+"""

@@ -1,0 +1,45 @@
+"""Render a local HTML file in headless Chromium (Debian's package) through Playwright's bundled driver."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@dataclass
+class PageCheck:
+    console_errors: list[str]
+    table_rows: int
+    image_widths: list[int]
+
+
+def find_chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium on PATH (CI installs Debian's 'chromium' package in .ci/run)")
+
+
+def render(page_path: Path, screenshot: Path) -> PageCheck:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(page_path.resolve().as_uri(), wait_until="load")
+            page.screenshot(path=str(screenshot), full_page=True)
+            rows = page.locator("#results tbody tr").count()
+            widths = page.evaluate("Array.from(document.images).map(img => img.complete ? img.naturalWidth : 0)")
+        finally:
+            browser.close()
+    return PageCheck(errors, rows, widths)

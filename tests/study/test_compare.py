@@ -1,0 +1,67 @@
+"""A two-model, tiny-width study on synthetic data, end to end: interrupted, resumed, and its report checked in a
+real browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from medseg.data.synthetic import make_synthetic_dataset
+from medseg.errors import MedsegError
+from medseg.study import compare as compare_module
+from medseg.study.compare import StudySpec, run_study
+from tests.study.browser import render
+
+
+def _spec(data, models=("unet", "usegnet:skips=1")):
+    return StudySpec(data=str(data), models=list(models), seeds=[0], epochs=2,
+                     overrides=["data.patch_size=32", "model.width_scale=0.125", "train.steps_per_epoch=2",
+                                "train.batch_size=2"])
+
+
+def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
+    data = make_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
+    out = tmp_path / "study"
+    real_train = compare_module.train
+    calls = []
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupting_train(config, run_dir, resume=False, on_round_end=None):
+        calls.append((str(run_dir), resume))
+        if "usegnet" in str(run_dir) and not resume:
+            def stop(epoch, _row):
+                raise Interrupted
+            return real_train(config, run_dir, resume, on_round_end=stop)
+        return real_train(config, run_dir, resume)
+
+    monkeypatch.setattr(compare_module, "train", interrupting_train)
+    with pytest.raises(Interrupted):
+        run_study(_spec(data), out)
+    assert (out / "runs" / "unet" / "seed0" / "record.json").is_file()
+    calls.clear()
+    rows = run_study(_spec(data), out)
+    # unet was not retrained; usegnet resumed from its checkpoint
+    assert calls == [(str(out / "runs" / "usegnet__skips=1" / "seed0"), True)]
+    assert [r["model"] for r in rows] == ["unet", "usegnet:skips=1"]
+    for name in ("results.csv", "results.json", "results.md", "dice_vs_params.png", "dice_vs_latency.png",
+                 "val_dice_curves.png", "dice_boxplot.png", "gallery.png", "report.html"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert {r["epochs"] for r in results["runs"]} == {2}
+    test_ids = json.loads((out / "runs" / "unet" / "seed0" / "best_model.json").read_text())["training_data"]
+    evaluated = [r["id"] for r in csv.DictReader((out / "runs" / "unet" / "seed0" / "eval" / "per_image.csv").open())]
+    assert evaluated == test_ids["test_ids"] and not set(evaluated) & set(test_ids["train_ids"] + test_ids["val_ids"])
+    assert "single seed" in (out / "results.md").read_text()
+
+    check = render(out / "report.html", tmp_path / "report.png")
+    assert check.console_errors == []
+    assert check.table_rows == 2
+    assert len(check.image_widths) == 5 and all(width > 0 for width in check.image_widths)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+    with pytest.raises(MedsegError, match="different protocol"):
+        run_study(_spec(data, models=("unet",)), out)

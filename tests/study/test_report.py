@@ -1,0 +1,74 @@
+"""Table, plot and gallery builders on fake results."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+from medseg.study.compare import ModelChoice, aggregate
+from medseg.study.report import box_plot, curves_plot, gallery, markdown_table, scatter_plot, table_cells
+
+RECORDS = [
+    {"model": "unet", "seed": 0, "dice": 0.80, "hd95": 5.0, "params": 1000, "cpu_latency_ms": 10.0, "epochs": 3,
+     "gpu_latency_ms": None},
+    {"model": "unet", "seed": 1, "dice": 0.90, "hd95": 3.0, "params": 1000, "cpu_latency_ms": 12.0, "epochs": 3,
+     "gpu_latency_ms": None},
+    {"model": "segnet", "seed": 0, "dice": 0.70, "hd95": 2.0, "params": 5000, "cpu_latency_ms": 20.0, "epochs": 3,
+     "gpu_latency_ms": None},
+    {"model": "segnet", "seed": 1, "dice": 0.70, "hd95": 4.0, "params": 5000, "cpu_latency_ms": 20.0, "epochs": 3,
+     "gpu_latency_ms": None},
+]
+
+
+def test_model_choice_parsing():
+    choice = ModelChoice.parse("usegnet:skips=1:conv_bias=false")
+    assert choice.name == "usegnet" and choice.options == {"skips": 1, "conv_bias": False}
+    assert choice.folder == "usegnet__skips=1__conv_bias=false"
+
+
+def test_aggregate_mean_and_std_over_seeds():
+    rows = aggregate(RECORDS, ["unet", "segnet"])
+    unet = rows[0]
+    assert math.isclose(unet["dice"], 0.85) and math.isclose(unet["dice_std"], 0.05) and unet["seeds"] == 2
+    single = aggregate(RECORDS[:1], ["unet"])[0]
+    assert math.isnan(single["dice_std"])
+
+
+def test_tables_mark_the_best_value_per_column():
+    rows = aggregate(RECORDS, ["unet", "segnet"])
+    headers, body = table_cells(rows)
+    dice_col, hd_col, params_col = headers.index("Dice"), headers.index("HD95 (px)"), headers.index("Params")
+    assert body[0][dice_col] == ("0.8500 ± 0.0500", True) and body[1][dice_col][1] is False
+    assert body[1][hd_col][1] is True and body[0][hd_col][1] is False  # lower HD95 is better
+    assert body[0][params_col] == ("1,000", True)
+    markdown = markdown_table(rows)
+    assert "**0.8500 ± 0.0500**" in markdown and markdown.count("\n") == 4
+    assert "GPU ms" not in headers  # no GPU measurements: no empty column
+
+
+def _decodes(png: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(png)).size
+
+
+def test_plots_render():
+    rows = aggregate(RECORDS, ["unet", "segnet"])
+    assert _decodes(scatter_plot(rows, "params", "parameters", log_x=True))[0] > 100
+    assert _decodes(curves_plot({"unet": [(1, 0.5), (2, 0.7)], "segnet": [(1, 0.4)]}))[0] > 100
+    assert _decodes(box_plot({"unet": [0.8, 0.9, 0.7], "segnet": [0.6, 0.7]}))[0] > 100
+
+
+def test_gallery_layout_and_error_colours():
+    image = np.zeros((16, 16, 1), np.float32)
+    truth = np.zeros((16, 16), np.int64)
+    truth[4:8, 4:8] = 1
+    prediction = np.zeros_like(truth)
+    prediction[4:8, 6:10] = 1
+    grid = gallery([("case", image, truth, {"a": (prediction, 0.5), "b": (truth, 1.0)})], tile=16)
+    assert grid.size == (4 * 16, 16 + 28)
+    pixels = np.asarray(grid)[28:, 32:48]  # model a's panel
+    colours = {tuple(c) for c in pixels.reshape(-1, 3)}
+    assert any(c[0] > 100 and c[1] < 60 for c in colours)  # false positives in red
+    assert any(c[0] > 100 and c[1] > 90 and c[2] < 60 for c in colours)  # false negatives in yellow

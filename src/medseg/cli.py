@@ -55,8 +55,30 @@ def _train_config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Re-run this `medseg train` command under torchrun with ``nproc`` processes on this machine."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "medseg", *rest]
+    return subprocess.run(command, check=False).returncode
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from medseg.engine.train import train
+
+    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(args.nproc, args.argv)
 
     if args.resume:
         result = train(None, args.resume, resume=True)
@@ -99,10 +121,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from medseg.config import load_config
     from medseg.study.compare import StudySpec, parse_models, run_study
 
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    spec = StudySpec(data=args.data, models=parse_models(args.models), seeds=seeds, config=args.config,
+    preset = load_config(args.config).study if args.config else None
+    if args.models:
+        models = parse_models(args.models)
+    elif preset and preset.models:
+        models = list(preset.models)
+    else:
+        raise MedsegError("--models", "give --models or a --config with study.models")
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    else:
+        seeds = list(preset.seeds) if preset else [0]
+    spec = StudySpec(data=args.data, models=models, seeds=seeds, config=args.config,
                      overrides=list(args.set or []), budget_minutes=args.budget_minutes, epochs=args.epochs)
     rows = run_study(spec, args.out)
     print((Path(args.out) / "results.md").read_text())
@@ -166,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--folds", type=int)
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--deterministic", action="store_true", help="reproducible run to run (CPU)")
+    train.add_argument("--nproc", type=int, help="launch N processes with torchrun (DDP) on this machine")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.name=sgd")
     train.set_defaults(handler=_cmd_train)
 
@@ -194,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="train, evaluate and compare several models with one protocol")
     compare.add_argument("--data", required=True)
-    compare.add_argument("--models", required=True, help="comma-separated, options as name:key=value")
+    compare.add_argument("--models", help="comma-separated, options as name:key=value (default: study.models)")
     compare.add_argument("--out", required=True, help="study folder (re-run the command to resume)")
     compare.add_argument("--config", help="base YAML config shared by every model")
-    compare.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    compare.add_argument("--seeds", help="comma-separated training seeds (default: study.seeds, else 0)")
     budget = compare.add_mutually_exclusive_group()
     budget.add_argument("--budget-minutes", type=float, help="training time per run")
     budget.add_argument("--epochs", type=int)
@@ -225,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except MedsegError as exc:

@@ -80,9 +80,18 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA
+    sync_batchnorm: bool = False  # DDP on CUDA: synchronise BatchNorm statistics across ranks
     threshold: float = 0.5
     max_minutes: float | None = None  # stop (and keep the best checkpoint) after this much wall time
     log_every: int = 20
+
+
+@dataclass
+class StudyConfig:
+    """Used by `medseg compare` when --models / --seeds are not given on the command line."""
+
+    models: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
@@ -93,6 +102,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

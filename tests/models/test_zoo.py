@@ -102,3 +102,11 @@ def test_unknown_model_and_option_are_clear_errors():
         create_model("unet", width=(4, 8))
     with pytest.raises(MedsegError, match="skips"):
         create_model("usegnet", skips=7)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_instance_norm_option_replaces_every_batchnorm(name):
+    model = create_model(name, 3, 1, norm="instance", **TINY[name])
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "BatchNorm2d" not in kinds and "InstanceNorm2d" in kinds
+    assert model.eval()(torch.randn(1, 3, 20, 28)).shape == (1, 1, 20, 28)

@@ -20,13 +20,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 import medseg
 from medseg.config import Config, load_config, save_config
 from medseg.data.datasets import Item, Sample, load_items, load_sample, split_items
 from medseg.data.transforms import augment, build_augmentation, normalize, random_patch, resize_sample
 from medseg.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from medseg.engine.distributed import (DistributedContext, init_distributed, parameter_checksum,
+                                       shutdown_distributed)
 from medseg.engine.predict import InferenceSettings, predict_image
 from medseg.errors import MedsegError
 from medseg.log import get_logger, is_interactive, log_to_file
@@ -37,10 +41,10 @@ from medseg.models import count_parameters, create_model
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_dice", "val_iou", "val_accuracy", "seconds")
 
 
-def select_device(spec: str) -> torch.device:
-    """``auto``: CUDA if available, else CPU."""
+def select_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA if available (the process's own GPU under torchrun), else CPU."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -163,16 +167,19 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, total_step
     raise MedsegError("optim.schedule", f"unknown schedule {o.schedule!r}; choose constant, cosine, poly, plateau")
 
 
-def validate(model: torch.nn.Module, store: SampleStore, settings: InferenceSettings) -> dict[str, float]:
-    """Mean per-image Dice, IoU and accuracy of whole validation images (tiled like prediction)."""
+def validate(model: torch.nn.Module, store: SampleStore, settings: InferenceSettings,
+             context: DistributedContext = DistributedContext()) -> dict[str, float]:
+    """Mean per-image Dice, IoU and accuracy of whole validation images (tiled like prediction). Under DDP each
+    rank scores a shard and the per-image scores are gathered, so every rank gets the single-process result."""
     model.eval()
-    accumulator = MetricAccumulator(n_classes=settings.n_classes, with_hd95=False)
-    for index in range(len(store)):
+    scores = []
+    for index in range(context.rank, len(store), context.world_size):
         sample = store[index]
         labels, _ = predict_image(model, sample.image, settings)
-        accumulator.add(sample.id, labels, sample.mask, sample.region)
-    summary = accumulator.summary()
-    return {name: summary[name]["mean"] for name in ("dice", "iou", "accuracy")}
+        accumulator = MetricAccumulator(n_classes=settings.n_classes, with_hd95=False)
+        scores.append((index, accumulator.add(sample.id, labels, sample.mask, sample.region)))
+    rows = [row for _, row in sorted(s for shard in context.all_gather(scores) for s in shard)]
+    return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}
 
 
 @dataclass
@@ -196,15 +203,25 @@ class Trainer:
                  on_round_end: RoundCallback | None = None) -> None:
         self.config, self.run_dir, self.on_round_end = config, run_dir, on_round_end
         self.log = get_logger()
-        self.device = select_device(config.train.device)
+        self.context = init_distributed()
+        self.device = select_device(config.train.device, self.context.local_rank)
         seed_everything(config.train.seed, config.train.deterministic)
         self._prepare_data()
         out_channels = 1 if config.data.n_classes == 2 else config.data.n_classes
         self.model = create_model(config.model.name, self.channels, out_channels, **config.model_options())
         self.model.to(self.device)
+        self.network: torch.nn.Module = self.model
+        if self.context.enabled:
+            if config.train.sync_batchnorm:
+                if self.device.type != "cuda":
+                    raise MedsegError("train.sync_batchnorm", "SyncBatchNorm needs CUDA; on CPU use model.options.norm=instance")
+                self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.network = DistributedDataParallel(
+                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.loss_fn = build_loss(config.loss.name, out_channels, config.loss.ce_weight, config.loss.dice_weight,
                                   config.loss.smooth, config.loss.batch_dice, config.loss.deep_supervision_weights)
-        self.steps_per_round = config.train.steps_per_epoch or math.ceil(len(self.train_store) / config.train.batch_size)
+        self.global_batch = config.train.batch_size * self.context.world_size
+        self.steps_per_round = config.train.steps_per_epoch or math.ceil(len(self.train_store) / self.global_batch)
         if config.train.iterations:
             self.total_steps = config.train.iterations
         else:
@@ -293,14 +310,15 @@ class Trainer:
                       self.step, self.best_dice)
 
     def _loader(self, round_index: int, steps: int) -> DataLoader:
-        keys = round_keys(len(self.train_store), steps, self.config.train.batch_size, self.config.train.seed,
-                          round_index)
-        dataset = PatchDataset(self.train_store, self.config)
-        workers = self.config.data.workers
+        keys = round_keys(len(self.train_store), steps, self.global_batch, self.config.train.seed, round_index)
+        view = _KeyedView(PatchDataset(self.train_store, self.config), keys)
+        sampler = None
+        if self.context.enabled:
+            # The round's keys are already reshuffled per epoch; the sampler gives each rank its interleaved shard.
+            sampler = DistributedSampler(view, self.context.world_size, self.context.rank, shuffle=False)
         return DataLoader(
-            _KeyedView(dataset, keys), batch_size=self.config.train.batch_size,
-            shuffle=False, num_workers=workers, persistent_workers=False,
-            pin_memory=self.device.type == "cuda",
+            view, batch_size=self.config.train.batch_size, shuffle=False, sampler=sampler,
+            num_workers=self.config.data.workers, pin_memory=self.device.type == "cuda",
         )
 
     def fit(self) -> TrainResult:
@@ -313,7 +331,7 @@ class Trainer:
             started = time.perf_counter()
             steps = min(self.steps_per_round, self.total_steps - self.step)
             train_loss = self._train_round(steps, interactive)
-            metrics = validate(self.model, self.val_store, self.inference_settings())
+            metrics = validate(self.model, self.val_store, self.inference_settings(), self.context)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(metrics["dice"])
             self.round += 1
@@ -325,11 +343,14 @@ class Trainer:
             improved = metrics["dice"] > self.best_dice
             if improved:
                 self.best_dice, self.best_epoch = metrics["dice"], self.round
-                save_checkpoint(self.run_dir / "best_model.safetensors", self.model.state_dict(),
-                                self._meta(self.round, metrics["dice"]))
-            save_checkpoint(self.run_dir / "checkpoint.safetensors", self.model.state_dict(),
-                            self._meta(self.round, metrics["dice"]), self._train_state())
-            self._write_history()
+            if self.context.is_main:
+                if improved:
+                    save_checkpoint(self.run_dir / "best_model.safetensors", self.model.state_dict(),
+                                    self._meta(self.round, metrics["dice"]))
+                save_checkpoint(self.run_dir / "checkpoint.safetensors", self.model.state_dict(),
+                                self._meta(self.round, metrics["dice"]), self._train_state())
+                self._write_history()
+            self.context.barrier()
             self.log.info("epoch %d/%d  loss %.4f  val Dice %.4f  IoU %.4f  lr %.2e  %.0fs%s", self.round,
                           self.total_rounds, train_loss, metrics["dice"], metrics["iou"], row["lr"], self.elapsed,
                           "  *best*" if improved else "")
@@ -338,9 +359,17 @@ class Trainer:
             if cfg.max_minutes and self.elapsed > cfg.max_minutes * 60 and self.round < self.total_rounds:
                 self.log.info("time budget of %.1f min reached after epoch %d", cfg.max_minutes, self.round)
                 break
-        save_checkpoint(self.run_dir / "final_model.safetensors", self.model.state_dict(),
-                        self._meta(self.round, self.history[-1]["val_dice"] if self.history else math.nan))
-        self._write_curves()
+        if self.context.enabled:
+            checksums = self.context.all_gather(parameter_checksum(self.model))
+            spread = max(checksums) - min(checksums)
+            self.log.info("ranks in sync: %d parameter checksums, max difference %.3g", len(checksums), spread)
+            if spread > 1e-6 * max(1.0, abs(checksums[0])):
+                raise RuntimeError(f"DDP ranks diverged: parameter checksums {checksums}")
+        if self.context.is_main:
+            save_checkpoint(self.run_dir / "final_model.safetensors", self.model.state_dict(),
+                            self._meta(self.round, self.history[-1]["val_dice"] if self.history else math.nan))
+            self._write_curves()
+        self.context.barrier()
         self.log.info("done: best val Dice %.4f at epoch %d; run folder %s", self.best_dice, self.best_epoch,
                       self.run_dir)
         return TrainResult(self.run_dir, self.best_dice, self.best_epoch, self.round, self.step, self.elapsed,
@@ -351,7 +380,7 @@ class Trainer:
         losses = []
         loader = self._loader(self.round, steps)
         bar = None
-        if interactive:
+        if interactive and self.context.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=steps, desc=f"epoch {self.round + 1}/{self.total_rounds}", unit="step", leave=False)
@@ -361,8 +390,8 @@ class Trainer:
             mask = batch["mask"].to(self.device, non_blocking=True)
             region = batch["region"].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                loss = self.loss_fn(self.model(image), mask, region)
-            if not torch.isfinite(loss):
+                loss = self.loss_fn(self.network(image), mask, region)
+            if not self.context.all_true(bool(torch.isfinite(loss)), self.device):
                 raise MedsegError(self.run_dir, f"loss became {loss.item()} at step {self.step + 1}; stopped. The "
                                   "last good checkpoint is kept (try a lower optim.lr or optim.grad_clip)")
             self.optimizer.zero_grad(set_to_none=True)
@@ -380,7 +409,7 @@ class Trainer:
                 bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             elif self.step % self.config.train.log_every == 0:
-                rate = len(losses) * self.config.train.batch_size / (time.perf_counter() - tick)
+                rate = len(losses) * self.global_batch / (time.perf_counter() - tick)
                 self.log.info("step %d/%d  loss %.4f  %.1f img/s", self.step, self.total_steps,
                               np.mean(losses[-self.config.train.log_every:]), rate)
         if bar is not None:
@@ -430,6 +459,9 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
           on_round_end: RoundCallback | None = None) -> TrainResult:
     """Train (or, with ``resume``, continue) a run in ``run_dir``. When resuming, the run's saved config is used."""
     run_dir = Path(run_dir)
+    context = init_distributed()
+    if not context.is_main:
+        get_logger().setLevel("WARNING")
     if resume:
         if not (run_dir / "checkpoint.safetensors").is_file():
             raise MedsegError(run_dir, "no checkpoint.safetensors to resume from")
@@ -440,14 +472,20 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
         raise MedsegError(run_dir, "already holds a run; use --resume to continue it or choose another --out")
     if not config.data.root:
         raise MedsegError("data.root", "no dataset given (--data DIR)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = log_to_file(run_dir / "train.log")
+    context.barrier()  # every rank has checked the folder before rank 0 writes to it
+    handler = None
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = log_to_file(run_dir / "train.log")
     try:
-        if not resume:
+        if context.is_main and not resume:
             save_config(config, run_dir / "config.yaml")
         return Trainer(config, run_dir, resume, on_round_end).fit()
     finally:
-        get_logger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            get_logger().removeHandler(handler)
+            handler.close()
+        if context.enabled:
+            shutdown_distributed()
 
 

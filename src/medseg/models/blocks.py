@@ -13,15 +13,27 @@ import torch.nn.functional as F
 from torch import nn
 
 UnitKind = Literal["conv", "dw", "residual"]
+NormKind = Literal["batch", "instance"]
+
+
+def make_norm(norm: NormKind, channels: int) -> nn.Module:
+    """BatchNorm (the source papers) or affine InstanceNorm (nnU-Net's default; per-sample, so results do not depend
+    on how a batch is split across devices). Both have 2 parameters per channel."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    raise ValueError(f"unknown norm {norm!r}; expected batch or instance")
 
 
 class ConvNormAct(nn.Sequential):
     """3x3 conv -> BatchNorm -> ReLU (the U-Net / SegNet unit)."""
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, kernel_size: int = 3) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, kernel_size: int = 3,
+                 norm: NormKind = "batch") -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
-            nn.BatchNorm2d(out_channels),
+            make_norm(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -32,11 +44,12 @@ class DepthwiseSeparableConv(nn.Sequential):
     ``groups > 1`` gives the grouped pointwise conv of the ultra-light U-Net.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, groups: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, groups: int = 1,
+                 norm: NormKind = "batch") -> None:
         super().__init__(
             nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
             nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias),
-            nn.BatchNorm2d(out_channels),
+            make_norm(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -50,18 +63,19 @@ class ResidualUnit(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = True, preactivate: bool = True
+        self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = True, preactivate: bool = True,
+        norm: NormKind = "batch",
     ) -> None:
         super().__init__()
-        pre = [nn.BatchNorm2d(in_channels), nn.ReLU(inplace=False)] if preactivate else []
+        pre = [make_norm(norm, in_channels), nn.ReLU(inplace=False)] if preactivate else []
         self.body = nn.Sequential(
             *pre,
             nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias),
-            nn.BatchNorm2d(out_channels),
+            make_norm(norm, out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
         )
-        shortcut_norm = [nn.BatchNorm2d(out_channels)] if preactivate else []
+        shortcut_norm = [make_norm(norm, out_channels)] if preactivate else []
         self.shortcut = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias), *shortcut_norm
         )
@@ -100,14 +114,15 @@ class SpatialAttention(nn.Module):
         return x * torch.sigmoid(self.conv(pooled))
 
 
-def make_unit(kind: UnitKind, in_channels: int, out_channels: int, bias: bool, groups: int = 1) -> nn.Module:
+def make_unit(kind: UnitKind, in_channels: int, out_channels: int, bias: bool, groups: int = 1,
+              norm: NormKind = "batch") -> nn.Module:
     """One conv unit of the given kind, ``C_in -> C_out`` at the same resolution."""
     if kind == "conv":
-        return ConvNormAct(in_channels, out_channels, bias=bias)
+        return ConvNormAct(in_channels, out_channels, bias=bias, norm=norm)
     if kind == "dw":
-        return DepthwiseSeparableConv(in_channels, out_channels, bias=bias, groups=groups)
+        return DepthwiseSeparableConv(in_channels, out_channels, bias=bias, groups=groups, norm=norm)
     if kind == "residual":
-        return ResidualUnit(in_channels, out_channels, bias=bias)
+        return ResidualUnit(in_channels, out_channels, bias=bias, norm=norm)
     raise ValueError(f"unknown unit kind {kind!r}; expected conv, dw or residual")
 
 
@@ -123,9 +138,10 @@ class UnitStack(nn.Sequential):
         groups: int = 1,
         se_reduction: int | None = None,
         spatial_attention: bool = False,
+        norm: NormKind = "batch",
     ) -> None:
         layers: list[nn.Module] = [
-            make_unit(kind, c_in, c_out, bias, groups) for c_in, c_out in zip(channels[:-1], channels[1:])
+            make_unit(kind, c_in, c_out, bias, groups, norm) for c_in, c_out in zip(channels[:-1], channels[1:])
         ]
         if se_reduction:
             layers.append(SqueezeExcitation(channels[-1], se_reduction))

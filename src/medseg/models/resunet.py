@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.models.blocks import ResidualUnit, StridePadded
+from medseg.models.blocks import NormKind, ResidualUnit, StridePadded
 
 
 class ResUNet(StridePadded):
@@ -25,19 +25,20 @@ class ResUNet(StridePadded):
         out_channels: int,
         widths: Sequence[int] = (64, 128, 256, 512),
         conv_bias: bool = True,
+        norm: NormKind = "batch",
     ) -> None:
         super().__init__()
         widths = list(widths)
         self.stride = 2 ** (len(widths) - 1)
-        self.encoder = nn.ModuleList([ResidualUnit(in_channels, widths[0], bias=conv_bias, preactivate=False)])
+        self.encoder = nn.ModuleList([ResidualUnit(in_channels, widths[0], bias=conv_bias, preactivate=False, norm=norm)])
         for previous, width in zip(widths[:-1], widths[1:]):
-            self.encoder.append(ResidualUnit(previous, width, stride=2, bias=conv_bias))
+            self.encoder.append(ResidualUnit(previous, width, stride=2, bias=conv_bias, norm=norm))
         self.upsamplers = nn.ModuleList()
         self.decoder = nn.ModuleList()
         previous = widths[-1]
         for width in reversed(widths[:-1]):
             self.upsamplers.append(nn.ConvTranspose2d(previous, previous, 2, stride=2))
-            self.decoder.append(ResidualUnit(previous + width, width, bias=conv_bias))
+            self.decoder.append(ResidualUnit(previous + width, width, bias=conv_bias, norm=norm))
             previous = width
         self.head = nn.Conv2d(previous, out_channels, 1)
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.models.blocks import ConvNormAct, StridePadded, UnitKind, make_unit
+from medseg.models.blocks import ConvNormAct, NormKind, StridePadded, UnitKind, make_unit
 
 
 class SegNet(StridePadded):
@@ -33,6 +33,7 @@ class SegNet(StridePadded):
         skips: int = 0,
         encoder_unit: UnitKind = "conv",
         conv_bias: bool = True,
+        norm: NormKind = "batch",
     ) -> None:
         super().__init__()
         widths, convs_per_level = list(widths), list(convs_per_level)
@@ -47,7 +48,7 @@ class SegNet(StridePadded):
         for width, n_convs in zip(widths, convs_per_level):
             chain = [previous] + [width] * n_convs
             self.encoder.append(
-                nn.Sequential(*[make_unit(encoder_unit, a, b, conv_bias) for a, b in zip(chain[:-1], chain[1:])])
+                nn.Sequential(*[make_unit(encoder_unit, a, b, conv_bias, norm=norm) for a, b in zip(chain[:-1], chain[1:])])
             )
             previous = width
         self.pool = nn.MaxPool2d(2, return_indices=True)
@@ -57,9 +58,10 @@ class SegNet(StridePadded):
             width = widths[level]
             first_in = 2 * width if level in self.skip_levels else width
             chain = [first_in] + [width] * (convs_per_level[level] - 1)
-            layers: list[nn.Module] = [ConvNormAct(a, b, conv_bias) for a, b in zip(chain[:-1], chain[1:])]
+            layers: list[nn.Module] = [ConvNormAct(a, b, conv_bias, norm=norm)
+                                     for a, b in zip(chain[:-1], chain[1:])]
             if level > 0:
-                layers.append(ConvNormAct(chain[-1], widths[level - 1], conv_bias))
+                layers.append(ConvNormAct(chain[-1], widths[level - 1], conv_bias, norm=norm))
             else:
                 layers.append(nn.Conv2d(chain[-1], out_channels, 3, padding=1))
             self.decoder.append(nn.Sequential(*layers))

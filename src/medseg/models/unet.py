@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.models.blocks import StridePadded, UnitKind, UnitStack
+from medseg.models.blocks import NormKind, StridePadded, UnitKind, UnitStack
 
 
 class UNet(StridePadded):
@@ -25,6 +25,7 @@ class UNet(StridePadded):
         se_reduction: if set, squeeze-and-excitation with this reduction after every block.
         spatial_attention: a 7x7 spatial-attention gate on the output of every encoder block but the bottleneck.
         conv_bias: bias on the 3x3 (or pointwise) convs.
+        norm: ``"batch"`` (the papers) or ``"instance"``.
 
     Shapes: ``N x in_channels x H x W -> N x out_channels x H x W`` for any H, W.
     """
@@ -39,6 +40,7 @@ class UNet(StridePadded):
         se_reduction: int | None = None,
         spatial_attention: bool = False,
         conv_bias: bool = True,
+        norm: NormKind = "batch",
     ) -> None:
         super().__init__()
         widths = list(widths)
@@ -55,6 +57,7 @@ class UNet(StridePadded):
                     groups=groups if level > 0 else 1,
                     se_reduction=se_reduction,
                     spatial_attention=spatial_attention and not is_bottleneck,
+                    norm=norm,
                 )
             )
             previous = width
@@ -64,7 +67,8 @@ class UNet(StridePadded):
         for width in reversed(widths[:-1]):
             self.upsamplers.append(nn.ConvTranspose2d(previous, width, 2, stride=2))
             self.decoder.append(
-                UnitStack([2 * width, width, width], kind=unit, bias=conv_bias, groups=groups, se_reduction=se_reduction)
+                UnitStack([2 * width, width, width], kind=unit, bias=conv_bias, groups=groups, se_reduction=se_reduction,
+                          norm=norm)
             )
             previous = width
         self.head = nn.Conv2d(previous, out_channels, 1)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.models.blocks import StridePadded, UnitStack
+from medseg.models.blocks import NormKind, StridePadded, UnitStack
 
 
 class UNetPlusPlus(StridePadded):
@@ -36,6 +36,7 @@ class UNetPlusPlus(StridePadded):
         eval_output: Literal["last", "mean"] = "last",
         prune_depth: int | None = None,
         conv_bias: bool = True,
+        norm: NormKind = "batch",
     ) -> None:
         super().__init__()
         widths = list(widths)
@@ -54,7 +55,7 @@ class UNetPlusPlus(StridePadded):
                     in_ch = in_channels if i == 0 else widths[i - 1]
                 else:
                     in_ch = widths[i] * j + widths[i + 1]
-                self.nodes[f"{i}_{j}"] = UnitStack([in_ch, widths[i], widths[i]], bias=conv_bias)
+                self.nodes[f"{i}_{j}"] = UnitStack([in_ch, widths[i], widths[i]], bias=conv_bias, norm=norm)
         n_heads = self.levels - 1 if deep_supervision else 1
         self.heads = nn.ModuleList([nn.Conv2d(widths[0], out_channels, 1) for _ in range(n_heads)])
 

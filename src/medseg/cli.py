@@ -109,7 +109,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     overrides = {"tta": args.tta, "device": args.device, "threshold": args.threshold, "overlap": args.overlap,
                  "batch_size": args.batch_size}
     predict_paths(args.weights or args.run, args.inputs, args.out, overrides, save_probabilities=args.probabilities,
-                  save_overlays=args.overlays, prune_depth=args.prune_depth, **_postprocess_options(args))
+                  save_overlays=args.overlays, prune_depth=args.prune_depth, backend=args.backend,
+                  **_postprocess_options(args))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medseg.engine.export import export_model
+
+    path = export_model(args.weights or args.run, args.format, args.out)
+    print(f"wrote {args.format} model to {path}")
     return 0
 
 
@@ -223,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, help="tiles per forward pass")
     predict.add_argument("--probabilities", action="store_true", help="also write probability maps (TIFF)")
     predict.add_argument("--overlays", action="store_true", help="also write overlay PNGs")
+    predict.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                         help="inference engine (onnxruntime exports the model once and caches it)")
     _add_inference_flags(predict)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -237,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=int)
     compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the base config")
     compare.set_defaults(handler=_cmd_compare)
+
+    export = commands.add_parser("export", help="export a trained model to ONNX or TorchScript")
+    export.add_argument("run", nargs="?", help="run folder (uses best_model)")
+    export.add_argument("--weights", help="a checkpoint file instead of RUN_DIR/best_model.safetensors")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    export.add_argument("--out", required=True)
+    export.set_defaults(handler=_cmd_export)
 
     demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")
@@ -268,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("medseg: interrupted", file=sys.stderr)
+        print("medseg: interrupted (a training run saved its checkpoint; continue with --resume)", file=sys.stderr)
         return 130
 
 

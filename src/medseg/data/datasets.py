@@ -76,6 +76,10 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+            try:
+                path.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MedsegError(folder, f"file name {path.name!r} is not valid UTF-8; rename it") from None
             if path.stem in found:
                 raise MedsegError(path, f"duplicate id {path.stem!r} (also {found[path.stem].name})")
             found[path.stem] = path

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -196,6 +196,29 @@ def overlay(image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None = No
     return base.astype(np.uint8)
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
+def load_predictor(weights: str | Path, backend: str = "torch", device: str = "cpu",
+                   prune_depth: int | None = None) -> tuple[Any, dict]:
+    """A callable model and its metadata, for the given backend."""
+    from medseg.engine.export import export_model, load_exported
+
+    if backend not in BACKENDS:
+        raise MedsegError("--backend", f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
+    path = Path(weights)
+    if backend == "torch" and path.suffix != ".onnx":
+        return load_model(resolve_weights(path), device, prune_depth)
+    if path.suffix != ".onnx":
+        if prune_depth is not None:
+            raise MedsegError("--prune-depth", "pruning applies to the torch backend only")
+        checkpoint = resolve_weights(path)
+        path = checkpoint.with_suffix(".onnx")
+        if not path.is_file() or path.stat().st_mtime < checkpoint.stat().st_mtime:
+            export_model(checkpoint, "onnx", path)
+    return load_exported(path)
+
+
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given; folders expanded to their image files (sorted). Missing or empty inputs are errors."""
     files: list[Path] = []
@@ -233,11 +256,15 @@ def predict_paths(
     save_probabilities: bool = False,
     save_overlays: bool = False,
     prune_depth: int | None = None,
+    backend: str = "torch",
 ) -> list[Path]:
-    """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths."""
+    """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths.
+
+    ``backend="onnxruntime"`` runs an ONNX export: ``weights`` may be a ``.onnx`` file, or a run folder / checkpoint
+    which is exported once (cached beside the checkpoint as ``<name>.onnx``)."""
     log = get_logger()
     device = (settings_overrides or {}).get("device") or "cpu"
-    model, meta = load_model(resolve_weights(weights), device, prune_depth)
+    model, meta = load_predictor(weights, backend, device, prune_depth)
     settings = InferenceSettings.from_meta(meta, **(settings_overrides or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,8 @@ class Trainer:
         self.use_amp = config.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.round, self.step, self.elapsed = 0, 0, 0.0
+        self.round_step = 0  # steps already done in the current epoch (non-zero only after an interrupt)
+        self.stop = StopRequest()
         self.best_dice, self.best_epoch = -1.0, 0
         self.history: list[dict[str, float]] = []
         if resume:
@@ -280,7 +283,7 @@ class Trainer:
 
     def _train_state(self) -> dict[str, Any]:
         return {
-            "round": self.round, "step": self.step, "elapsed": self.elapsed,
+            "round": self.round, "step": self.step, "elapsed": self.elapsed, "round_step": self.round_step,
             "best_dice": self.best_dice, "best_epoch": self.best_epoch,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -304,6 +307,7 @@ class Trainer:
         self.scaler.load_state_dict(train_state["scaler"])
         torch.set_rng_state(train_state["torch_rng"])
         self.round, self.step, self.elapsed = train_state["round"], train_state["step"], train_state["elapsed"]
+        self.round_step = train_state.get("round_step", 0)
         self.best_dice, self.best_epoch = train_state["best_dice"], train_state["best_epoch"]
         self.history = train_state["history"]
         self.log.info("resuming %s at epoch %d (step %d, best val Dice %.4f)", self.run_dir, self.round,
@@ -311,6 +315,7 @@ class Trainer:
 
     def _loader(self, round_index: int, steps: int) -> DataLoader:
         keys = round_keys(len(self.train_store), steps, self.global_batch, self.config.train.seed, round_index)
+        keys = keys[self.round_step * self.global_batch:]  # resume inside an interrupted epoch
         view = _KeyedView(PatchDataset(self.train_store, self.config), keys)
         sampler = None
         if self.context.enabled:
@@ -329,8 +334,14 @@ class Trainer:
         interactive = is_interactive()
         while self.round < self.total_rounds:
             started = time.perf_counter()
-            steps = min(self.steps_per_round, self.total_steps - self.step)
-            train_loss = self._train_round(steps, interactive)
+            steps = min(self.steps_per_round, self.total_steps - self.step + self.round_step)
+            try:
+                train_loss = self._train_round(steps, interactive)
+            except KeyboardInterrupt:
+                if self.stop.requested:  # stopped cleanly at a step boundary: the state is consistent
+                    self._save_interrupted()
+                raise
+            self.round_step = 0
             metrics = validate(self.model, self.val_store, self.inference_settings(), self.context)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(metrics["dice"])
@@ -356,6 +367,10 @@ class Trainer:
                           "  *best*" if improved else "")
             if self.on_round_end:
                 self.on_round_end(self.round, row)
+            if self.stop.requested:
+                self.log.warning("stopped after epoch %d; continue with `medseg train --resume %s`", self.round,
+                                 self.run_dir)
+                raise KeyboardInterrupt("stop requested")
             if cfg.max_minutes and self.elapsed > cfg.max_minutes * 60 and self.round < self.total_rounds:
                 self.log.info("time budget of %.1f min reached after epoch %d", cfg.max_minutes, self.round)
                 break
@@ -375,6 +390,13 @@ class Trainer:
         return TrainResult(self.run_dir, self.best_dice, self.best_epoch, self.round, self.step, self.elapsed,
                            list(self.history))
 
+    def _save_interrupted(self) -> None:
+        if self.context.is_main:
+            save_checkpoint(self.run_dir / "checkpoint.safetensors", self.model.state_dict(),
+                            self._meta(self.round, math.nan), self._train_state())
+            self.log.warning("interrupted: checkpoint saved at epoch %d, step %d; continue with "
+                             "`medseg train --resume %s`", self.round + 1, self.step, self.run_dir)
+
     def _train_round(self, steps: int, interactive: bool) -> float:
         self.model.train()
         losses = []
@@ -383,7 +405,7 @@ class Trainer:
         if interactive and self.context.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps, desc=f"epoch {self.round + 1}/{self.total_rounds}", unit="step", leave=False)
+            bar = tqdm(total=steps - self.round_step, desc=f"epoch {self.round + 1}/{self.total_rounds}", unit="step", leave=False)
         tick = time.perf_counter()
         for batch in loader:
             image = batch["image"].to(self.device, non_blocking=True)
@@ -404,7 +426,9 @@ class Trainer:
             if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
             self.step += 1
+            self.round_step += 1
             losses.append(loss.item())
+            self.stop.check()
             if bar is not None:
                 bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -455,6 +479,24 @@ class _KeyedView(Dataset):
         return self.dataset[self.keys[position]]
 
 
+class StopRequest:
+    """SIGINT/SIGTERM handler: the first signal asks the training loop to stop at the next step boundary (so the
+    saved state is consistent); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.requested = True
+        get_logger().warning("stop requested (signal %d): finishing the current step", signum)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("stop requested")
+
+
 def train(config: Config | None, run_dir: str | Path, resume: bool = False,
           on_round_end: RoundCallback | None = None) -> TrainResult:
     """Train (or, with ``resume``, continue) a run in ``run_dir``. When resuming, the run's saved config is used."""
@@ -477,11 +519,17 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = log_to_file(run_dir / "train.log")
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if context.is_main and not resume:
             save_config(config, run_dir / "config.yaml")
-        return Trainer(config, run_dir, resume, on_round_end).fit()
+        trainer = Trainer(config, run_dir, resume, on_round_end)
+        trainer.stop = stop
+        return trainer.fit()
     finally:
+        for sig, previous_handler in previous.items():
+            signal.signal(sig, previous_handler)
         if handler is not None:
             get_logger().removeHandler(handler)
             handler.close()

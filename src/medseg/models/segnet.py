@@ -10,6 +10,17 @@ from torch import nn
 from medseg.models.blocks import ConvNormAct, NormKind, StridePadded, UnitKind, make_unit
 
 
+def max_unpool2x(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Max-unpooling by 2: each value goes back to the position its max-pool index names, zeros elsewhere.
+
+    ``N x C x h x w`` (values and per-plane flat indices) -> ``N x C x 2h x 2w``. Same result as ``MaxUnpool2d(2)``
+    on inputs of even size, written as a scatter so that it traces and exports to ONNX.
+    """
+    n, c, h, w = x.shape
+    out = x.new_zeros((n, c, 4 * h * w))
+    return out.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, 2 * h, 2 * w)
+
+
 class SegNet(StridePadded):
     """VGG-style encoder with max-pooling whose indices drive max-unpooling in a mirrored decoder.
 
@@ -52,7 +63,6 @@ class SegNet(StridePadded):
             )
             previous = width
         self.pool = nn.MaxPool2d(2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2)
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(widths))):
             width = widths[level]
@@ -74,7 +84,7 @@ class SegNet(StridePadded):
             x, index = self.pool(x)
             indices.append(index)
         for level, block in zip(reversed(range(len(self.encoder))), self.decoder):
-            x = self.unpool(x, indices[level], output_size=pre_pool[level].shape[-2:])
+            x = max_unpool2x(x, indices[level])
             if level in self.skip_levels:
                 x = torch.cat([x, pre_pool[level]], dim=1)
             x = block(x)

@@ -110,3 +110,26 @@ def test_predict_input_errors(trained_run, tmp_path):
         predict_paths(trained_run, [tmp_path / "empty"], tmp_path / "out")
     with pytest.raises(MedsegError, match="input not found"):
         predict_paths(trained_run, [tmp_path / "nope.png"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["unet", "unet_se_dw", "unet_ultralight", "unetpp", "resunet", "segnet",
+                                  "res_usegnet"])
+def test_inference_preparation_keeps_outputs(name):
+    import copy
+
+    from medseg.engine.predict import prepare_for_inference
+    from medseg.models import create_model
+    from tests.models.test_zoo import TINY
+
+    torch.manual_seed(0)
+    model = create_model(name, 1, 2, **TINY[name])
+    model.train()
+    model(torch.randn(4, 1, 48, 48))  # non-trivial BatchNorm running statistics
+    model.eval()
+    x = torch.randn(2, 1, 45, 61)
+    with torch.no_grad():
+        expected = model(x)
+        fast = prepare_for_inference(copy.deepcopy(model))
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) or name in ("resunet",
+                                                                                              "res_usegnet")
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)

@@ -65,3 +65,17 @@ def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
 
     with pytest.raises(MedsegError, match="different protocol"):
         run_study(_spec(data, models=("unet",)), out)
+
+
+def test_pruned_unetpp_is_evaluated_from_the_trained_network(tmp_path, monkeypatch):
+    data = make_synthetic_dataset(tmp_path / "data", n_images=10, size=32)
+    trained = []
+    real_train = compare_module.train
+    monkeypatch.setattr(compare_module, "train", lambda config, run_dir, *a, **k: (
+        trained.append(str(run_dir)), real_train(config, run_dir, *a, **k))[1])
+    spec = _spec(data, models=("unetpp", "unetpp:prune_depth=1"))
+    spec.epochs = 1
+    rows = run_study(spec, tmp_path / "study")
+    assert trained == [str(tmp_path / "study" / "runs" / "unetpp" / "seed0")]
+    full, pruned = rows
+    assert pruned["gflops"] < full["gflops"] and pruned["train_seconds"] == full["train_seconds"]

@@ -39,7 +39,8 @@ from medseg.losses import build_loss
 from medseg.metrics import MetricAccumulator
 from medseg.models import count_parameters, create_model
 
-HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_dice", "val_iou", "val_accuracy", "seconds")
+HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_dice", "val_iou", "val_accuracy", "data_wait",
+                   "seconds")
 
 
 def select_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -336,7 +337,7 @@ class Trainer:
             started = time.perf_counter()
             steps = min(self.steps_per_round, self.total_steps - self.step + self.round_step)
             try:
-                train_loss = self._train_round(steps, interactive)
+                train_loss, data_wait = self._train_round(steps, interactive)
             except KeyboardInterrupt:
                 if self.stop.requested:  # stopped cleanly at a step boundary: the state is consistent
                     self._save_interrupted()
@@ -349,7 +350,8 @@ class Trainer:
             self.elapsed += time.perf_counter() - started
             row = {"epoch": self.round, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                    "train_loss": train_loss, "val_dice": metrics["dice"], "val_iou": metrics["iou"],
-                   "val_accuracy": metrics["accuracy"], "seconds": round(self.elapsed, 2)}
+                   "val_accuracy": metrics["accuracy"], "data_wait": round(data_wait, 4),
+                   "seconds": round(self.elapsed, 2)}
             self.history.append(row)
             improved = metrics["dice"] > self.best_dice
             if improved:
@@ -397,7 +399,8 @@ class Trainer:
             self.log.warning("interrupted: checkpoint saved at epoch %d, step %d; continue with "
                              "`medseg train --resume %s`", self.round + 1, self.step, self.run_dir)
 
-    def _train_round(self, steps: int, interactive: bool) -> float:
+    def _train_round(self, steps: int, interactive: bool) -> tuple[float, float]:
+        """Train ``steps`` steps; returns the mean loss and the share of the time spent waiting for data."""
         self.model.train()
         losses = []
         loader = self._loader(self.round, steps)
@@ -407,7 +410,9 @@ class Trainer:
 
             bar = tqdm(total=steps - self.round_step, desc=f"epoch {self.round + 1}/{self.total_rounds}", unit="step", leave=False)
         tick = time.perf_counter()
+        waiting, fetch_started = 0.0, time.perf_counter()
         for batch in loader:
+            waiting += time.perf_counter() - fetch_started
             image = batch["image"].to(self.device, non_blocking=True)
             mask = batch["mask"].to(self.device, non_blocking=True)
             region = batch["region"].to(self.device, non_blocking=True)
@@ -429,6 +434,7 @@ class Trainer:
             self.round_step += 1
             losses.append(loss.item())
             self.stop.check()
+            fetch_started = time.perf_counter()
             if bar is not None:
                 bar.update()
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
@@ -438,7 +444,8 @@ class Trainer:
                               np.mean(losses[-self.config.train.log_every:]), rate)
         if bar is not None:
             bar.close()
-        return float(np.mean(losses)) if losses else math.nan
+        total = time.perf_counter() - tick
+        return (float(np.mean(losses)) if losses else math.nan), (waiting / total if total > 0 else 0.0)
 
     def _write_history(self) -> None:
         buffer = io.StringIO()

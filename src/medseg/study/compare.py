@@ -14,7 +14,6 @@ import copy
 import json
 import math
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from medseg.log import get_logger
 from medseg.models import count_gflops, count_parameters, measure_latency
 
 REPORTED_METRICS = ("dice", "iou", "accuracy", "precision", "recall", "hd95")
+EVAL_ONLY_OPTIONS = ("prune_depth",)  # change how a trained network runs, not what is trained
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,18 @@ class ModelChoice:
     @property
     def folder(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label.replace(":", "__"))
+
+    @property
+    def prune_depth(self) -> int | None:
+        return self.options.get("prune_depth")
+
+    def trained_as(self) -> "ModelChoice":
+        """The choice whose training this one shares: the same without eval-only options (UNet++ pruning is
+        applied to the fully trained network, as in the paper)."""
+        options = {k: v for k, v in self.options.items() if k not in EVAL_ONLY_OPTIONS}
+        label = ":".join([self.name] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                        for k, v in options.items()])
+        return ModelChoice(label, self.name, options)
 
 
 @dataclass
@@ -87,9 +99,9 @@ class StudySpec:
         return config
 
 
-def _record(run_dir: Path, choice: ModelChoice, seed: int, config: Config, summary: dict, seconds: float,
+def _record(train_dir: Path, choice: ModelChoice, seed: int, config: Config, summary: dict, seconds: float,
             epochs: int, steps: int) -> dict[str, Any]:
-    model, meta = load_model(run_dir / "best_model.safetensors")
+    model, meta = load_model(train_dir / "best_model.safetensors", prune_depth=choice.prune_depth)
     channels = meta["model"]["in_channels"]
     size = config.data.resize or config.data.patch_size or 256
     record: dict[str, Any] = {
@@ -99,7 +111,7 @@ def _record(run_dir: Path, choice: ModelChoice, seed: int, config: Config, summa
         "gpu_latency_ms": (1000 * measure_latency(model.cuda(), channels, (size, size), "cuda")
                            if torch.cuda.is_available() else None),
         "train_seconds": seconds, "epochs": epochs, "steps": steps, "best_epoch": meta.get("epoch"),
-        "n_test_images": summary["n_images"],
+        "n_test_images": summary["n_images"], "trained_in": str(train_dir), "prune_depth": choice.prune_depth,
     }
     for name in REPORTED_METRICS:
         record[name] = summary["metrics"][name]["mean"]
@@ -140,29 +152,27 @@ def _run_one(spec: StudySpec, choice: ModelChoice, seed: int, run_dir: Path, log
     if record_path.is_file():
         log.info("study: %s seed %d already done", choice.label, seed)
         return json.loads(record_path.read_text())
-    config = spec.run_config(choice, seed)
-    started = time.perf_counter()
-    if (run_dir / "final_model.safetensors").is_file():
-        result_epochs, result_steps = None, None
-    elif (run_dir / "checkpoint.safetensors").is_file():
-        log.info("study: resuming %s seed %d", choice.label, seed)
-        result = train(None, run_dir, resume=True)
-        result_epochs, result_steps = result.epochs_run, result.steps_run
+    trained = choice.trained_as()
+    train_dir = run_dir.parent.parent / trained.folder / f"seed{seed}"
+    config = spec.run_config(trained, seed)
+    if (train_dir / "final_model.safetensors").is_file():
+        log.info("study: %s seed %d uses the trained %s", choice.label, seed, trained.label)
+    elif (train_dir / "checkpoint.safetensors").is_file():
+        log.info("study: resuming %s seed %d", trained.label, seed)
+        train(None, train_dir, resume=True)
     else:
-        log.info("study: training %s seed %d", choice.label, seed)
-        if run_dir.exists():
-            for leftover in run_dir.iterdir():
+        log.info("study: training %s seed %d", trained.label, seed)
+        if train_dir.exists():
+            for leftover in train_dir.iterdir():
                 if leftover.is_file():
                     leftover.unlink()
-        result = train(config, run_dir)
-        result_epochs, result_steps = result.epochs_run, result.steps_run
-    final = json.loads((run_dir / "final_model.json").read_text())
-    history = (run_dir / "history.csv").read_text().strip().splitlines()
-    seconds = float(history[-1].split(",")[-1]) if len(history) > 1 else time.perf_counter() - started
-    summary = evaluate(run_dir, spec.data, run_dir / "eval", split="test", max_overlays=0)
-    record = _record(run_dir, choice, seed, config, summary, seconds,
-                     result_epochs if result_epochs is not None else final["epoch"],
-                     result_steps if result_steps is not None else final["step"])
+        train(config, train_dir)
+    final = json.loads((train_dir / "final_model.json").read_text())
+    history = (train_dir / "history.csv").read_text().strip().splitlines()
+    seconds = float(history[-1].split(",")[-1])
+    summary = evaluate(train_dir, spec.data, run_dir / "eval", split="test", max_overlays=0,
+                       prune_depth=choice.prune_depth)
+    record = _record(train_dir, choice, seed, config, summary, seconds, final["epoch"], final["step"])
     atomic_write_text(record_path, json.dumps(record, indent=2))
     return record
 

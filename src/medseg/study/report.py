@@ -190,7 +190,8 @@ def build_gallery(out: Path, spec, choices) -> Image.Image:
     ranked = sorted(ids, key=lambda i: mean_dice[i])
     picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
     items = {item.id: item for item in load_items(spec.data)}
-    models = {c.label: load_model(out / "runs" / c.folder / f"seed{seed}" / "best_model.safetensors") for c in choices}
+    models = {c.label: load_model(out / "runs" / c.trained_as().folder / f"seed{seed}" / "best_model.safetensors",
+                                  prune_depth=c.prune_depth) for c in choices}
     entries = []
     for kind, item_id in picks.items():
         first_meta = next(iter(models.values()))[1]
@@ -223,7 +224,7 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     }
     histories, per_image = {}, {}
     for choice in choices:
-        first = out / "runs" / choice.folder / f"seed{spec.seeds[0]}" / "history.csv"
+        first = out / "runs" / choice.trained_as().folder / f"seed{spec.seeds[0]}" / "history.csv"
         histories[choice.label] = [(int(r["epoch"]), float(r["val_dice"])) for r in _read_csv(first)]
         per_image[choice.label] = [float(r["dice"]) for s in spec.seeds for r in
                                    _read_csv(out / "runs" / choice.folder / f"seed{s}" / "eval" / "per_image.csv")

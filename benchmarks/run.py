@@ -262,6 +262,59 @@ def zoo_section(repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def gpu_section(repeats: int) -> dict[str, Any]:
+    """CUDA: forward (512x512, batch 1 and 8) in fp32 and AMP, and an AMP training step (batch 4, 256x256), medseg
+    `unet` (channels_last, folded BN for inference) vs MONAI `BasicUNet`, cudnn.benchmark on."""
+    torch.backends.cudnn.benchmark = True
+    device = torch.device("cuda")
+
+    def sync_timed(fn: Callable[[], Any]) -> float:
+        def run() -> None:
+            fn()
+            torch.cuda.synchronize()
+        return timed(run, repeats, warmup=3)
+
+    rows = []
+    nets = {"monai_basicunet": monai_basic_unet().to(device),
+            "medseg_unet": medseg_unet(prepared=True).to(device)}
+    for batch in (1, 8):
+        x = torch.randn(batch, 1, 512, 512, device=device)
+        for name, net in nets.items():
+            for amp in (False, True):
+                data = x.contiguous(memory_format=torch.channels_last) if name.startswith("medseg") else x
+
+                def forward() -> None:
+                    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                        net(data)
+
+                seconds = sync_timed(forward)
+                rows.append({"engine": name, "amp": amp, "size": 512, "batch": batch, "img_per_s": batch / seconds})
+    loss_fn = build_loss("bce_dice", 1)
+    x = torch.randn(4, 1, 256, 256, device=device)
+    mask = (torch.rand(4, 256, 256, device=device) > 0.7).long()
+    steps = {}
+    for name, net in (("monai_basicunet", monai_basic_unet()), ("medseg_unet", medseg_unet(prepared=False))):
+        net = net.to(device).train()
+        channels_last = name.startswith("medseg")
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        data = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+        scaler = torch.amp.GradScaler("cuda")
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = loss_fn(net(data), mask)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+        steps[name] = sync_timed(step)
+    return {"device": torch.cuda.get_device_name(), "forward": rows,
+            "train_step_s": steps, "train_step_ratio": steps["monai_basicunet"] / steps["medseg_unet"]}
+
+
 def _find(rows: list[dict], **match) -> dict:
     return next(r for r in rows if all(r[k] == v for k, v in match.items()))
 
@@ -326,13 +379,24 @@ def main() -> None:
     parser.add_argument("--out", default="results.json")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and images (same structure)")
     parser.add_argument("--markdown", help="also write the tables to this Markdown file")
+    parser.add_argument("--sections", default="cpu", help="cpu (sections 1-5, targets), gpu, or cpu,gpu")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     repeats = 3 if args.quick else 10
     started = time.perf_counter()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {THREADS} threads",
         "quick": args.quick,
     }
+    if "gpu" in sections:
+        if not torch.cuda.is_available():
+            raise SystemExit("--sections gpu needs CUDA")
+        print("gpu ...", flush=True)
+        results["gpu"] = gpu_section(repeats)
+        print(json.dumps(results["gpu"], indent=2))
+    if "cpu" not in sections:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         print("conv ceiling ...", flush=True)

@@ -34,8 +34,8 @@ def test_evaluate_refuses_a_split_that_overlaps_training(tiny_config, tmp_path, 
 
     real_load = evaluate_module.load_model
 
-    def leaky_load(path, device):
-        model, meta = real_load(path, device)
+    def leaky_load(path, device, prune_depth=None):
+        model, meta = real_load(path, device, prune_depth)
         meta["training_data"]["train_ids"].append(meta["training_data"]["test_ids"][0])
         return model, meta
 

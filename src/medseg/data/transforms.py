@@ -7,14 +7,17 @@ normalised afterwards; masks and regions are warped with nearest-neighbour inter
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
-import albumentations as A
-import cv2
-import numpy as np
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call for a version check at import
 
-from medseg.data.datasets import Sample
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medseg.data.datasets import Sample  # noqa: E402
 
 
 class GridElasticDeformation(A.DualTransform):

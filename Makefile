@@ -24,5 +24,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --out results.json --markdown results.md
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from medseg.config import Config
 from medseg.data.synthetic import make_synthetic_dataset
+from tests.helpers import tiny_config as make_tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -13,13 +13,7 @@ def synthetic_data(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(synthetic_data):
-    config = Config()
-    config.data.root = str(synthetic_data)
-    config.data.patch_size = 32
-    config.model.widths = [4, 8, 16]
-    config.train.epochs = 3
-    config.train.steps_per_epoch = 2
-    config.train.batch_size = 2
+    config = make_tiny_config(synthetic_data)
     config.train.deterministic = True
     config.train.log_every = 1
     return config

@@ -71,15 +71,9 @@ def test_postprocess_options():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, synthetic_data):
-    from medseg.config import Config
+    from tests.helpers import tiny_config
 
-    config = Config()
-    config.data.root = str(synthetic_data)
-    config.data.patch_size = 32
-    config.model.widths = [4, 8, 16]
-    config.train.epochs = 1
-    config.train.steps_per_epoch = 2
-    config.train.batch_size = 2
+    config = tiny_config(synthetic_data, epochs=1)
     run = tmp_path_factory.mktemp("run") / "run"
     train(config, run)
     return run

@@ -70,15 +70,9 @@ def test_sigint_saves_a_mid_epoch_checkpoint_and_resume_matches(data, tmp_path):
 
 
 def test_disk_full_while_checkpointing_keeps_previous_checkpoint(data, tmp_path, monkeypatch):
-    from medseg.config import Config
+    from tests.helpers import tiny_config
 
-    config = Config()
-    config.data.root = str(data)
-    config.data.patch_size = 32
-    config.model.widths = [4, 8, 16]
-    config.train.epochs = 3
-    config.train.steps_per_epoch = 2
-    config.train.batch_size = 2
+    config = tiny_config(data)
     writes = {"n": 0}
     real_write = checkpoint_module.atomic_write_bytes
 

@@ -97,14 +97,21 @@ def _identical_channels(pixels: np.ndarray) -> bool:
 def read_image(path: str | Path, channels: int | None = None, frame: int | None = None) -> np.ndarray:
     """Decode one image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack)."""
     path = Path(path)
-    pixels, is_stack = _decode(path)
-    if frame is not None:
-        pixels = _select_frame(pixels, frame, is_stack, path)
-    elif is_stack:
-        raise MedsegError(path, f"is a stack of {pixels.shape[0]} images; read it with the tiff-stack adapter")
+    pixels = _decode_plane(path, frame, "images")
     if pixels.size == 0:
         raise MedsegError(path, "image has no pixels")
     return _channels_last(_to_unit_float(pixels, path), path, channels)
+
+
+def _decode_plane(path: Path, frame: int | None, kind: str) -> np.ndarray:
+    """One 2D plane of a file: the file itself, or page ``frame`` of a stack (a stack without ``frame`` is an
+    error)."""
+    pixels, is_stack = _decode(path)
+    if frame is not None:
+        return _select_frame(pixels, frame, is_stack, path)
+    if is_stack:
+        raise MedsegError(path, f"is a stack of {pixels.shape[0]} {kind}; read it with the tiff-stack adapter")
+    return pixels
 
 
 def _select_frame(pixels: np.ndarray, frame: int, is_stack: bool, path: Path) -> np.ndarray:
@@ -130,11 +137,7 @@ def read_mask(path: str | Path, n_classes: int = 2, frame: int | None = None) ->
     masks are accepted only if their colour channels are identical (alpha ignored); other values are an error.
     """
     path = Path(path)
-    pixels, is_stack = _decode(path)
-    if frame is not None:
-        pixels = _select_frame(pixels, frame, is_stack, path)
-    elif is_stack:
-        raise MedsegError(path, f"is a stack of {pixels.shape[0]} masks; read it with the tiff-stack adapter")
+    pixels = _decode_plane(path, frame, "masks")
     if pixels.ndim == 3:
         colour = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
         if colour.shape[2] == 3 and not _identical_channels(colour):

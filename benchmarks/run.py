@@ -28,7 +28,7 @@ import torch
 
 from medseg.engine.checkpoint import save_checkpoint
 from medseg.engine.export import OnnxModel, export_model
-from medseg.engine.predict import prepare_for_inference
+from medseg.engine.predict import _tile_starts, prepare_for_inference
 from medseg.losses import build_loss
 from medseg.models import count_gflops, count_parameters, create_model, list_models, measure_latency
 
@@ -246,6 +246,8 @@ def huge_section(sizes: list[int]) -> list[dict[str, Any]]:
                              check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row["megapixels"] = size * size / 1e6
+        row["tiles"] = len(_tile_starts(size, 512, 0.5)) ** 2
+        row["seconds_per_tile"] = row["seconds"] / row["tiles"]
         row["seconds_per_mp"] = row["seconds"] / row["megapixels"]
         row["peak_above_io_gb"] = (row["peak_rss"] - row["baseline_rss"] - row["output_bytes"]) / 2**30
         rows.append(row)
@@ -255,9 +257,10 @@ def huge_section(sizes: list[int]) -> list[dict[str, Any]]:
 def zoo_section(repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name in list_models():
+        reference = create_model(name, 3, 1)
         model = prepare_for_inference(create_model(name, 3, 1))
-        rows.append({"model": name, "params": count_parameters(model),
-                     "gflops_256": count_gflops(create_model(name, 3, 1), 3, (256, 256)),
+        rows.append({"model": name, "params": count_parameters(reference),
+                     "gflops_256": count_gflops(reference, 3, (256, 256)),
                      "cpu_ms_256_b1": 1000 * measure_latency(model, 3, (256, 256), repeats=repeats, warmup=1)})
     return rows
 
@@ -361,10 +364,11 @@ def markdown(results: dict[str, Any]) -> str:
               f"NCHW {s['medseg_nchw_s_per_step']:.3f} s, channels_last {s['medseg_channels_last_s_per_step']:.3f} s"
               f" (ratio {s['ratio']:.2f}); data-wait share in medseg's training loop "
               f"{100 * s['data_wait_share']:.1f}%.", "",
-              "| image | seconds | s/MP | peak RSS above input+output (GB) |", "|---:|---:|---:|---:|"]
+              "| image | seconds | s/MP | tiles | s/tile | peak RSS above input+output (GB) |",
+              "|---:|---:|---:|---:|---:|---:|"]
     for r in results["huge"]:
-        lines.append(f"| {r['size']}x{r['size']} | {r['seconds']:.1f} | {r['seconds_per_mp']:.2f} | "
-                     f"{r['peak_above_io_gb']:.2f} |")
+        lines.append(f"| {r['size']}x{r['size']} | {r['seconds']:.1f} | {r['seconds_per_mp']:.2f} | {r['tiles']} | "
+                     f"{r['seconds_per_tile']:.3f} | {r['peak_above_io_gb']:.2f} |")
     lines += ["", "| model | params | GFLOPs@256 | CPU ms @256 b1 |", "|---|---:|---:|---:|"]
     for r in results["zoo"]:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['gflops_256']:.2f} | {r['cpu_ms_256_b1']:.1f} |")

@@ -162,7 +162,7 @@ def gallery(entries: list[tuple[str, np.ndarray, np.ndarray, dict[str, tuple[np.
         draw.text((4, top + 2), title, fill="black")
         for col, (name, view) in enumerate(views):
             grid.paste(Image.fromarray(view).resize((tile, tile), Image.NEAREST), (col * tile, top + caption))
-            draw.text((col * tile + 3, top + 15), name[:26], fill="black")
+            draw.text((col * tile + 3, top + 15), name[:34], fill="black")
     return grid
 
 

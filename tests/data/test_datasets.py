@@ -130,3 +130,14 @@ def test_k_fold_validation_sets_partition_the_pool(tmp_path):
     assert sorted(val_ids) == sorted(i.id for i in items)
     for f in folds:
         assert not {i.id for i in f["val"]} & {i.id for i in f["train"]}
+
+
+def test_convert_keeps_16_bit_images_lossless(tmp_path):
+    from PIL import Image
+
+    root = fixtures.make_folder(tmp_path / "src", n=2, split=False)
+    deep = np.tile(np.array([0, 1, 40000, 65535], np.uint16), (20, 6))  # 20 x 24, like the fixture masks
+    Image.fromarray(deep).save(root / "images" / "case1.png")
+    convert(root, "folder", tmp_path / "out")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "images" / "case1.png")), deep)
+    assert np.asarray(Image.open(tmp_path / "out" / "images" / "case0.png")).dtype == np.uint8

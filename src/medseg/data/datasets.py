@@ -380,10 +380,7 @@ def convert(src: str | Path, fmt: str, out: str | Path, n_classes: int = 2) -> i
         (out / sub).mkdir(parents=True, exist_ok=True)
     for item in items:
         sample = load_sample(item, None, n_classes)
-        pixels = sample.image
-        depth = np.uint16 if _is_16_bit(item) else np.uint8
-        scale = 65535 if depth is np.uint16 else 255
-        image = np.clip(np.rint(pixels * scale), 0, scale).astype(depth)
+        image = _to_png_pixels(sample.image)
         write_array(out / "images" / f"{item.id}.png", image[..., 0] if image.shape[2] == 1 else image)
         if sample.mask is not None:
             write_mask(out / "masks" / f"{item.id}.png", sample.mask, n_classes)
@@ -397,8 +394,9 @@ def convert(src: str | Path, fmt: str, out: str | Path, n_classes: int = 2) -> i
     return len(items)
 
 
-def _is_16_bit(item: Item) -> bool:
-    from medseg.data.readers import _decode
-
-    pixels, _ = _decode(item.image)
-    return pixels.dtype == np.uint16
+def _to_png_pixels(image: np.ndarray) -> np.ndarray:
+    """Reader-scale [0, 1] pixels as 8-bit when that is lossless (8-bit sources), else 16-bit."""
+    as_8_bit = image * 255
+    if np.abs(as_8_bit - np.rint(as_8_bit)).max(initial=0) < 1e-3:
+        return np.clip(np.rint(as_8_bit), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(image * 65535), 0, 65535).astype(np.uint16)

@@ -50,11 +50,14 @@ class DistributedContext:
         return bool(value.item() > 0)
 
 
+SINGLE_PROCESS = DistributedContext()
+
+
 def init_distributed(timeout_s: float = 300.0) -> DistributedContext:
     """Join the process group torchrun describes (idempotent); a single-process context otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistributedContext()
+        return SINGLE_PROCESS
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -30,8 +30,8 @@ from medseg.config import Config, load_config, save_config
 from medseg.data.datasets import Item, Sample, load_items, load_sample, split_items
 from medseg.data.transforms import augment, build_augmentation, normalize, random_patch, resize_sample
 from medseg.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from medseg.engine.distributed import (DistributedContext, init_distributed, parameter_checksum,
-                                       shutdown_distributed)
+from medseg.engine.distributed import (SINGLE_PROCESS, DistributedContext, init_distributed,
+                                       parameter_checksum, shutdown_distributed)
 from medseg.engine.predict import InferenceSettings, predict_image
 from medseg.errors import MedsegError
 from medseg.log import get_logger, is_interactive, log_to_file
@@ -170,7 +170,7 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, total_step
 
 
 def validate(model: torch.nn.Module, store: SampleStore, settings: InferenceSettings,
-             context: DistributedContext = DistributedContext()) -> dict[str, float]:
+             context: DistributedContext = SINGLE_PROCESS) -> dict[str, float]:
     """Mean per-image Dice, IoU and accuracy of whole validation images (tiled like prediction). Under DDP each
     rank scores a shard and the per-image scores are gathered, so every rank gets the single-process result."""
     model.eval()

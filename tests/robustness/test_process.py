@@ -29,11 +29,11 @@ def data(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("data"), n_images=10, size=40)
 
 
-def _command(data: Path, run: Path, epochs: int, resume: bool = False) -> list[str]:
+def _command(data: Path, run: Path, epochs: int, resume: bool = False, steps: int = 4) -> list[str]:
     if resume:
         return [sys.executable, "-m", "medseg", "train", "--resume", str(run)]
     return [sys.executable, "-m", "medseg", "train", "--data", str(data), "--out", str(run), "--epochs", str(epochs),
-            *TINY]
+            *TINY, "--set", f"train.steps_per_epoch={steps}"]
 
 
 def _env():
@@ -50,18 +50,18 @@ def _wait_for(path: Path, text: str, timeout: float = 120) -> None:
 
 
 def test_sigint_saves_a_mid_epoch_checkpoint_and_resume_matches(data, tmp_path):
-    straight = subprocess.run(_command(data, tmp_path / "straight", 3), env=_env(), capture_output=True, text=True)
+    command = lambda run: _command(data, run, epochs=2, steps=30)  # noqa: E731
+    straight = subprocess.run(command(tmp_path / "straight"), env=_env(), capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-1500:]
     run = tmp_path / "interrupted"
-    job = subprocess.Popen(_command(data, run, 3), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-    _wait_for(run / "train.log", "step 6/12")  # inside the second epoch
+    job = subprocess.Popen(command(run), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "train.log", "step 5/60")  # early in the first epoch of 30 steps
     job.send_signal(signal.SIGINT)
     _, err = job.communicate(timeout=120)
     assert job.returncode == 130 and "interrupted" in err
     _, meta, state = load_checkpoint(run / "checkpoint.safetensors")
-    assert state["round"] == 1 and state["round_step"] >= 2
-    resumed = subprocess.run(_command(data, run, 3, resume=True), env=_env(), capture_output=True, text=True)
+    assert state["round"] == 0 and 5 <= state["round_step"] < 30  # saved mid-epoch
+    resumed = subprocess.run(_command(data, run, 2, resume=True), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-1500:]
     a, _, _ = load_checkpoint(tmp_path / "straight" / "final_model.safetensors")
     b, _, _ = load_checkpoint(run / "final_model.safetensors")

@@ -16,13 +16,15 @@ def test_isbi_validation_dice_rises_well_above_its_start(tmp_path):
     config.data.patch_size = 128
     config.data.val_fraction = 0.2
     config.model.widths = [8, 16, 32, 64]
-    config.train.epochs = 6
+    config.train.epochs = 12
     config.train.steps_per_epoch = 10
+    config.train.deterministic = True
     config.train.batch_size = 4
     config.optim.lr = 2e-3
     result = train(config, tmp_path / "run")
     first = result.history[0]["val_dice"]
-    # 255 (cell interior) covers ~78% of pixels: predicting all-foreground already gives Dice ~0.87, so
-    # the bar is set above that trivial answer.
+    # 255 (cell interior) covers ~78% of pixels: predicting all-foreground already gives Dice ~0.87, so the bar
+    # is set above that trivial answer. Measured here: 0.0 after epoch 1, 0.78 for a few epochs (near the trivial
+    # answer), then 0.88 -> 0.92 by epoch 10.
     assert result.best_val_dice > 0.90
-    assert result.best_val_dice > first + 0.02 or first > 0.90
+    assert result.best_val_dice > first + 0.3

@@ -408,7 +408,8 @@ class Trainer:
         if interactive and self.context.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps - self.round_step, desc=f"epoch {self.round + 1}/{self.total_rounds}", unit="step", leave=False)
+            bar = tqdm(total=steps - self.round_step, desc=f"epoch {self.round + 1}/{self.total_rounds}",
+                       unit="step", leave=False)
         tick = time.perf_counter()
         waiting, fetch_started = 0.0, time.perf_counter()
         for batch in loader:

@@ -22,7 +22,32 @@ MAX_PIXELS = 2**30  # 1 gigapixel per plane: larger declared sizes are refused a
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
+_last_stack: dict[tuple[str, int, int], np.ndarray] = {}
+
+
 def _decode(path: Path) -> tuple[np.ndarray, bool]:
+    """Raw pixels and whether they are a stack. The last decoded TIFF stack is kept (read-only), so reading its
+    frames one by one decodes the file once, not once per frame."""
+    key = (str(path.resolve()), *_stat_key(path))
+    if key in _last_stack:
+        return _last_stack[key], True
+    pixels, is_stack = _decode_file(path)
+    if is_stack:
+        pixels.flags.writeable = False
+        _last_stack.clear()
+        _last_stack[key] = pixels
+    return pixels, is_stack
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def _decode_file(path: Path) -> tuple[np.ndarray, bool]:
     """Raw pixels and whether they are a stack: ``H x W [x C]``, or ``N x H x W [x C]`` for a TIFF stack."""
     if not path.is_file():
         raise MedsegError(path, "file not found")

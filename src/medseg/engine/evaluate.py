@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 
 from medseg.data.datasets import load_items, load_sample, split_items
 from medseg.engine.checkpoint import atomic_write_text, load_model, resolve_weights
-from medseg.engine.predict import InferenceSettings, overlay, postprocess, predict_image, to_display
+from medseg.engine.predict import (InferenceSettings, overlay, postprocess, predict_image, prepare_for_inference,
+                                   to_display)
 from medseg.errors import MedsegError
 from medseg.log import get_logger, progress
 from medseg.metrics import EmptyRule, MetricAccumulator
@@ -43,6 +44,7 @@ def evaluate(
     log = get_logger()
     checkpoint = resolve_weights(weights)
     model, meta = load_model(checkpoint, device, prune_depth)
+    prepare_for_inference(model)  # the same fast path as `medseg predict`
     settings = InferenceSettings.from_meta(meta, tta=tta, device=device, **(settings_overrides or {}))
     items = load_items(data, fmt)
     recorded = meta.get("training_data", {})

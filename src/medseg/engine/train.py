@@ -174,11 +174,11 @@ def validate(model: torch.nn.Module, store: SampleStore, settings: InferenceSett
     """Mean per-image Dice, IoU and accuracy of whole validation images (tiled like prediction). Under DDP each
     rank scores a shard and the per-image scores are gathered, so every rank gets the single-process result."""
     model.eval()
+    accumulator = MetricAccumulator(n_classes=settings.n_classes, with_hd95=False)
     scores = []
     for index in range(context.rank, len(store), context.world_size):
         sample = store[index]
         labels, _ = predict_image(model, sample.image, settings)
-        accumulator = MetricAccumulator(n_classes=settings.n_classes, with_hd95=False)
         scores.append((index, accumulator.add(sample.id, labels, sample.mask, sample.region)))
     rows = [row for _, row in sorted(s for shard in context.all_gather(scores) for s in shard)]
     return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}

@@ -25,9 +25,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from medseg.engine.checkpoint import save_checkpoint
-from medseg.engine.export import OnnxModel, export_model
-from medseg.engine.predict import _tile_starts, prepare_for_inference
+from medseg.engine.checkpoint import WeightsInfo, save_checkpoint
+from medseg.engine.contract import (DataRecord, InferenceSpec, ModelSpec, PostprocessSpec, SplitIds,
+                                    default_class_names, new_contract)
+from medseg.engine.export import export_model
+from medseg.engine.inference import OnnxBackend, Predictor, prepare_for_inference
+from medseg.engine.sliding_window import tile_starts
 from medseg.losses import build_loss
 from medseg.models import count_gflops, count_parameters, create_model, list_models, measure_latency
 
@@ -79,8 +82,8 @@ def forward_section(repeats: int, workdir: Path) -> list[dict[str, Any]]:
     monai = monai_basic_unet()
     plain = medseg_unet(prepared=False)
     fast = medseg_unet(prepared=True)
-    save_checkpoint(workdir / "unet.safetensors", plain.state_dict(), {"model": plain.spec})
-    onnx = OnnxModel(export_model(workdir / "unet.safetensors", "onnx", workdir / "unet.onnx"), threads=THREADS)
+    save_weights(workdir / "unet.safetensors", plain)
+    onnx = OnnxBackend(export_model(workdir / "unet.safetensors", "onnx", workdir / "unet.onnx"), threads=THREADS)
     engines["monai_basicunet_eager"] = lambda x: monai(x)
     engines["medseg_unet_eager_nchw"] = lambda x: plain(x)
     engines["medseg_unet_fast"] = lambda x: fast(x.contiguous(memory_format=torch.channels_last))
@@ -98,6 +101,17 @@ def forward_section(repeats: int, workdir: Path) -> list[dict[str, Any]]:
                              "img_per_s": batch / seconds, "gflop_per_s": gflop / seconds,
                              "gflop_per_image": gflop / batch})
     return rows
+
+
+def save_weights(path: Path, model: torch.nn.Module, patch_size: int = 256) -> None:
+    """A weights file with the contract training would write (binary, z-score, 256 tiles)."""
+    spec = model.spec
+    inference = InferenceSpec(n_classes=2, channels=spec["in_channels"], normalize="zscore", patch_size=patch_size,
+                              resize=None, threshold=0.5, tta=False, tta_vflip=True, overlap=0.5,
+                              postprocess=PostprocessSpec(), class_names=tuple(default_class_names(2)))
+    contract = new_contract(ModelSpec(spec["name"], spec["in_channels"], spec["out_channels"], spec["options"]),
+                            inference, DataRecord("", "folder", "", SplitIds((), (), ()), None), None, "best_model")
+    save_checkpoint(path, model.state_dict(), contract, WeightsInfo(0, 0, 0.0, 0.0))
 
 
 def _write_images(folder: Path, count: int, size: int) -> None:
@@ -120,14 +134,13 @@ def folder_section(count: int, workdir: Path) -> dict[str, Any]:
     _write_images(images, count, 512)
     model = medseg_unet(prepared=False)
     run = workdir / "run"
-    meta = {"model": model.spec, "data": {"n_classes": 2, "normalize": "zscore", "patch_size": 256},
-            "threshold": 0.5}
-    save_checkpoint(run / "best_model.safetensors", model.state_dict(), meta)
+    save_weights(run / "best_model.safetensors", model)
     result: dict[str, Any] = {"images": count, "size": 512}
     for backend in ("torch", "onnxruntime"):
-        predict_paths(run, [images / "img_000.png"], workdir / "warmup", backend=backend)
+        predictor = Predictor.from_run(run, backend)
+        predict_paths(predictor, [images / "img_000.png"], workdir / "warmup")
         start = time.perf_counter()
-        predict_paths(run, [images], workdir / f"out_{backend}", backend=backend)
+        predict_paths(predictor, [images], workdir / f"out_{backend}")
         result[f"medseg_{backend}_img_per_s"] = count / (time.perf_counter() - start)
 
     monai = monai_basic_unet()
@@ -196,14 +209,15 @@ def train_step_section(repeats: int, workdir: Path) -> dict[str, Any]:
     config.train.epochs, config.train.steps_per_epoch, config.train.batch_size = 1, max(3, repeats), 4
     config.train.log_every = 1000
     history = train(config, workdir / "train_run").history
-    result["data_wait_share"] = history[-1]["data_wait"]
+    result["data_wait_share"] = history[-1].data_wait
     return result
 
 
 HUGE_CHILD = """
 import json, os, sys, threading, time
 import numpy as np
-from medseg.engine.predict import InferenceSettings, predict_image, prepare_for_inference
+from medseg.engine.contract import InferenceSpec, PostprocessSpec
+from medseg.engine.inference import Predictor, TorchBackend, prepare_for_inference
 from medseg.models import create_model
 
 def rss():
@@ -212,8 +226,11 @@ def rss():
 
 size = int(sys.argv[1])
 model = prepare_for_inference(create_model("unet_ultralight", 1, 1))
-settings = InferenceSettings(patch_size=512, batch_size=4)
-predict_image(model, np.random.rand(600, 600, 1).astype(np.float32), settings)
+spec = InferenceSpec(n_classes=2, channels=1, normalize="zscore", patch_size=512, resize=None, threshold=0.5,
+                     tta=False, tta_vflip=True, overlap=0.5, postprocess=PostprocessSpec(),
+                     class_names=("background", "foreground"))
+predictor = Predictor([TorchBackend(model)], spec, batch_size=4)
+predictor.predict(np.random.rand(600, 600, 1).astype(np.float32))
 image = np.random.default_rng(0).random((size, size, 1), dtype=np.float32)
 baseline, peak, running = rss(), [0], [True]
 
@@ -225,7 +242,8 @@ def sample():
 sampler = threading.Thread(target=sample)
 sampler.start()
 start = time.perf_counter()
-labels, probability = predict_image(model, image, settings)
+result = predictor.predict(image, probabilities=True)
+labels, probability = result.labels, result.probabilities
 seconds = time.perf_counter() - start
 running[0] = False
 sampler.join()
@@ -245,7 +263,7 @@ def huge_section(sizes: list[int]) -> list[dict[str, Any]]:
                              check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row["megapixels"] = size * size / 1e6
-        row["tiles"] = len(_tile_starts(size, 512, 0.5)) ** 2
+        row["tiles"] = len(tile_starts(size, 512, 0.5)) ** 2
         row["seconds_per_tile"] = row["seconds"] / row["tiles"]
         row["seconds_per_mp"] = row["seconds"] / row["megapixels"]
         row["peak_above_io_gb"] = (row["peak_rss"] - row["baseline_rss"] - row["output_bytes"]) / 2**30

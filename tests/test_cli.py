@@ -25,11 +25,6 @@ def _error_line(capsys):
     return err
 
 
-def test_unknown_config_key(capsys, tmp_path):
-    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "optim.lrr=1"]) == 2
-    assert _error_line(capsys) == "medseg: error: config: unknown key 'optim.lrr' (did you mean 'optim.lr'?)"
-
-
 def test_bad_mask_values_stop_before_training(capsys, tmp_path):
     for sub in ("images", "masks"):
         (tmp_path / sub).mkdir()

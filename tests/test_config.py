@@ -16,11 +16,6 @@ def test_overrides_parse_yaml_values():
     assert config.data.patch_size is None
 
 
-def test_unknown_key_names_it_and_suggests_the_closest():
-    with pytest.raises(MedsegError, match="unknown key 'train.epoch' \\(did you mean 'train.epochs'\\?\\)"):
-        load_config(None, ["train.epoch=3"])
-
-
 def test_wrong_type_names_the_key():
     with pytest.raises(MedsegError, match="train.epochs: expected int"):
         load_config(None, ["train.epochs=many"])

@@ -107,7 +107,8 @@ def test_region_restricts_every_metric():
     assert (tp, fp, fn, tn) == (1, 1, 0, 1)
     acc = MetricAccumulator()
     row = acc.add("a", pred, truth, region)
-    assert row["dice"] == pytest.approx(2 / 3) and row["hd95"] == pytest.approx(0.95)  # percentile 95 of distances [0, 1]
+    # HD95: percentile 95 of the distances [0, 1]
+    assert row["dice"] == pytest.approx(2 / 3) and row["hd95"] == pytest.approx(0.95)
 
 
 def test_accumulator_per_image_and_pooled():

@@ -39,20 +39,31 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
-    from medseg.config import load_config
+def parse_duration(text: str) -> float:
+    """Minutes from ``90s``, ``15m``, ``1.5h`` or a plain number of minutes."""
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    raw = text.strip().lower()
+    scale = units.get(raw[-1:], None)
+    try:
+        minutes = float(raw[:-1] if scale else raw) * (scale or 1.0)
+    except ValueError:
+        raise MedsegError("--budget", f"expected a duration like 90s, 15m or 1.5h, got {text!r}") from None
+    if minutes <= 0:
+        raise MedsegError("--budget", f"must be positive, got {text!r}")
+    return minutes
 
-    overrides = list(args.set or [])
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
     flags = {
         "data.root": args.data, "model.name": args.model, "train.epochs": args.epochs,
         "train.iterations": args.iterations, "train.batch_size": args.batch_size, "data.patch_size": args.patch_size,
         "optim.lr": args.lr, "train.seed": args.seed, "data.val_fraction": args.val_fraction,
         "train.device": args.device, "data.fold": args.fold, "data.folds": args.folds,
     }
-    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None] + overrides
+    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
     if args.deterministic:
         overrides.append("train.deterministic=true")
-    return load_config(args.config, overrides)
+    return overrides + list(args.set or [])
 
 
 def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
@@ -75,49 +86,104 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
+    from medseg.config import load_config
     from medseg.engine.train import train
+    from medseg.engine.workflow import run_planned
 
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args.nproc, args.argv)
-
+    overrides = _train_overrides(args)
     if args.resume:
         result = train(None, args.resume, resume=True)
+    elif args.budget or args.plan:
+        budget = parse_duration(args.budget) if args.budget else None
+        result = run_planned(args.config, overrides, budget, args.plan, args.out).train
     else:
         if not args.out:
-            raise MedsegError("--out", "give the run folder to write (or --resume RUN_DIR)")
-        result = train(_train_config(args), args.out)
-    print(f"best val Dice {result.best_val_dice:.4f} (epoch {result.best_epoch}); run folder {result.run_dir}")
+            raise MedsegError("--out", "give the run folder to write (or --resume RUN_DIR, or --budget to plan)")
+        result = train(load_config(args.config, overrides), args.out)
+    print(f"{result.steps_run} steps in {result.seconds / 60:.1f} min; using the {result.selected} weights; "
+          f"run folder {result.run_dir}")
     return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from medseg.engine.workflow import plan_dataset
+
+    plan, _ = plan_dataset(args.config, _data_overrides(args), parse_duration(args.budget), args.device,
+                           Path(args.out))
+    print(plan.table())
+    print(f"wrote {args.out} (edit it, then: medseg train --plan {args.out} --data {args.dir})")
+    return 0
+
+
+def _data_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"data.root={json.dumps(str(args.dir))}"] + list(args.set or [])
+
+
+def _inference_overrides(args: argparse.Namespace) -> dict:
+    """Inference settings given on the command line (None = the run's own)."""
+    from medseg.engine.contract import PostprocessSpec
+
+    postprocess = None
+    if args.no_postprocess:
+        postprocess = PostprocessSpec()
+    elif args.largest_component or args.min_size or args.fill_holes:
+        postprocess = PostprocessSpec(args.largest_component, args.min_size or 0, args.fill_holes)
+    return {"tta": True if args.tta else None, "threshold": args.threshold, "overlap": args.overlap,
+            "postprocess": postprocess}
+
+
+def _model_source(args: argparse.Namespace, run: str | None) -> str:
+    """The run folder or the --weights file: exactly one of them."""
+    if args.weights and run:
+        raise MedsegError("--weights", f"give a run folder ({run}) or --weights, not both")
+    if not (args.weights or run):
+        raise MedsegError("run", "give a run folder or --weights FILE")
+    return args.weights or run
+
+
+def _folds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise MedsegError("--folds", f"expected comma-separated fold numbers, got {text!r}") from None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medseg.engine.evaluate import evaluate
 
-    evaluate(args.weights or args.run, args.data, args.out, split=args.split, fmt=args.format, empty=args.empty,
-             tta=args.tta, device=args.device, postprocess_options=_postprocess_options(args),
-             prune_depth=args.prune_depth)
+    evaluate(_model_source(args, args.run), args.data, args.out, split=args.split, fmt=args.format,
+             empty=args.empty, backend=args.backend, device=args.device, folds=_folds(args.folds),
+             prune_depth=args.prune_depth, **_inference_overrides(args))
     return 0
 
 
-def _postprocess_options(args: argparse.Namespace) -> dict:
-    return {"largest_component": args.largest_component, "min_size": args.min_size, "fill_holes": args.fill_holes}
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from medseg.engine.inference import Predictor
     from medseg.engine.predict import predict_paths
 
-    overrides = {"tta": args.tta, "device": args.device, "threshold": args.threshold, "overlap": args.overlap,
-                 "batch_size": args.batch_size}
-    predict_paths(args.weights or args.run, args.inputs, args.out, overrides, save_probabilities=args.probabilities,
-                  save_overlays=args.overlays, prune_depth=args.prune_depth, backend=args.backend,
-                  **_postprocess_options(args))
+    paths = list(args.paths)
+    if args.weights:
+        if paths and Path(paths[0]).is_dir() and (Path(paths[0]) / "best_model.safetensors").is_file():
+            raise MedsegError("--weights", f"give a run folder ({paths[0]}) or --weights, not both")
+        run, inputs = None, paths
+    else:
+        run, inputs = paths[0], paths[1:]
+    if not inputs:
+        raise MedsegError("inputs", "no images to predict (medseg predict RUN_DIR IMAGE... --out DIR)")
+    predictor = Predictor.from_run(_model_source(args, run), args.backend, args.device, _folds(args.folds),
+                                   args.prune_depth, args.batch_size or 4, **_inference_overrides(args))
+    predict_paths(predictor, inputs, args.out, save_probabilities=args.probabilities, save_overlays=args.overlays)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from medseg.engine.export import export_model
 
-    path = export_model(args.weights or args.run, args.format, args.out)
+    path = export_model(_model_source(args, args.run), args.format, args.out)
     print(f"wrote {args.format} model to {path}")
     return 0
 
@@ -173,12 +239,24 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fold(text: str) -> int | str:
+    return "all" if text == "all" else int(text)
+
+
 def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", help="a checkpoint file instead of RUN_DIR/best_model.safetensors")
-    parser.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    parser.add_argument("--weights", help="a weights file instead of a run folder")
+    parser.add_argument("--folds", help="cross-validation runs: the folds to ensemble, e.g. 0,2 (default: all)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                        help="inference engine (onnxruntime exports the model once and caches it)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threshold", type=float, help="foreground threshold (default: the run's, chosen on "
+                                                        "validation)")
+    parser.add_argument("--overlap", type=float, help="tile overlap (0..0.9, default 0.5)")
+    parser.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    parser.add_argument("--no-postprocess", action="store_true",
+                        help="skip the post-processing the run chose on validation")
     parser.add_argument("--largest-component", action="store_true", help="keep the largest connected component")
-    parser.add_argument("--min-size", type=int, default=0, help="remove objects smaller than this many pixels")
+    parser.add_argument("--min-size", type=int, help="remove objects smaller than this many pixels")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes in predicted objects")
     parser.add_argument("--prune-depth", type=int, help="UNet++ only: run the sub-network of depth 1..4")
 
@@ -191,11 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=_cmd_models)
 
+    plan = commands.add_parser("plan", help="fingerprint a dataset and plan a training recipe for a time budget")
+    plan.add_argument("dir", help="dataset folder (folder format or a supported layout)")
+    plan.add_argument("--budget", default="15m", help="training time, e.g. 90s, 15m, 1.5h (default 15m)")
+    plan.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    plan.add_argument("--out", default="plan.yaml", help="plan file to write (default plan.yaml)")
+    plan.add_argument("--config", help="YAML config whose data settings (format, classes, split) apply")
+    plan.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. data.n_classes=3")
+    plan.set_defaults(handler=_cmd_plan)
+
     train = commands.add_parser("train", help="train a model on a dataset folder")
     train.add_argument("--config", help="YAML config (see configs/)")
     train.add_argument("--data", help="dataset folder (folder format or a supported layout)")
+    train.add_argument("--budget", help="plan, then train to this deadline, e.g. 15m (the schedule follows it)")
+    train.add_argument("--plan", help="a plan file from `medseg plan` (flags and --config still override it)")
     train.add_argument("--model", help="zoo model name (medseg models)")
-    train.add_argument("--out", help="run folder to create")
+    train.add_argument("--out", help="run folder to create (default with --budget: runs/<dataset>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     train.add_argument("--epochs", type=int)
     train.add_argument("--iterations", type=int, help="total optimizer steps (overrides --epochs)")
@@ -204,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument("--val-fraction", type=float)
-    train.add_argument("--fold", type=int, help="use fold i of --folds k as validation")
+    train.add_argument("--fold", type=_fold, help="validate on fold i of --folds k; 'all': no validation split")
     train.add_argument("--folds", type=int)
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--deterministic", action="store_true", help="reproducible run to run (CPU)")
@@ -213,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="score a trained run on a dataset split")
-    evaluate.add_argument("run", nargs="?", help="run folder (uses best_model)")
+    evaluate.add_argument("run", nargs="?", help="run folder (its selected weights)")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     evaluate.add_argument("--format", default="auto")
@@ -224,16 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="segment new images of any size")
-    predict.add_argument("run", help="run folder (uses best_model)")
-    predict.add_argument("inputs", nargs="+", help="image files, folders or TIFF stacks")
+    predict.add_argument("paths", nargs="+", metavar="RUN_DIR IMAGE",
+                         help="the run folder, then image files, folders or TIFF stacks (with --weights: images)")
     predict.add_argument("--out", required=True)
-    predict.add_argument("--threshold", type=float)
-    predict.add_argument("--overlap", type=float, help="tile overlap (0..0.9, default 0.5)")
     predict.add_argument("--batch-size", type=int, help="tiles per forward pass")
     predict.add_argument("--probabilities", action="store_true", help="also write probability maps (TIFF)")
     predict.add_argument("--overlays", action="store_true", help="also write overlay PNGs")
-    predict.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
-                         help="inference engine (onnxruntime exports the model once and caches it)")
     _add_inference_flags(predict)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -244,21 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--config", help="base YAML config shared by every model")
     compare.add_argument("--seeds", help="comma-separated training seeds (default: study.seeds, else 0)")
     budget = compare.add_mutually_exclusive_group()
-    budget.add_argument("--budget-minutes", type=float, help="training time per run")
+    budget.add_argument("--budget-minutes", type=float, help="training time per run (the schedule follows it)")
     budget.add_argument("--epochs", type=int)
     compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the base config")
     compare.set_defaults(handler=_cmd_compare)
 
     export = commands.add_parser("export", help="export a trained model to ONNX or TorchScript")
-    export.add_argument("run", nargs="?", help="run folder (uses best_model)")
-    export.add_argument("--weights", help="a checkpoint file instead of RUN_DIR/best_model.safetensors")
+    export.add_argument("run", nargs="?", help="run folder (its selected weights)")
+    export.add_argument("--weights", help="a weights file instead of a run folder")
     export.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     export.add_argument("--out", required=True)
     export.set_defaults(handler=_cmd_export)
 
     demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--minutes", type=float, default=2.0, help="training time budget")
+    demo.add_argument("--minutes", type=float, default=1.5, help="training time budget")
     demo.set_defaults(handler=_cmd_demo)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

@@ -1,222 +1,244 @@
-"""The one config schema: nested dataclasses, read from and written to YAML, overridden by ``key=value`` strings.
+"""The one config schema: pydantic models, validated when loaded (enumerated options are ``Literal`` types), read
+from and written to YAML, overridden by ``key=value`` strings.
 
-Unknown keys and wrong types are :class:`MedsegError`s naming the key (with the closest valid key suggested).
+Every problem is a one-line :class:`MedsegError` naming the key, with the closest valid key or value suggested.
+This module imports nothing from ``data/``, ``models/`` or ``engine/``: they import it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
+import copy
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, Mapping
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medseg.data.transforms import AugmentConfig
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, did_you_mean
+from medseg.files import atomic_write_text
+
+DatasetFormat = Literal["auto", "folder", "nnunet", "tiff-stack", "drive", "isic", "busi"]
+Normalization = Literal["zscore", "unit"]
+LossName = Literal["bce", "dice", "bce_dice", "ce", "ce_dice"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+ScheduleName = Literal["constant", "cosine", "poly", "plateau"]
+Selection = Literal["auto", "final", "best"]
+PostprocessMode = Literal["auto", "none"]
 
 
-@dataclass
-class DataConfig:
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
     root: str = ""
-    format: str = "auto"
+    format: DatasetFormat = "auto"
     channels: int | None = None  # None: from the first training image
-    n_classes: int = 2  # 2 = binary (one sigmoid output); K > 2 = K-way softmax
+    n_classes: int = Field(2, ge=2)  # 2 = binary (one sigmoid output); K > 2 = K-way softmax
     class_names: list[str] | None = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = 0  # seeds the carved val/test split (kept apart from train.seed so studies share one split)
-    fold: int | None = None
-    folds: int = 5
-    patch_size: int | None = 256  # random crops of this size for training; tiles of this size for inference
-    resize: int | None = None  # alternative to patches: resize every image to resize x resize
-    foreground_p: float = 0.33
-    normalize: str = "zscore"
-    cache_gb: float = 4.0  # decode the dataset once into memory when it fits in this many GB
-    workers: int = 0
+    fold: int | Literal["all"] | None = None  # validate on fold i of `folds`; "all": train on every labelled image
+    folds: int = Field(5, ge=2)
+    patch_size: int | None = Field(256, ge=8)  # random crops for training; tiles of this size for inference
+    resize: int | None = Field(None, ge=8)  # alternative to patches: resize every image to resize x resize
+    foreground_p: float = Field(0.33, ge=0, le=1)
+    normalize: Normalization = "zscore"
+    cache_gb: float = Field(4.0, ge=0)  # keep decoded samples in memory up to this many GB
+    workers: int = Field(0, ge=0)
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     name: str = "unet"
     widths: list[int] | None = None
-    width_scale: float | None = None  # scale the model's default widths (rounded to multiples of 4), e.g. 0.25
-    options: dict[str, Any] = field(default_factory=dict)
+    width_scale: float | None = Field(None, gt=0)  # scale the model's default widths (multiples of 4), e.g. 0.25
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class LossConfig:
-    name: str = "bce_dice"
+class LossConfig(Section):
+    name: LossName = "bce_dice"
     ce_weight: float = 0.5
     dice_weight: float = 1.0
     smooth: float = 1.0
     batch_dice: bool = True
-    deep_supervision_weights: str | list[float] = "equal"
+    deep_supervision_weights: Literal["equal", "halving"] | list[float] = "equal"
 
 
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.99
-    schedule: str = "cosine"  # constant | cosine | poly | plateau
+class OptimConfig(Section):
+    name: OptimizerName = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.99, ge=0, lt=1)
+    schedule: ScheduleName = "cosine"
+    warmup_steps: int = Field(10, ge=0)  # linear warm-up before the schedule
     poly_power: float = 0.9
     plateau_patience: int = 5
     plateau_factor: float = 0.5
     grad_clip: float | None = None
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 50
-    iterations: int | None = None  # total optimizer steps; overrides epochs
-    steps_per_epoch: int | None = None  # None: one pass over the training images
-    batch_size: int = 4
+class TrainConfig(Section):
+    epochs: int = Field(50, ge=1)
+    iterations: int | None = Field(None, ge=1)  # total optimizer steps; overrides epochs
+    budget_minutes: float | None = Field(None, gt=0)  # train to this deadline; the schedule follows elapsed time
+    steps_per_epoch: int | None = Field(None, ge=1)  # None: one pass over the training images, at least 250
+    batch_size: int = Field(4, ge=1)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA
     sync_batchnorm: bool = False  # DDP on CUDA: synchronise BatchNorm statistics across ranks
-    threshold: float = 0.5
-    max_minutes: float | None = None  # stop (and keep the best checkpoint) after this much wall time
-    log_every: int = 20
+    val_time_share: float | None = Field(0.1, gt=0, le=1)  # validation may cost at most this share of the time
+    val_images: int | None = Field(None, ge=1)  # validate on a fixed subset of this many images
+    val_smoothing: float = Field(0.5, ge=0, lt=1)  # best_model follows an EMA of validation Dice (weight of the past)
+    select: Selection = "auto"  # weights predict/evaluate use: final, best (EMA of val Dice), auto (see README)
+    log_every: int = Field(20, ge=1)
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard when the tensorboard package is installed
 
 
-@dataclass
-class StudyConfig:
+class InferenceConfig(Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    tta: bool = False  # average over flips
+    tta_vflip: bool = True  # with tta: also vertical flips (off for images with an up/down orientation)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    postprocess: PostprocessMode = "auto"  # auto: chosen on validation predictions at the end of training
+
+
+class AugmentConfig(Section):
+    """Augmentation switches and strengths; a probability of 0 disables a transform."""
+
+    flip: bool = True  # horizontal flips
+    vflip: bool = True  # vertical flips (off for images with an up/down orientation, e.g. ultrasound)
+    rotate90: bool = True
+    rotate_degrees: float = 15.0
+    scale: float = 0.1
+    shift: float = 0.05
+    affine_p: float = Field(0.3, ge=0, le=1)
+    elastic_p: float = Field(0.3, ge=0, le=1)
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    intensity_p: float = Field(0.3, ge=0, le=1)
+    gamma: float = 0.2
+    gamma_p: float = Field(0.3, ge=0, le=1)
+    blur_p: float = Field(0.1, ge=0, le=1)
+    noise_p: float = Field(0.1, ge=0, le=1)
+    noise_std: float = 0.03
+
+
+class StudyConfig(Section):
     """Used by `medseg compare` when --models / --seeds are not given on the command line."""
 
-    models: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
+    models: list[str] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0])
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    study: StudyConfig = field(default_factory=StudyConfig)
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def model_options(self) -> dict[str, Any]:
-        from medseg.models import scaled_widths
-
-        options = dict(self.model.options)
-        if self.model.widths is not None:
-            options["widths"] = list(self.model.widths)
-        elif self.model.width_scale is not None:
-            options["widths"] = scaled_widths(self.model.name, self.model.width_scale)
-        return options
+        return self.model_dump(mode="json")
 
 
-def _all_keys(obj: Any, prefix: str = "") -> list[str]:
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every leaf key of the schema, dotted (``optim.lr``)."""
     keys = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _all_keys(value, f"{prefix}{f.name}.")
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += config_keys(annotation, f"{prefix}{name}.")
         else:
-            keys.append(f"{prefix}{f.name}")
+            keys.append(f"{prefix}{name}")
     return keys
 
 
-def _unknown(key: str, valid: Iterable[str]) -> MedsegError:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return MedsegError("config", f"unknown key {key!r}{hint}")
-
-
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation (ints widen to floats); raise a MedsegError naming the key."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(annotation):
-            try:
-                return _coerce(key, value, option)
-            except MedsegError as exc:
-                errors.append(exc)
-        raise errors[-1]
-    if annotation is type(None):
-        if value is None:
-            return None
-    elif annotation is Any:
-        return value
-    elif annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            (inner,) = typing.get_args(annotation)
-            return [_coerce(key, v, inner) for v in value]
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    name = getattr(annotation, "__name__", str(annotation))
-    raise MedsegError("config", f"{key}: expected {name}, got {value!r}")
-
-
-def _set(config: Config, key: str, value: Any) -> None:
-    parts = key.split(".")
-    target: Any = config
-    for depth, part in enumerate(parts):
-        if isinstance(target, dict):
-            node = target
-            for rest in parts[depth:-1]:
-                node = node.setdefault(rest, {})
-            node[parts[-1]] = value
-            return
-        if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
-            raise _unknown(key, _all_keys(config))
-        if depth == len(parts) - 1:
-            hints = typing.get_type_hints(type(target))
-            if dataclasses.is_dataclass(getattr(target, part)):
-                if not isinstance(value, dict):
-                    raise MedsegError("config", f"{key}: expected a mapping, got {value!r}")
-                for sub_key, sub_value in value.items():
-                    _set(config, f"{key}.{sub_key}", sub_value)
-                return
-            setattr(target, part, _coerce(key, value, hints[part]))
-            return
-        target = getattr(target, part)
-
-
-def apply_mapping(config: Config, mapping: dict[str, Any], prefix: str = "") -> Config:
-    """Apply a nested mapping (e.g. a parsed YAML file) onto ``config``."""
-    for key, value in mapping.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and full != "model.options" and not full.startswith("model.options."):
-            apply_mapping(config, value, f"{full}.")
+def _field_path(loc: tuple[Any, ...]) -> tuple[str, Any]:
+    """The dotted key of a pydantic error location and the field's annotation (union-member tags dropped)."""
+    model: Any = Config
+    parts: list[str] = []
+    annotation: Any = None
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            parts.append(str(part))
+            annotation = model.model_fields[part].annotation
+            model = annotation
         else:
-            _set(config, full, value)
-    return config
+            break
+    return ".".join(parts), annotation
 
 
-def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
-    """Apply ``key=value`` strings; values are parsed as YAML (``[32,64]``, ``true``, ``1e-3``, ``null``)."""
+def _choices(annotation: Any) -> list[str]:
+    """The literal values an annotation admits (through unions)."""
+    if typing.get_origin(annotation) is Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    return [c for arg in typing.get_args(annotation) for c in _choices(arg)]
+
+
+_EXPECTED = {"int": "int", "float": "float", "bool": "bool", "string": "str", "list": "list", "dict": "mapping"}
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """One line for the first error pydantic reports."""
+    key, annotation = _field_path(tuple(error["loc"]))
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        full = ".".join(str(p) for p in error["loc"])
+        return f"unknown key {full!r}{did_you_mean(full, config_keys())}"
+    choices = _choices(annotation)
+    if choices and isinstance(value, str):
+        return f"{key}: {value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices, cutoff=0.4)}"
+    if kind.startswith(("greater", "less")):
+        return f"{key}: {error['msg'].lower()}, got {value!r}"
+    for prefix, name in _EXPECTED.items():
+        if kind.startswith(prefix):
+            return f"{key}: expected {name}, got {value!r}"
+    return f"{key}: {error['msg']} (got {value!r})"
+
+
+def validate_config(mapping: Mapping[str, Any]) -> Config:
+    """A :class:`Config` from a nested mapping; the first problem is a MedsegError naming the key."""
+    try:
+        return Config.model_validate(dict(mapping))
+    except ValidationError as exc:
+        raise MedsegError("config", _message(exc.errors()[0])) from None
+
+
+def set_key(mapping: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in a nested mapping."""
+    *parents, leaf = key.split(".")
+    node = mapping
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in, section by section (``model.options`` merged key by key)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``key=value`` strings as a nested mapping; values are parsed as YAML (``[32,64]``, ``true``, ``1e-3``)."""
+    mapping: dict[str, Any] = {}
     for override in overrides:
         if "=" not in override:
             raise MedsegError("--set", f"expected key=value, got {override!r}")
@@ -225,33 +247,35 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        _set(config, key.strip(), value)
-    return config
+        set_key(mapping, key.strip(), value)
+    return mapping
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then the overrides."""
-    config = Config()
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping."""
+    path = Path(path)
+    try:
+        mapping = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MedsegError(path, f"cannot read YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(mapping, dict):
+        raise MedsegError(path, "config must be a YAML mapping")
+    return mapping
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then ``base`` (e.g. a plan's choices), then the YAML file (if any), then the overrides."""
+    mapping = dict(base or {})
     if path is not None:
-        path = Path(path)
+        file_mapping = read_yaml_mapping(path)
         try:
-            mapping = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise MedsegError(path, f"cannot read config ({exc})") from None
-        if not isinstance(mapping, dict):
-            raise MedsegError(path, "config must be a YAML mapping")
-        try:
-            apply_mapping(config, mapping)
+            validate_config(file_mapping)
         except MedsegError as exc:
             raise MedsegError(path, exc.reason) from None
-    return apply_overrides(config, overrides)
-
-
-def config_from_dict(mapping: dict[str, Any]) -> Config:
-    return apply_mapping(Config(), mapping)
+        mapping = merge(mapping, file_mapping)
+    return validate_config(merge(mapping, parse_overrides(overrides)))
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    from medseg.engine.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -145,7 +145,8 @@ def build_loss(
     """
     binary = out_channels == 1
     if name in ("bce", "bce_dice") and not binary:
-        raise MedsegError("loss.name", f"{name!r} needs out_channels=1; use 'ce' or 'ce_dice' for {out_channels} classes")
+        raise MedsegError("loss.name", f"{name!r} needs out_channels=1; use 'ce' or 'ce_dice' for {out_channels} "
+                                       "classes")
     if name in ("ce", "ce_dice") and binary:
         raise MedsegError("loss.name", f"{name!r} needs out_channels > 1; use 'bce' or 'bce_dice' for a binary task")
     dice = DiceLoss(smooth=smooth, batch=batch_dice)

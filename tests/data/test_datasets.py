@@ -110,26 +110,29 @@ def test_seeded_split_is_disjoint_and_reproducible(tmp_path):
     items = load_items(fixtures.make_folder(tmp_path, n=20, split=False))
     a = split_items(items, val_fraction=0.2, test_fraction=0.1, seed=3)
     b = split_items(items, val_fraction=0.2, test_fraction=0.1, seed=3)
-    assert {k: [i.id for i in v] for k, v in a.items()} == {k: [i.id for i in v] for k, v in b.items()}
-    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (14, 4, 2)
-    ids = [i.id for split in a.values() for i in split]
+    assert a == b
+    assert (len(a.train), len(a.val), len(a.test)) == (14, 4, 2)
+    ids = [i.id for split in (a.train, a.val, a.test) for i in split]
     assert len(ids) == len(set(ids)) == 20
 
 
 def test_source_split_kept_and_val_carved_from_train(tmp_path):
     items = load_items(fixtures.make_folder(tmp_path, n=6))
     splits = split_items(items, val_fraction=0.2)
-    assert [i.id for i in splits["test"]] == ["case0"]
-    assert len(splits["val"]) == 1 and len(splits["train"]) == 4
+    assert [i.id for i in splits.test] == ["case0"]
+    assert len(splits.val) == 1 and len(splits.train) == 4
 
 
 def test_k_fold_validation_sets_partition_the_pool(tmp_path):
     items = load_items(fixtures.make_folder(tmp_path, n=10, split=False))
     folds = [split_items(items, fold=k, folds=5, seed=1) for k in range(5)]
-    val_ids = [i.id for f in folds for i in f["val"]]
-    assert sorted(val_ids) == sorted(i.id for i in items)
+    val_ids = [i.id for f in folds for i in f.val]
+    assert sorted(val_ids) == sorted(i.id for i in items) and len(val_ids) == len(set(val_ids))
     for f in folds:
-        assert not {i.id for i in f["val"]} & {i.id for i in f["train"]}
+        assert not {i.id for i in f.val} & {i.id for i in f.train}
+        assert len(f.train) + len(f.val) == 10
+    everything = split_items(items, fold="all", folds=5, seed=1)
+    assert everything.val == [] and len(everything.train) == 10
 
 
 def test_convert_keeps_16_bit_images_lossless(tmp_path):

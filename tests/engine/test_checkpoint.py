@@ -1,16 +1,17 @@
-"""Checkpoints: round trip, atomic writes under a crash, corrupt and hostile files."""
+"""Weights files: round trip with the training state, atomic writes under a crash, corrupt and hostile files."""
 
 from __future__ import annotations
 
 import os
-import pickle
 
 import pytest
 import torch
 
 from medseg.engine import checkpoint as ckpt
+from medseg.engine.checkpoint import WeightsInfo
 from medseg.errors import MedsegError
 from medseg.models import create_model
+from tests.helpers import contract_for, save_model
 
 
 def _model():
@@ -23,24 +24,24 @@ def test_round_trip_with_training_state(tmp_path):
     model(torch.randn(2, 1, 8, 8)).mean().backward()
     optimizer.step()
     rng_state = torch.get_rng_state()
-    state = {"optimizer": optimizer.state_dict(), "rng": rng_state, "round": 3, "history": [{"a": 1.5}]}
+    state = {"optimizer": optimizer.state_dict(), "rng": rng_state, "epoch": 3, "history": [{"a": 1.5}]}
     path = tmp_path / "c.safetensors"
-    ckpt.save_checkpoint(path, model.state_dict(), {"model": model.spec, "epoch": 3}, state)
-    weights, meta, restored = ckpt.load_checkpoint(path)
-    assert meta["epoch"] == 3 and restored["round"] == 3 and restored["history"] == [{"a": 1.5}]
+    ckpt.save_checkpoint(path, model.state_dict(), contract_for(model), WeightsInfo(3, 30, 12.5, 0.8), state)
+    loaded = ckpt.load_checkpoint(path)
+    assert loaded.info == WeightsInfo(3, 30, 12.5, 0.8)
+    assert loaded.train_state["epoch"] == 3 and loaded.train_state["history"] == [{"a": 1.5}]
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(weights[key], value)
+        torch.testing.assert_close(loaded.weights[key], value)
     fresh = torch.optim.Adam(_model().parameters())
-    fresh.load_state_dict(restored["optimizer"])
-    torch.testing.assert_close(restored["rng"], rng_state)
+    fresh.load_state_dict(loaded.train_state["optimizer"])
+    torch.testing.assert_close(loaded.train_state["rng"], rng_state)
     assert (tmp_path / "c.json").is_file()
-    rebuilt, _ = ckpt.load_model(path)
-    assert rebuilt.spec == model.spec
+    rebuilt, contract = ckpt.load_model(path)
+    assert rebuilt.spec == model.spec and contract == contract_for(model)
 
 
 def test_crash_during_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
-    path = tmp_path / "c.safetensors"
-    ckpt.save_checkpoint(path, _model().state_dict(), {"model": _model().spec, "epoch": 1})
+    path = save_model(tmp_path / "c.safetensors", _model())
     before = path.read_bytes()
 
     def crash(*_):
@@ -48,36 +49,26 @@ def test_crash_during_write_leaves_previous_checkpoint_intact(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(MedsegError, match="No space left on device.*previous file is unchanged"):
-        ckpt.save_checkpoint(path, _model().state_dict(), {"model": _model().spec, "epoch": 2})
+        save_model(path, _model())
     assert path.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    path = tmp_path / "c.safetensors"
-    ckpt.save_checkpoint(path, _model().state_dict(), {"model": _model().spec})
+    path = save_model(tmp_path / "c.safetensors", _model())
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(MedsegError, match="not a readable medseg checkpoint"):
         ckpt.load_checkpoint(path)
 
 
-def test_pickle_posing_as_checkpoint_is_never_executed(tmp_path):
-    marker = tmp_path / "pwned"
+def test_resolve_weights_follows_the_contract(tmp_path):
+    model = _model()
+    save_model(tmp_path / "best_model.safetensors", model)
+    assert ckpt.resolve_weights(tmp_path) == tmp_path / "best_model.safetensors"  # no contract.json yet
+    save_model(tmp_path / "final_model.safetensors", model)
+    from dataclasses import replace
 
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "evil.safetensors"
-    path.write_bytes(pickle.dumps(Exploit()))
-    with pytest.raises(MedsegError, match="not a readable medseg checkpoint"):
-        ckpt.load_model(path)
-    assert not marker.exists()
-
-
-def test_weights_of_another_model_are_rejected(tmp_path):
-    path = tmp_path / "c.safetensors"
-    other = create_model("unet", 1, 1, widths=(4, 16))
-    ckpt.save_checkpoint(path, other.state_dict(), {"model": _model().spec})
-    with pytest.raises(MedsegError, match="do not fit model 'unet'"):
-        ckpt.load_model(path)
+    replace(contract_for(model), selected="final_model").save(tmp_path / "contract.json")
+    assert ckpt.resolve_weights(tmp_path) == tmp_path / "final_model.safetensors"
+    with pytest.raises(MedsegError, match="no checkpoint.safetensors in this run folder"):
+        ckpt.resolve_weights(tmp_path, "checkpoint")

@@ -1,4 +1,5 @@
-"""Prediction: tiling equals whole-image inference, files/folders/stacks of any size, post-processing."""
+"""Inference and prediction: tiling equals whole-image inference, files/folders/stacks of any size, the notebook
+Predictor, TTA, fold ensembles and post-processing."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from medseg.engine.predict import postprocess, predict_paths, sliding_window_logits
+from medseg.engine.contract import PostprocessSpec
+from medseg.engine.inference import Predictor, TorchBackend, prepare_for_inference
+from medseg.engine.postprocess import postprocess
+from medseg.engine.predict import predict_paths
+from medseg.engine.sliding_window import sliding_window_logits
 from medseg.engine.train import train
 from medseg.errors import MedsegError
+from tests.helpers import contract_for
 
 
 class PointwiseNet(nn.Module):
@@ -63,10 +69,11 @@ def test_postprocess_options():
     labels[1:6, 1:6] = 1
     labels[3, 3] = 0  # a hole
     labels[8, 8] = 1  # a speck
-    assert postprocess(labels, largest_component=True)[8, 8] == 0
-    assert postprocess(labels, min_size=2)[8, 8] == 0 and postprocess(labels, min_size=2)[1, 1] == 1
-    assert postprocess(labels, fill_holes=True)[3, 3] == 1
-    assert (postprocess(labels) == labels).all()
+    assert postprocess(labels, PostprocessSpec(largest_component=True))[8, 8] == 0
+    small = postprocess(labels, PostprocessSpec(min_size=2))
+    assert small[8, 8] == 0 and small[1, 1] == 1
+    assert postprocess(labels, PostprocessSpec(fill_holes=True))[3, 3] == 1
+    assert (postprocess(labels, PostprocessSpec()) == labels).all()
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +93,9 @@ def test_predict_files_of_any_size_and_stacks(trained_run, tmp_path):
     stack = (rng.random((3, 40, 50)) * 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     out = tmp_path / "out"
-    written = predict_paths(trained_run, [tmp_path / "big.png", tmp_path / "tiny.png", tmp_path / "stack.tif"], out,
-                            {"tta": True}, save_probabilities=True, save_overlays=True)
+    predictor = Predictor.from_run(trained_run, tta=True)
+    written = predict_paths(predictor, [tmp_path / "big.png", tmp_path / "tiny.png", tmp_path / "stack.tif"], out,
+                            save_probabilities=True, save_overlays=True)
     assert [p.name for p in written] == ["big.png", "tiny.png", "stack.tif"]
     assert np.asarray(Image.open(out / "big.png")).shape == (90, 130)
     assert np.asarray(Image.open(out / "tiny.png")).shape == (7, 5)
@@ -100,10 +108,11 @@ def test_predict_files_of_any_size_and_stacks(trained_run, tmp_path):
 
 def test_predict_input_errors(trained_run, tmp_path):
     (tmp_path / "empty").mkdir()
+    predictor = Predictor.from_run(trained_run)
     with pytest.raises(MedsegError, match="folder contains no images"):
-        predict_paths(trained_run, [tmp_path / "empty"], tmp_path / "out")
+        predict_paths(predictor, [tmp_path / "empty"], tmp_path / "out")
     with pytest.raises(MedsegError, match="input not found"):
-        predict_paths(trained_run, [tmp_path / "nope.png"], tmp_path / "out")
+        predict_paths(predictor, [tmp_path / "nope.png"], tmp_path / "out")
 
 
 @pytest.mark.parametrize("name", ["unet", "unet_se_dw", "unet_ultralight", "unetpp", "resunet", "segnet",
@@ -111,7 +120,6 @@ def test_predict_input_errors(trained_run, tmp_path):
 def test_inference_preparation_keeps_outputs(name):
     import copy
 
-    from medseg.engine.predict import prepare_for_inference
     from medseg.models import create_model
     from tests.models.test_zoo import TINY
 
@@ -127,3 +135,33 @@ def test_inference_preparation_keeps_outputs(name):
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) or name in ("resunet",
                                                                                               "res_usegnet")
         torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_notebook_predictor_gives_masks_and_probabilities(trained_run):
+    predictor = Predictor.from_run(trained_run)
+    image = (np.random.default_rng(3).random((50, 70)) * 255).astype(np.uint8)
+    mask = predictor.predict(image)
+    assert mask.shape == (50, 70) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    result = predictor.predict(image, probabilities=True)
+    assert (result.labels == mask).all() and result.probabilities.shape == (50, 70)
+    assert ((result.probabilities > predictor.spec.threshold) == (mask > 0)).all()
+    np.testing.assert_allclose(predictor.predict(image / 255.0, probabilities=True).probabilities,
+                               result.probabilities, atol=1e-6)  # integers are scaled like files
+
+
+def test_ensemble_averages_member_probabilities_and_composes_with_tta():
+    torch.manual_seed(0)
+    from medseg.models import create_model
+
+    members = [create_model("unet", 1, 1, widths=(4, 8)).eval() for _ in range(3)]
+    spec = contract_for(members[0], patch_size=16).inference
+    image = np.random.default_rng(0).random((20, 28, 1)).astype(np.float32)
+    for tta in (False, True):
+        from dataclasses import replace
+
+        tta_spec = replace(spec, tta=tta)
+        single = [Predictor([TorchBackend(m)], tta_spec).probabilities(image) for m in members]
+        ensemble = Predictor([TorchBackend(m) for m in members], tta_spec).probabilities(image)
+        np.testing.assert_allclose(ensemble, np.mean(single, axis=0), atol=1e-6)
+    with_tta = Predictor([TorchBackend(members[0])], replace(spec, tta=True)).probabilities(image)
+    assert np.abs(with_tta - Predictor([TorchBackend(members[0])], spec).probabilities(image)).max() > 1e-4

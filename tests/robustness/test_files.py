@@ -9,14 +9,14 @@ import pytest
 
 from medseg.cli import main
 from medseg.errors import MedsegError
-from medseg.engine.checkpoint import load_model, save_checkpoint
+from medseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from medseg.engine.contract import ModelSpec
 from medseg.models import create_model
+from tests.helpers import save_model
 
 
 def _checkpoint(path, **options):
-    model = create_model("unet", 1, 1, widths=(4, 8), **options)
-    save_checkpoint(path, model.state_dict(), {"model": model.spec})
-    return path
+    return save_model(path, create_model("unet", 1, 1, widths=(4, 8), **options))
 
 
 def _run(argv, capsys):
@@ -30,24 +30,23 @@ def test_truncated_and_corrupted_checkpoints(tmp_path, capsys):
     path = _checkpoint(tmp_path / "c.safetensors")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    code, err = _run(["predict", str(path), str(path), "--out", str(tmp_path / "o")], capsys)
+    code, err = _run(["predict", "--weights", str(path), str(path), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "not a readable medseg checkpoint" in err
     path.write_bytes(bytes(b ^ 0x5A for b in data))
-    code, err = _run(["predict", str(path), str(path), "--out", str(tmp_path / "o")], capsys)
+    code, err = _run(["predict", "--weights", str(path), str(path), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "not a readable medseg checkpoint" in err
 
 
 def test_checkpoint_from_a_different_model_or_channel_count(tmp_path):
-    path = _checkpoint(tmp_path / "c.safetensors")
-    from medseg.engine.checkpoint import load_checkpoint
+    from dataclasses import replace
 
-    state, meta, _ = load_checkpoint(path)
-    meta["model"]["in_channels"] = 3
-    save_checkpoint(tmp_path / "three.safetensors", state, meta)
+    checkpoint = load_checkpoint(_checkpoint(tmp_path / "c.safetensors"))
+    three = replace(checkpoint.contract, model=replace(checkpoint.contract.model, in_channels=3))
+    save_checkpoint(tmp_path / "three.safetensors", checkpoint.weights, three, checkpoint.info)
     with pytest.raises(MedsegError, match="do not fit model 'unet'"):
         load_model(tmp_path / "three.safetensors")
-    meta["model"] = {"name": "segnet", "in_channels": 1, "out_channels": 1, "options": {"widths": [4, 8, 8, 8, 8]}}
-    save_checkpoint(tmp_path / "other.safetensors", state, meta)
+    segnet = replace(checkpoint.contract, model=ModelSpec("segnet", 1, 1, {"widths": [4, 8, 8, 8, 8]}))
+    save_checkpoint(tmp_path / "other.safetensors", checkpoint.weights, segnet, checkpoint.info)
     with pytest.raises(MedsegError, match="do not fit model 'segnet'"):
         load_model(tmp_path / "other.safetensors")
 

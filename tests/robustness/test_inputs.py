@@ -15,9 +15,10 @@ from medseg.cli import main
 from medseg.data.datasets import load_items, load_sample, split_items
 from medseg.data.readers import read_image, read_mask
 from medseg.data.transforms import normalize
-from medseg.engine.predict import InferenceSettings, predict_image
+from medseg.engine.inference import Predictor, TorchBackend
 from medseg.errors import MedsegError
 from medseg.models import create_model
+from tests.helpers import contract_for
 
 
 def _one_line(exc: MedsegError) -> str:
@@ -80,16 +81,16 @@ def test_constant_image_normalises_and_predicts_finite(tmp_path):
     image = np.zeros((20, 30, 1), np.float32)
     assert np.isfinite(normalize(image, "zscore")).all()
     model = create_model("unet", 1, 1, widths=(4, 8)).eval()
-    labels, probability = predict_image(model, image, InferenceSettings(patch_size=16))
-    assert labels.shape == (20, 30) and np.isfinite(probability).all()
+    result = Predictor([TorchBackend(model)], contract_for(model, patch_size=16).inference).predict(image, True)
+    assert result.labels.shape == (20, 30) and np.isfinite(result.probabilities).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (100000, 2), (2, 3000)])
 def test_extreme_shapes_predict(shape):
     model = create_model("unet", 1, 1, widths=(2, 4)).eval()
     image = np.random.default_rng(0).random((*shape, 1)).astype(np.float32)
-    labels, _ = predict_image(model, image, InferenceSettings(patch_size=256, batch_size=64))
-    assert labels.shape == shape
+    predictor = Predictor([TorchBackend(model)], contract_for(model, patch_size=256).inference, batch_size=64)
+    assert predictor.predict(image).shape == shape
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
@@ -148,7 +149,7 @@ def test_empty_split(tmp_path, capsys):
     (root / "split.csv").write_text("id,split\nc0,train\nc1,train\nc2,train\n")
     code = main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--val-fraction", "0"])
     assert code == 2 and "the val split is empty" in capsys.readouterr().err
-    assert split_items(load_items(root), val_fraction=0.0)["test"] == []
+    assert split_items(load_items(root), val_fraction=0.0).test == []
 
 
 def test_rgb_mask_and_out_of_range_values(tmp_path):

@@ -18,7 +18,7 @@ from tests.study.browser import render
 def _spec(data, models=("unet", "usegnet:skips=1")):
     return StudySpec(data=str(data), models=list(models), seeds=[0], epochs=2,
                      overrides=["data.patch_size=32", "model.width_scale=0.125", "train.steps_per_epoch=2",
-                                "train.batch_size=2"])
+                                "train.batch_size=2", "train.val_time_share=null"])
 
 
 def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
@@ -30,12 +30,12 @@ def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
     class Interrupted(Exception):
         pass
 
-    def interrupting_train(config, run_dir, resume=False, on_round_end=None):
+    def interrupting_train(config, run_dir, resume=False):
         calls.append((str(run_dir), resume))
         if "usegnet" in str(run_dir) and not resume:
             def stop(epoch, _row):
                 raise Interrupted
-            return real_train(config, run_dir, resume, on_round_end=stop)
+            return real_train(config, run_dir, resume, on_epoch_end=stop)
         return real_train(config, run_dir, resume)
 
     monkeypatch.setattr(compare_module, "train", interrupting_train)
@@ -52,9 +52,9 @@ def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert {r["epochs"] for r in results["runs"]} == {2}
-    test_ids = json.loads((out / "runs" / "unet" / "seed0" / "best_model.json").read_text())["training_data"]
+    splits = json.loads((out / "runs" / "unet" / "seed0" / "contract.json").read_text())["data"]["splits"]
     evaluated = [r["id"] for r in csv.DictReader((out / "runs" / "unet" / "seed0" / "eval" / "per_image.csv").open())]
-    assert evaluated == test_ids["test_ids"] and not set(evaluated) & set(test_ids["train_ids"] + test_ids["val_ids"])
+    assert evaluated == splits["test"] and not set(evaluated) & set(splits["train"] + splits["val"])
     assert "single seed" in (out / "results.md").read_text()
 
     check = render(out / "report.html", tmp_path / "report.png")

@@ -10,20 +10,21 @@ same :class:`Item` list; :func:`convert` writes any of them out in the folder fo
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from medseg.data.readers import IMAGE_EXTENSIONS, read_image, read_mask, stack_length, write_array, write_mask
-from medseg.errors import MedsegError
+from medseg.data.readers import IMAGE_EXTENSIONS, Reader, write_array, write_mask
+from medseg.errors import MedsegError, did_you_mean
+from medseg.files import atomic_write_csv, read_csv
 
 SPLITS = ("train", "val", "test")
+MASK_SUFFIXES = ("", "_mask", "_segmentation", "_label")  # <id>.png, <id>_mask.png (BUSI, Kaggle), ISIC, ...
 _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
 
 
@@ -51,19 +52,23 @@ class Sample:
     region: np.ndarray | None = None
 
 
-def load_sample(item: Item, channels: int | None, n_classes: int) -> Sample:
-    """Decode an item, checking that image, mask(s) and region agree in size."""
-    image = read_image(item.image, channels, item.frame)
+def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader | None = None) -> Sample:
+    """Decode an item, checking that image, mask(s) and region agree in size. Pass the dataset's ``reader`` to keep
+    its TIFF stacks open between items."""
+    if reader is None:
+        with Reader() as own:
+            return load_sample(item, channels, n_classes, own)
+    image = reader.image(item.image, channels, item.frame)
     mask = None
     for path in item.masks:
-        part = read_mask(path, n_classes, item.frame)
+        part = reader.mask(path, n_classes, item.frame)
         if part.shape != image.shape[:2]:
             raise MedsegError(path, f"mask size {part.shape[1]}x{part.shape[0]} does not match image size "
                                     f"{image.shape[1]}x{image.shape[0]} ({item.image.name})")
         mask = part if mask is None else np.maximum(mask, part)
     region = None
     if item.region is not None:
-        region = read_mask(item.region, 2) > 0
+        region = reader.mask(item.region, 2) > 0
         if region.shape != image.shape[:2]:
             raise MedsegError(item.region, f"region size {region.shape[::-1]} does not match image size "
                                            f"{image.shape[1::-1]}")
@@ -96,13 +101,9 @@ def _check_inside(root: Path, path: Path) -> Path:
 def read_split_csv(path: Path) -> dict[str, str]:
     """``id -> split`` from an ``id,split`` CSV; unknown splits, unsafe or duplicate ids are errors."""
     splits: dict[str, str] = {}
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MedsegError(path, f"cannot read split file ({exc})") from None
+    rows = read_csv(path)
     if rows and not {"id", "split"} <= set(rows[0]):
-        raise MedsegError(path, "expected columns 'id,split'")
+        raise MedsegError(path, f"expected columns 'id,split', found {','.join(map(str, rows[0]))!r}")
     for line, row in enumerate(rows, start=2):
         item_id, split = (row.get("id") or "").strip(), (row.get("split") or "").strip()
         if not _SAFE_ID.match(item_id) or item_id in (".", ".."):
@@ -133,9 +134,10 @@ def load_folder(root: Path) -> list[Item]:
             raise MedsegError(split_file, f"has no split for: {', '.join(missing[:5])}")
     items = []
     for item_id, image in images.items():
-        mask = masks.get(item_id)
+        mask = _find_mask(masks, item_id)
         if mask is None and masks:
-            raise MedsegError(image, f"no mask found for id {item_id!r} in {root / 'masks'}")
+            tried = ", ".join(f"{item_id}{suffix}.<ext>" for suffix in MASK_SUFFIXES)
+            raise MedsegError(image, f"no mask found for id {item_id!r} in {root / 'masks'} (tried {tried})")
         items.append(
             Item(
                 item_id,
@@ -146,6 +148,14 @@ def load_folder(root: Path) -> list[Item]:
             )
         )
     return items
+
+
+def _find_mask(masks: dict[str, Path], item_id: str) -> Path | None:
+    """The mask of ``item_id`` under any of the common naming conventions (:data:`MASK_SUFFIXES`)."""
+    for suffix in MASK_SUFFIXES:
+        if f"{item_id}{suffix}" in masks:
+            return masks[f"{item_id}{suffix}"]
+    return None
 
 
 def load_nnunet(root: Path) -> list[Item]:
@@ -184,16 +194,18 @@ def load_tiff_stack(root: Path) -> list[Item]:
     if not volumes:
         raise MedsegError(root, "no TIFF stack found (expected e.g. train-volume.tif and train-labels.tif)")
     items = []
+    reader = Reader()
     for volume in volumes:
         key = volume.stem.lower().replace("volume", "").replace("images", "").replace("image", "")
         labels = [p for p in tiffs if p not in volumes and
                   p.stem.lower().replace("labels", "").replace("label", "").replace("masks", "")
                   .replace("mask", "") == key]
-        n_frames = stack_length(volume)
-        if labels and stack_length(labels[0]) != n_frames:
-            raise MedsegError(labels[0], f"has {stack_length(labels[0])} frames, {volume.name} has {n_frames}")
+        n_frames = reader.frames(volume)
+        if labels and (n_labels := reader.frames(labels[0])) != n_frames:
+            raise MedsegError(labels[0], f"has {n_labels} frames, {volume.name} has {n_frames}")
         for z in range(n_frames):
             items.append(Item(f"{volume.stem}_{z:03d}", volume, tuple(labels[:1]), frame=z))
+    reader.close()
     return items
 
 
@@ -246,7 +258,7 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
-ADAPTERS: dict[str, Callable[[Path], list[Item]]] = {
+ADAPTERS: dict[str, Callable[[Path], list[Item]]] = {  # keys: the formats of config.DatasetFormat
     "folder": load_folder,
     "nnunet": load_nnunet,
     "tiff-stack": load_tiff_stack,
@@ -282,7 +294,8 @@ def load_items(root: str | Path, fmt: str = "auto") -> list[Item]:
     if not root.is_dir():
         raise MedsegError(root, "dataset folder not found")
     if fmt not in ADAPTERS:
-        raise MedsegError("data.format", f"unknown format {fmt!r}; choose auto or one of {', '.join(ADAPTERS)}")
+        raise MedsegError("data.format", f"unknown format {fmt!r}; choose auto or one of {', '.join(ADAPTERS)}"
+                                         f"{did_you_mean(fmt, ADAPTERS)}")
     items = ADAPTERS[fmt](root)
     duplicates = [i for i, n in Counter(item.id for item in items).items() if n > 1]
     if duplicates:
@@ -290,17 +303,32 @@ def load_items(root: str | Path, fmt: str = "auto") -> list[Item]:
     return items
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The items of each split. ``val`` is empty when training on every labelled image (fold ``"all"``)."""
+
+    train: list[Item]
+    val: list[Item]
+    test: list[Item]
+
+    def by_name(self, name: str) -> list[Item]:
+        if name not in SPLITS:
+            raise MedsegError("--split", f"unknown split {name!r}; choose {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
 def split_items(
     items: Iterable[Item],
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
-    fold: int | None = None,
+    fold: int | str | None = None,
     folds: int = 5,
-) -> dict[str, list[Item]]:
+) -> Splits:
     """Train/val/test lists. The source's own split (split.csv, an adapter's) is kept; a split it lacks is carved
     from its training items, seeded: first ``test_fraction`` for test, then ``val_fraction`` (or fold ``fold`` of
-    ``folds``) for val. An id is never on two sides."""
+    ``folds``, the same partition for every fold) for val; fold ``"all"`` keeps no validation images. An id is
+    never on two sides."""
     items = list(items)
     rng = np.random.default_rng(seed)
     pool = [item for item in items if item.split in (None, "train")]
@@ -311,12 +339,14 @@ def split_items(
         n_test = min(max(1, round(test_fraction * len(pool))), len(pool) - 1)
         test = [pool[i] for i in sorted(order[:n_test])]
         pool = [pool[i] for i in sorted(order[n_test:])]
-    if fold is not None or not val:
+    if fold == "all":
+        pool, val = pool + val, []
+    elif fold is not None or not val:
         pool = pool + val
         order = rng.permutation(len(pool))
         if fold is not None:
-            if not 0 <= fold < folds:
-                raise MedsegError("data.fold", f"fold {fold} is outside 0..{folds - 1}")
+            if not (isinstance(fold, int) and 0 <= fold < folds):
+                raise MedsegError("data.fold", f"fold {fold} is outside 0..{folds - 1} (or 'all')")
             val_idx = set(np.array_split(order, folds)[fold].tolist())
         else:
             n_val = 0
@@ -325,10 +355,10 @@ def split_items(
             val_idx = set(order[:n_val].tolist())
         val = [item for i, item in enumerate(pool) if i in val_idx]
         pool = [item for i, item in enumerate(pool) if i not in val_idx]
-    result = {"train": pool, "val": val, "test": test}
+    result = Splits(pool, val, test)
     seen: dict[str, str] = {}
-    for split, members in result.items():
-        for item in members:
+    for split in SPLITS:
+        for item in result.by_name(split):
             if item.id in seen:
                 raise MedsegError(item.image, f"id {item.id!r} is in both {seen[item.id]} and {split}")
             seen[item.id] = split
@@ -347,10 +377,10 @@ class DatasetReport:
     channels: dict[int, int]
     mask_values: list[int]
     foreground_fraction: float
-    problems: list[str] = field(default_factory=list)
 
 
-def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int = 2, channels: int | None = None) -> DatasetReport:
+def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int = 2,
+                  channels: int | None = None) -> DatasetReport:
     """Decode every item of a dataset and summarise it; the first broken file raises a MedsegError."""
     root = Path(root)
     fmt = detect_format(root) if fmt == "auto" else fmt
@@ -359,14 +389,16 @@ def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int = 2, chann
     channel_counts: Counter[int] = Counter()
     values: set[int] = set()
     foreground = total = 0
+    reader = Reader()
     for item in items:
-        sample = load_sample(item, channels, n_classes)
+        sample = load_sample(item, channels, n_classes, reader)
         sizes[f"{sample.image.shape[1]}x{sample.image.shape[0]}"] += 1
         channel_counts[sample.image.shape[2]] += 1
         if sample.mask is not None:
             values.update(np.unique(sample.mask).tolist())
             foreground += int((sample.mask > 0).sum())
             total += sample.mask.size
+    reader.close()
     splits = Counter(item.split or "unassigned" for item in items)
     return DatasetReport(str(root), fmt, len(items), dict(splits), dict(sizes.most_common()), dict(channel_counts),
                          sorted(values), foreground / total if total else 0.0)
@@ -378,19 +410,18 @@ def convert(src: str | Path, fmt: str, out: str | Path, n_classes: int = 2) -> i
     items = load_items(src, fmt)
     for sub in ("images", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    reader = Reader()
     for item in items:
-        sample = load_sample(item, None, n_classes)
+        sample = load_sample(item, None, n_classes, reader)
         image = _to_png_pixels(sample.image)
         write_array(out / "images" / f"{item.id}.png", image[..., 0] if image.shape[2] == 1 else image)
         if sample.mask is not None:
             write_mask(out / "masks" / f"{item.id}.png", sample.mask, n_classes)
         if sample.region is not None:
             write_mask(out / "regions" / f"{item.id}.png", sample.region.astype(np.int64), 2)
+    reader.close()
     if any(item.split for item in items):
-        with (out / "split.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "split"])
-            writer.writerows([item.id, item.split or "train"] for item in items)
+        atomic_write_csv(out / "split.csv", [{"id": item.id, "split": item.split or "train"} for item in items])
     return len(items)
 
 

@@ -2,12 +2,19 @@
 
 Images come back as ``H x W x C`` arrays scaled to float32 [0, 1] (8/16-bit integers divided by their maximum,
 float TIFFs checked for NaN/inf and kept as they are); masks as ``H x W`` int64 class ids.
+
+A :class:`Reader` keeps TIFF files open, so a stack's frame count comes from its metadata and each frame is one
+page read: reading N frames of a stack costs N page reads, never N whole-file decodes. Datasets own a Reader;
+the module-level functions use a short-lived one.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,73 +22,215 @@ import tifffile
 from PIL import Image
 
 from medseg.errors import MedsegError
+from medseg.files import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")
 MAX_PIXELS = 2**30  # 1 gigapixel per plane: larger declared sizes are refused as decompression bombs
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-_last_stack: dict[tuple[str, int, int], np.ndarray] = {}
+@dataclass
+class Plane:
+    """Raw pixels of one 2D plane (``H x W [x C]``, file dtype) and the format they were stored in."""
+
+    pixels: np.ndarray
+    format: str
 
 
-def _decode(path: Path) -> tuple[np.ndarray, bool]:
-    """Raw pixels and whether they are a stack. The last decoded TIFF stack is kept (read-only), so reading its
-    frames one by one decodes the file once, not once per frame."""
-    key = (str(path.resolve()), *_stat_key(path))
-    if key in _last_stack:
-        return _last_stack[key], True
-    pixels, is_stack = _decode_file(path)
-    if is_stack:
-        pixels.flags.writeable = False
-        _last_stack.clear()
-        _last_stack[key] = pixels
-    return pixels, is_stack
+class _OpenTiff:
+    """An open TIFF file: its first series, and how many 2D frames it holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.handle = tifffile.TiffFile(path)
+        try:
+            self.series = self.handle.series[0]
+            frame_shape = self.series.keyframe.shape
+            if int(np.prod(frame_shape[:2])) > MAX_PIXELS:
+                raise MedsegError(path, f"declared size {frame_shape} is too large (decompression bomb?)")
+            extra = self.series.shape[: len(self.series.shape) - len(frame_shape)]
+            self.frames = int(np.prod(extra)) if extra else 1
+            self.is_stack = bool(extra)
+        except BaseException:
+            self.handle.close()
+            raise
+
+    def read(self, frame: int) -> np.ndarray:
+        if not self.is_stack:
+            return self.series.asarray()
+        return self.series.asarray(key=frame).reshape(self.series.keyframe.shape)
+
+    def close(self) -> None:
+        self.handle.close()
 
 
-def _stat_key(path: Path) -> tuple[int, int]:
-    try:
+class Reader:
+    """Decodes image and mask files, keeping up to ``max_open`` TIFF files open between calls.
+
+    Safe across ``fork`` (DataLoader workers): a child process reopens files instead of sharing offsets.
+    """
+
+    def __init__(self, max_open: int = 8) -> None:
+        self.max_open = max_open
+        self._tiffs: OrderedDict[tuple[str, int, int], _OpenTiff] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return {"max_open": self.max_open}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_open"])
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for tiff in self._tiffs.values():
+                tiff.close()
+        self._tiffs.clear()
+
+    def frames(self, path: str | Path) -> int:
+        """Number of 2D frames in an image file (1 unless it is a TIFF stack), from the metadata."""
+        path = Path(path)
+        return self._tiff(path).frames if _is_tiff(path) else 1
+
+    def image(self, path: str | Path, channels: int | None = None, frame: int | None = None) -> np.ndarray:
+        """One image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack)."""
+        path = Path(path)
+        return as_unit_image(self.plane(path, frame, "images").pixels, channels, path)
+
+    def mask(self, path: str | Path, n_classes: int = 2, frame: int | None = None) -> np.ndarray:
+        """A mask as ``H x W`` int64 class ids.
+
+        Binary tasks (``n_classes == 2``) accept {0, 1} and {0, 255}; multi-class tasks accept 0..K-1. Multi-channel
+        masks are accepted only if their colour channels are identical (alpha ignored); other values are an error
+        that says what the values suggest (more classes, or a lossy file).
+        """
+        path = Path(path)
+        plane = self.plane(path, frame, "masks")
+        pixels = plane.pixels
+        if pixels.ndim == 3:
+            colour = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
+            if colour.shape[2] == 3 and not _identical_channels(colour):
+                raise MedsegError(path, "mask is a colour (RGB) image; expected a single-channel label map")
+            pixels = colour[..., 0]
+        if pixels.ndim != 2:
+            raise MedsegError(path, f"expected a 2D mask, got an array of shape {pixels.shape}")
+        if np.issubdtype(pixels.dtype, np.floating):
+            if not np.isfinite(pixels).all() or not np.equal(np.mod(pixels, 1), 0).all():
+                raise MedsegError(path, "mask has non-integer values")
+        values = np.unique(pixels)
+        if n_classes == 2 and set(values.tolist()) <= {0, 255}:
+            return (pixels == 255).astype(np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) >= n_classes:
+            raise MedsegError(path, _bad_mask_values(values, n_classes, plane.format))
+        return pixels.astype(np.int64)
+
+    def plane(self, path: Path, frame: int | None, kind: str) -> Plane:
+        """One raw 2D plane: the file itself, or page ``frame`` of a stack (a stack without ``frame`` is an
+        error)."""
+        if not _is_tiff(path):
+            if frame not in (None, 0):
+                raise MedsegError(path, f"has 1 frame, frame {frame} requested")
+            return _decode_pillow(path)
+        tiff = self._tiff(path)
+        if frame is None and tiff.is_stack:
+            raise MedsegError(path, f"is a stack of {tiff.frames} {kind}; read it with the tiff-stack adapter")
+        frame = frame or 0
+        if not 0 <= frame < tiff.frames:
+            raise MedsegError(path, f"has {tiff.frames} frame{'s' if tiff.frames > 1 else ''}, frame {frame} requested")
+        try:
+            return Plane(tiff.read(frame), "TIFF")
+        except Exception as exc:  # tifffile raises many types for corrupt pages
+            raise MedsegError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+
+    def _tiff(self, path: Path) -> _OpenTiff:
+        if self._pid != os.getpid():  # a forked worker: never share file offsets with the parent
+            self._tiffs.clear()
+            self._pid = os.getpid()
+        _check_file(path)
         stat = path.stat()
-    except OSError:
-        return (-1, -1)
-    return (stat.st_mtime_ns, stat.st_size)
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key in self._tiffs:
+            self._tiffs.move_to_end(key)
+            return self._tiffs[key]
+        try:
+            tiff = _OpenTiff(path)
+        except MedsegError:
+            raise
+        except Exception as exc:
+            raise MedsegError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        self._tiffs[key] = tiff
+        while len(self._tiffs) > self.max_open:
+            self._tiffs.popitem(last=False)[1].close()
+        return tiff
 
 
-def _decode_file(path: Path) -> tuple[np.ndarray, bool]:
-    """Raw pixels and whether they are a stack: ``H x W [x C]``, or ``N x H x W [x C]`` for a TIFF stack."""
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in TIFF_EXTENSIONS
+
+
+def _check_file(path: Path) -> None:
     if not path.is_file():
         raise MedsegError(path, "file not found")
     if path.stat().st_size == 0:
         raise MedsegError(path, "empty file (0 bytes)")
+
+
+def _decode_pillow(path: Path) -> Plane:
+    """PNG, JPEG, BMP, GIF (and anything else Pillow reads by content)."""
+    _check_file(path)
     try:
-        if path.suffix.lower() in TIFF_EXTENSIONS:
-            with tifffile.TiffFile(path) as tif:
-                for page in tif.pages:
-                    if int(np.prod(page.shape[:2])) > MAX_PIXELS:
-                        raise MedsegError(path, f"declared size {page.shape} is too large (decompression bomb?)")
-                series = tif.series[0]
-                return series.asarray(), len(series.shape) >= 3 and series.axes[0] not in "YX"
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
+                fmt = img.format or "unknown"
                 if img.mode == "P":
                     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
                     rgb = np.asarray(img)
                     if _identical_channels(rgb[..., :3]):
-                        return np.ascontiguousarray(rgb[..., 0]), False
+                        return Plane(np.ascontiguousarray(rgb[..., 0]), fmt)
                 elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
                     img = img.convert("L" if img.mode == "1" else "RGB")
-                return np.asarray(img), False
-    except MedsegError:
-        raise
+                return Plane(np.asarray(img), fmt)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise MedsegError(path, f"image too large (decompression bomb?): {exc}") from None
-    except Exception as exc:  # PIL and tifffile raise many types for corrupt files
+    except Exception as exc:  # Pillow raises many types for corrupt files
         raise MedsegError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
-def _to_unit_float(pixels: np.ndarray, path: Path) -> np.ndarray:
+def _bad_mask_values(values: np.ndarray, n_classes: int, fmt: str) -> str:
+    """Why a mask's values do not fit the task, and what to do."""
+    if fmt in LOSSY_FORMATS:
+        return (f"mask is a lossy {fmt} file ({values.size} distinct values); masks must be saved losslessly "
+                "(PNG or TIFF)")
+    shown = ", ".join(str(v) for v in values[:8].tolist()) + (" ..." if values.size > 8 else "")
+    expected = "{0, 1} or {0, 255}" if n_classes == 2 else f"0..{n_classes - 1}"
+    message = f"unexpected mask values [{shown}]; expected {expected}"
+    top = int(values.max(initial=0))
+    if values.min(initial=0) >= 0 and np.issubdtype(values.dtype, np.integer) and top < 256 and values.size <= 32:
+        return f"{message}; if these are {top + 1} classes, use --set data.n_classes={top + 1}"
+    if values.size > 32:
+        return f"{message}; {values.size} distinct values look like a lossy or anti-aliased mask: save masks losslessly"
+    return message
+
+
+def as_unit_image(pixels: np.ndarray, channels: int | None = None, where: str | Path = "image array") -> np.ndarray:
+    """Pixels as the reader returns images: float32 ``H x W x C`` in [0, 1] (integers scaled like files, floats
+    kept), with ``channels`` channels if given. ``where`` names the source in errors."""
+    pixels = np.asarray(pixels)
+    if pixels.size == 0:
+        raise MedsegError(where, "image has no pixels")
+    return _channels_last(_to_unit_float(pixels, where), where, channels)
+
+
+def _to_unit_float(pixels: np.ndarray, path: str | Path) -> np.ndarray:
     if pixels.dtype == np.bool_:
         return pixels.astype(np.float32)
     if np.issubdtype(pixels.dtype, np.integer):
@@ -96,7 +245,7 @@ def _to_unit_float(pixels: np.ndarray, path: Path) -> np.ndarray:
     raise MedsegError(path, f"unsupported pixel type {pixels.dtype}")
 
 
-def _channels_last(pixels: np.ndarray, path: Path, channels: int | None) -> np.ndarray:
+def _channels_last(pixels: np.ndarray, path: str | Path, channels: int | None) -> np.ndarray:
     """``H x W x C`` with RGBA's alpha dropped and channels converted to ``channels`` if given."""
     if pixels.ndim == 2:
         pixels = pixels[..., None]
@@ -121,91 +270,41 @@ def _identical_channels(pixels: np.ndarray) -> bool:
 
 def read_image(path: str | Path, channels: int | None = None, frame: int | None = None) -> np.ndarray:
     """Decode one image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack)."""
-    path = Path(path)
-    pixels = _decode_plane(path, frame, "images")
-    if pixels.size == 0:
-        raise MedsegError(path, "image has no pixels")
-    return _channels_last(_to_unit_float(pixels, path), path, channels)
-
-
-def _decode_plane(path: Path, frame: int | None, kind: str) -> np.ndarray:
-    """One 2D plane of a file: the file itself, or page ``frame`` of a stack (a stack without ``frame`` is an
-    error)."""
-    pixels, is_stack = _decode(path)
-    if frame is not None:
-        return _select_frame(pixels, frame, is_stack, path)
-    if is_stack:
-        raise MedsegError(path, f"is a stack of {pixels.shape[0]} {kind}; read it with the tiff-stack adapter")
-    return pixels
-
-
-def _select_frame(pixels: np.ndarray, frame: int, is_stack: bool, path: Path) -> np.ndarray:
-    if not is_stack:
-        if frame != 0:
-            raise MedsegError(path, f"has 1 frame, frame {frame} requested")
-        return pixels
-    if not 0 <= frame < pixels.shape[0]:
-        raise MedsegError(path, f"has {pixels.shape[0]} frames, frame {frame} requested")
-    return pixels[frame]
-
-
-def stack_length(path: str | Path) -> int:
-    """Number of 2D frames in an image file (1 unless it is a TIFF stack)."""
-    pixels, is_stack = _decode(Path(path))
-    return int(pixels.shape[0]) if is_stack else 1
+    with Reader() as reader:
+        return reader.image(path, channels, frame)
 
 
 def read_mask(path: str | Path, n_classes: int = 2, frame: int | None = None) -> np.ndarray:
-    """Decode a mask as ``H x W`` int64 class ids.
-
-    Binary tasks (``n_classes == 2``) accept {0, 1} and {0, 255}; multi-class tasks accept 0..K-1. Multi-channel
-    masks are accepted only if their colour channels are identical (alpha ignored); other values are an error.
-    """
-    path = Path(path)
-    pixels = _decode_plane(path, frame, "masks")
-    if pixels.ndim == 3:
-        colour = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
-        if colour.shape[2] == 3 and not _identical_channels(colour):
-            raise MedsegError(path, "mask is a colour (RGB) image; expected a single-channel label map")
-        pixels = colour[..., 0]
-    if pixels.ndim != 2:
-        raise MedsegError(path, f"expected a 2D mask, got an array of shape {pixels.shape}")
-    if np.issubdtype(pixels.dtype, np.floating):
-        if not np.isfinite(pixels).all() or not np.equal(np.mod(pixels, 1), 0).all():
-            raise MedsegError(path, "mask has non-integer values")
-    values = np.unique(pixels)
-    if n_classes == 2 and set(values.tolist()) <= {0, 255}:
-        return (pixels == 255).astype(np.int64)
-    if values.min(initial=0) < 0 or values.max(initial=0) >= n_classes:
-        shown = ", ".join(str(v) for v in values[:8].tolist()) + (" ..." if values.size > 8 else "")
-        expected = "{0, 1} or {0, 255}" if n_classes == 2 else f"0..{n_classes - 1}"
-        raise MedsegError(path, f"unexpected mask values [{shown}]; expected {expected}")
-    return pixels.astype(np.int64)
+    """Decode a mask as ``H x W`` int64 class ids (see :meth:`Reader.mask`)."""
+    with Reader() as reader:
+        return reader.mask(path, n_classes, frame)
 
 
-def _atomic_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+def stack_length(path: str | Path) -> int:
+    """Number of 2D frames in an image file (1 unless it is a TIFF stack), from the metadata."""
+    with Reader() as reader:
+        return reader.frames(path)
 
 
 def write_mask(path: str | Path, mask: np.ndarray, n_classes: int = 2) -> None:
     """Write class ids as an 8-bit PNG/TIFF: binary masks as {0, 255}, label maps as their ids."""
-    path = Path(path)
     values = (mask.astype(np.uint8) * 255) if n_classes == 2 else mask.astype(np.uint8)
     write_array(path, values)
 
 
+def encode_array(array: np.ndarray, suffix: str, stack: bool = False) -> bytes:
+    """An ``H x W [x C]`` array as PNG/JPEG/BMP bytes (uint8/uint16) or TIFF bytes (any dtype); with ``stack``,
+    an ``N x H x W`` TIFF stack of grayscale pages."""
+    buffer = io.BytesIO()
+    if suffix.lower() in TIFF_EXTENSIONS:
+        rgb = not stack and array.ndim == 3 and array.shape[2] in (3, 4)
+        tifffile.imwrite(buffer, array, photometric="rgb" if rgb else "minisblack")
+    else:
+        Image.fromarray(array).save(buffer, format=Image.registered_extensions()[suffix.lower()])
+    return buffer.getvalue()
+
+
 def write_array(path: str | Path, array: np.ndarray, stack: bool = False) -> None:
-    """Write an ``H x W [x C]`` array (uint8/uint16 PNG, any dtype TIFF) or, with ``stack``, an ``N x H x W`` TIFF
-    stack of grayscale pages, atomically."""
+    """Write an array as an image file (see :func:`encode_array`), atomically."""
     path = Path(path)
-    tmp = _atomic_path(path)
-    try:
-        if path.suffix.lower() in TIFF_EXTENSIONS:
-            rgb = not stack and array.ndim == 3 and array.shape[2] in (3, 4)
-            tifffile.imwrite(tmp, array, photometric="rgb" if rgb else "minisblack")
-        else:
-            Image.fromarray(array).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, encode_array(array, path.suffix, stack))

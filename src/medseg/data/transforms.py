@@ -8,7 +8,6 @@ normalised afterwards; masks and regions are warped with nearest-neighbour inter
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call for a version check at import
@@ -17,6 +16,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medseg.config import AugmentConfig, Normalization  # noqa: E402
 from medseg.data.datasets import Sample  # noqa: E402
 
 
@@ -49,34 +49,13 @@ class GridElasticDeformation(A.DualTransform):
         return ("grid", "sigma")
 
 
-@dataclass
-class AugmentConfig:
-    """Augmentation switches and strengths; a probability of 0 disables a transform."""
-
-    flip: bool = True
-    rotate90: bool = True
-    rotate_degrees: float = 15.0
-    scale: float = 0.1
-    shift: float = 0.05
-    affine_p: float = 0.3
-    elastic_p: float = 0.3
-    elastic_grid: int = 3
-    elastic_sigma: float = 10.0
-    brightness: float = 0.1
-    contrast: float = 0.1
-    intensity_p: float = 0.3
-    gamma: float = 0.2
-    gamma_p: float = 0.3
-    blur_p: float = 0.1
-    noise_p: float = 0.1
-    noise_std: float = 0.03
-
-
 def build_augmentation(config: AugmentConfig) -> A.Compose:
     """The joint augmentation pipeline of a config (masks: ``mask`` and ``region`` targets, nearest)."""
     steps: list[A.BasicTransform] = []
     if config.flip:
-        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+        steps.append(A.HorizontalFlip(p=0.5))
+    if config.vflip:
+        steps.append(A.VerticalFlip(p=0.5))
     if config.rotate90:
         steps.append(A.RandomRotate90(p=0.5))
     if config.affine_p > 0:
@@ -149,10 +128,7 @@ def resize_sample(sample: Sample, size: int) -> Sample:
     return Sample(sample.id, image.astype(np.float32), mask.astype(np.int64), region)
 
 
-NORMALIZATIONS = ("zscore", "unit")
-
-
-def normalize(image: np.ndarray, mode: str) -> np.ndarray:
+def normalize(image: np.ndarray, mode: Normalization) -> np.ndarray:
     """``zscore``: per image and channel, zero mean and unit variance (nnU-Net's default for non-CT images);
     ``unit``: keep the [0, 1] scaling of the reader."""
     if mode == "unit":

@@ -1,57 +1,50 @@
-"""Checkpoints without pickle: tensors in safetensors, everything else as JSON in the safetensors header.
+"""Weights files without pickle: tensors in safetensors, the run contract and everything else as JSON in the
+safetensors header.
 
-A checkpoint is one file, ``NAME.safetensors``, written atomically (temp file, fsync, rename), so a kill at any
-moment leaves the previous file intact. Its JSON metadata is also written beside it as ``NAME.json`` for people
-and tools; the copy inside the safetensors file is the one that is read back.
-
-Training state (optimizer, scheduler, RNG) is flattened: its tensors go into the same file under ``state/`` keys
-and its structure into the JSON, so nothing is ever unpickled.
+A weights file is one ``NAME.safetensors``, written atomically, so a kill at any moment leaves the previous file
+intact. Its header holds the run contract (so a file alone is enough to predict), a :class:`WeightsInfo`, and for
+``checkpoint.safetensors`` the training state, whose tensors go into the same file under ``state/`` keys and whose
+structure into the JSON, so nothing is ever unpickled. A ``NAME.json`` sidecar repeats the header for people.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from medseg.engine.contract import RunContract, WeightsName, contract_from_dict
 from medseg.errors import MedsegError
+from medseg.files import atomic_write_bytes, atomic_write_text
 
 _META_KEY = "medseg"
 _TENSOR_TAG = "__tensor__"
+CONTRACT_FILE = "contract.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename (and fsync the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise MedsegError(path, f"could not write ({exc.strerror or exc}); the previous file is unchanged") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+@dataclass(frozen=True)
+class WeightsInfo:
+    """When a weights file was written: after ``epoch`` epochs and ``step`` steps, ``seconds`` into training."""
+
+    epoch: int
+    step: int
+    seconds: float
+    val_dice: float
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+@dataclass
+class Checkpoint:
+    weights: dict[str, torch.Tensor]
+    contract: RunContract
+    info: WeightsInfo
+    train_state: Any  # the flattened training state of checkpoint.safetensors, else None
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
@@ -80,23 +73,21 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_checkpoint(
-    path: Path, model_state: dict[str, torch.Tensor], meta: dict[str, Any], train_state: Any = None
-) -> None:
-    """Write ``path`` (``.safetensors``) with model weights, JSON ``meta`` and optional training state, atomically,
+def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], contract: RunContract, info: WeightsInfo,
+                    train_state: Any = None) -> None:
+    """Write ``path`` (``.safetensors``) with weights, contract, info and optional training state, atomically;
     then the ``.json`` sidecar."""
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
-    meta = dict(meta)
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
+    header: dict[str, Any] = {"contract": contract.to_dict(), "weights": asdict(info)}
     if train_state is not None:
-        meta["train_state"] = flatten_state(train_state, tensors, "state/")
-    header = json.dumps(meta)
-    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata={_META_KEY: header}))
-    sidecar = {k: v for k, v in meta.items() if k != "train_state"}
+        header["train_state"] = flatten_state(train_state, tensors, "state/")
+    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata={_META_KEY: json.dumps(header)}))
+    sidecar = {k: v for k, v in header.items() if k != "train_state"}
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2))
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
-    """Read a checkpoint: model state dict, metadata, training state (or None). Corrupt files are MedsegErrors."""
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a weights file. Corrupt or foreign files are MedsegErrors; an old header is migrated."""
     path = Path(path)
     if not path.is_file():
         raise MedsegError(path, "checkpoint not found")
@@ -104,48 +95,87 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     try:
         tensors = load_safetensors_bytes(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-        meta = json.loads(header["__metadata__"][_META_KEY])
+        header = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"][_META_KEY])
     except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
         raise MedsegError(path, f"not a readable medseg checkpoint ({type(exc).__name__}: {exc})") from None
-    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    train_state = meta.pop("train_state", None)
+    if not isinstance(header, dict):
+        raise MedsegError(path, "not a readable medseg checkpoint (bad header)")
+    weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    if "contract" in header:
+        contract = contract_from_dict(header["contract"], path)
+        info = WeightsInfo(**header["weights"])
+    else:  # schema 0: the whole header was untyped metadata
+        contract = contract_from_dict(header, path)
+        info = WeightsInfo(int(header.get("epoch", 0)), int(header.get("step", 0)), math.nan,
+                           float(header.get("val_dice", math.nan)))
+    train_state = header.get("train_state")
     if train_state is not None:
         train_state = unflatten_state(train_state, tensors)
-    return model_state, meta, train_state
+    return Checkpoint(weights, contract, info, train_state)
 
 
-def load_model(path: Path, device: str | torch.device = "cpu",
-               prune_depth: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode); ``prune_depth`` runs a UNet++
-    at that depth."""
-    from medseg.models import create_model_from_spec
-
-    state, meta, _ = load_checkpoint(path)
-    if "model" not in meta:
-        raise MedsegError(path, "checkpoint has no model description")
-    model = create_model_from_spec(meta["model"])
+def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """``model.load_state_dict(weights)`` with a one-line error naming the file when they do not fit."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise MedsegError(path, f"weights do not fit model {meta['model'].get('name')!r}: {first}") from None
+        raise MedsegError(path, f"weights do not fit model {model.spec['name']!r}: {first}") from None
+
+
+def build_model(checkpoint: Checkpoint, path: Path, prune_depth: int | None = None) -> torch.nn.Module:
+    """The network a checkpoint describes, with its weights, in eval mode; ``prune_depth`` runs a UNet++ at that
+    depth."""
+    from medseg.models import create_model
+
+    spec = checkpoint.contract.model
+    model = create_model(spec.name, spec.in_channels, spec.out_channels, **spec.options)
+    load_weights_into(model, checkpoint.weights, path)
     if prune_depth is not None:
         if not hasattr(model, "prune_depth"):
-            raise MedsegError(path, f"model {meta['model']['name']!r} cannot be pruned (only unetpp)")
+            raise MedsegError(path, f"model {spec.name!r} cannot be pruned (only unetpp)")
         try:
             model.prune_depth = prune_depth
         except ValueError as exc:
             raise MedsegError(path, str(exc)) from None
-    return model.to(device).eval(), meta
+    return model.eval()
 
 
-def resolve_weights(run_or_file: str | Path, which: str = "best_model") -> Path:
-    """A run folder's ``<which>.safetensors``, or the file itself."""
+def load_model(path: Path, device: str | torch.device = "cpu",
+               prune_depth: int | None = None) -> tuple[torch.nn.Module, RunContract]:
+    """The model of a weights file on ``device`` (eval mode) and its contract."""
+    checkpoint = load_checkpoint(path)
+    return build_model(checkpoint, Path(path), prune_depth).to(device), checkpoint.contract
+
+
+def run_contract(run_dir: Path) -> RunContract:
+    """``RUN_DIR/contract.json``."""
+    path = Path(run_dir) / CONTRACT_FILE
+    if not path.is_file():
+        raise MedsegError(run_dir, f"no {CONTRACT_FILE}: not a finished medseg run folder")
+    return RunContract.load(path)
+
+
+def fold_dirs(run_dir: Path, folds: Sequence[int] | None = None) -> list[Path]:
+    """The fold folders (``fold_<k>``) of a cross-validation run, all or the chosen ``folds``; [] otherwise."""
+    found = {int(p.name.split("_", 1)[1]): p for p in Path(run_dir).glob("fold_*")
+             if p.is_dir() and p.name.split("_", 1)[1].isdigit()}
+    if folds is None:
+        return [found[k] for k in sorted(found)]
+    missing = [k for k in folds if k not in found]
+    if missing:
+        raise MedsegError(run_dir, f"has no fold {missing[0]} (folds: {sorted(found) or 'none'})")
+    return [found[k] for k in folds]
+
+
+def resolve_weights(run_or_file: str | Path, which: WeightsName | None = None) -> Path:
+    """A weights file: the file itself, or in a run folder ``which`` (default: the weights the run selected)."""
     path = Path(run_or_file)
-    if path.is_dir():
-        candidate = path / f"{which}.safetensors"
-        if not candidate.is_file():
-            raise MedsegError(path, f"no {which}.safetensors in this run folder")
-        return candidate
-    return path
+    if not path.is_dir():
+        return path
+    if which is None:
+        which = run_contract(path).selected if (path / CONTRACT_FILE).is_file() else "best_model"
+    candidate = path / f"{which}.safetensors"
+    if not candidate.is_file():
+        raise MedsegError(path, f"no {which}.safetensors in this run folder")
+    return candidate

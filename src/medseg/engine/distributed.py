@@ -41,6 +41,19 @@ class DistributedContext:
         dist.all_gather_object(gathered, obj)
         return gathered
 
+    def maximum(self, value: float) -> float:
+        """The largest ``value`` over ranks (so every rank takes the same time-based decisions)."""
+        if not self.enabled:
+            return value
+        device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag``, on every rank."""
+        return bool(self.all_gather(flag)[0]) if self.enabled else flag
+
     def all_true(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` holds on every rank (so all ranks take the same branch)."""
         if not self.enabled:

@@ -1,116 +1,117 @@
-"""Evaluation: predict a split of a dataset with a trained model and score it.
+"""Evaluation: predict a split of a dataset with a trained run and score it.
 
-Writes ``per_image.csv`` (every metric per image), ``summary.json`` (mean, std and pooled value per metric, the
-empty-mask rule, threshold and checkpoint used) and ``overlays.png`` (image | truth | prediction with false
-positives red and false negatives yellow) into the output folder.
+The split is the one the run recorded, recognised by the dataset's ids and hash wherever the dataset lives now; a
+different dataset is evaluated on its own split. Writes ``per_image.csv`` (every metric per image),
+``summary.json`` (mean, std and pooled value per metric, and what was applied) and ``overlays.png`` into ``out``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw
-
-from medseg.data.datasets import load_items, load_sample, split_items
-from medseg.engine.checkpoint import atomic_write_text, load_model, resolve_weights
-from medseg.engine.predict import (InferenceSettings, overlay, postprocess, predict_image, prepare_for_inference,
-                                   to_display)
+from medseg.data.datasets import Item, load_items, load_sample
+from medseg.data.fingerprint import dataset_hash
+from medseg.data.readers import Reader
+from medseg.engine.contract import RunContract
+from medseg.engine.inference import Predictor
+from medseg.engine.visualize import ERROR_LEGEND, GridRow, image_grid, overlay, png_bytes, to_display
 from medseg.errors import MedsegError
+from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from medseg.log import get_logger, progress
 from medseg.metrics import EmptyRule, MetricAccumulator
 
 
-def evaluate(
-    weights: str | Path,
-    data: str | Path,
-    out: str | Path,
-    split: str = "test",
-    fmt: str = "auto",
-    empty: EmptyRule = "perfect",
-    tta: bool = False,
-    device: str = "cpu",
-    max_overlays: int = 12,
-    postprocess_options: dict[str, Any] | None = None,
-    settings_overrides: dict[str, Any] | None = None,
-    prune_depth: int | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``weights`` (a run folder's best model, or a file) on ``split`` of ``data``; returns the summary."""
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What ``summary.json`` holds: per metric ``mean``, ``std``, ``n`` and ``pooled``, and how it was made."""
+
+    metrics: dict[str, dict[str, float]]
+    n_images: int
+    split: str
+    data: str
+    dataset: str  # how the images were chosen (the run's recorded split, or the dataset's own)
+    run: str
+    threshold: float
+    postprocess: str
+    tta: bool
+    members: int  # models averaged (folds of a cross-validation run)
+    empty_rule: str
+    prune_depth: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select_items(items: list[Item], contract: RunContract, split: str, data: Path) -> tuple[list[Item], str]:
+    """The items to evaluate and a note saying how they were chosen. A dataset holding every recorded id is the
+    run's dataset (its hash says whether the files are the same); its recorded ``split`` is used and may never
+    overlap the training images. Any other dataset is evaluated on its own split."""
     log = get_logger()
-    checkpoint = resolve_weights(weights)
-    model, meta = load_model(checkpoint, device, prune_depth)
-    prepare_for_inference(model)  # the same fast path as `medseg predict`
-    settings = InferenceSettings.from_meta(meta, tta=tta, device=device, **(settings_overrides or {}))
-    items = load_items(data, fmt)
-    recorded = meta.get("training_data", {})
-    same_data = bool(recorded.get("root")) and Path(recorded["root"]).resolve() == Path(data).resolve()
+    recorded = contract.data.splits
+    by_id = {item.id: item for item in items}
     if split == "all":
-        chosen = items
-    elif same_data and f"{split}_ids" in recorded:
-        wanted = set(recorded[f"{split}_ids"])
-        chosen = [item for item in items if item.id in wanted]
-    else:
-        chosen = split_items(items).get(split, [])
-    if split != "train" and same_data and {i.id for i in chosen} & set(recorded.get("train_ids", [])):
-        raise MedsegError(data, f"the {split} split overlaps the model's training images")
+        return items, "all images"
+    known = set(recorded.train) | set(recorded.val) | set(recorded.test)
+    if known and known <= set(by_id):
+        if dataset_hash([by_id[i] for i in known]) != contract.data.hash:
+            log.warning("%s holds the ids the run was trained with, but the files differ (hash); using the "
+                        "recorded %s split", data, split)
+        chosen = [by_id[i] for i in getattr(recorded, split)]
+        trained = set(recorded.train) | (set(recorded.val) if split == "test" else set())
+        if split != "train" and {i.id for i in chosen} & trained:
+            raise MedsegError(data, f"the {split} split overlaps the model's training images")
+        return chosen, f"the run's recorded {split} split"
+    chosen = [item for item in items if item.split == split] or (items if split == "test" else [])
+    overlap = {i.id for i in chosen} & set(recorded.train)
+    if overlap:
+        log.warning("%s is not the dataset the run was trained on, but %d of its ids match training ids (e.g. %s)",
+                    data, len(overlap), sorted(overlap)[0])
+    note = f"the dataset's own {split} split" if any(i.split == split for i in items) else "all images (no split)"
+    log.info("%s is not the dataset the run was trained on: evaluating %s", data, note)
+    return chosen, note
+
+
+def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "test", fmt: str = "auto",
+             empty: EmptyRule = "perfect", max_overlays: int = 12, backend: str = "torch", device: str = "cpu",
+             folds: Sequence[int] | None = None, prune_depth: int | None = None,
+             **overrides: Any) -> EvaluationSummary:
+    """Evaluate a run folder (or weights file) on ``split`` of ``data``; the function `medseg evaluate` calls.
+    ``overrides`` replace inference settings (``threshold``, ``tta``, ``postprocess``, ...)."""
+    predictor = Predictor.from_run(run, backend, device, folds, prune_depth, **overrides)
+    data = Path(data)
+    chosen, note = select_items(load_items(data, fmt), predictor.contract, split, data)
     if not chosen:
         raise MedsegError(data, f"the {split!r} split is empty")
+    spec = predictor.spec
+    accumulator = MetricAccumulator(n_classes=spec.n_classes, empty=empty)
+    grid_rows = []
+    with Reader() as reader:
+        for item in progress(chosen, desc="evaluate", unit="img"):
+            sample = load_sample(item, spec.channels, spec.n_classes, reader)
+            if sample.mask is None:
+                raise MedsegError(item.image, "no ground-truth mask to evaluate against")
+            labels = predictor.labels(predictor.probabilities(sample.image))
+            row = accumulator.add(item.id, labels, sample.mask, sample.region)
+            if len(grid_rows) < max_overlays:
+                caption = f"{item.id}  Dice {row['dice']:.3f}" if not math.isnan(row["dice"]) else item.id
+                grid_rows.append(GridRow(caption, [("image", to_display(sample.image)),
+                                                   ("truth", overlay(sample.image, sample.mask)),
+                                                   (ERROR_LEGEND, overlay(sample.image, labels, sample.mask))]))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    accumulator = MetricAccumulator(n_classes=settings.n_classes, empty=empty)
-    panels = []
-    for item in progress(chosen, desc="evaluate", unit="img"):
-        sample = load_sample(item, settings.channels, settings.n_classes)
-        if sample.mask is None:
-            raise MedsegError(item.image, "no ground-truth mask to evaluate against")
-        labels, _ = predict_image(model, sample.image, settings)
-        labels = postprocess(labels, **(postprocess_options or {}))
-        row = accumulator.add(item.id, labels, sample.mask, sample.region)
-        if len(panels) < max_overlays:
-            panels.append((item.id, row["dice"], sample.image, sample.mask, labels))
-    rows = accumulator.rows()
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "per_image.csv", buffer.getvalue())
-    summary = {
-        "metrics": accumulator.summary(),
-        "n_images": len(rows),
-        "split": split,
-        "data": str(data),
-        "checkpoint": str(checkpoint),
-        "checkpoint_epoch": meta.get("epoch"),
-        "threshold": settings.threshold,
-        "empty_rule": empty,
-        "tta": tta,
-        "postprocess": postprocess_options or {},
-        "prune_depth": prune_depth,
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=True))
-    overlay_grid(panels).save(out / "overlays.png")
-    dice = summary["metrics"]["dice"]
-    log.info("%s split: Dice %.4f +/- %.4f (pooled %.4f) over %d images; report in %s", split, dice["mean"],
-             dice["std"], dice["pooled"], len(rows), out)
+    atomic_write_csv(out / "per_image.csv", accumulator.rows())
+    summary = EvaluationSummary(
+        metrics=accumulator.summary(), n_images=len(chosen), split=split, data=str(data), dataset=note, run=str(run),
+        threshold=spec.threshold, postprocess=spec.postprocess.describe(), tta=spec.tta,
+        members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth)
+    atomic_write_json(out / "summary.json", summary.to_dict())
+    if grid_rows:
+        atomic_write_bytes(out / "overlays.png", png_bytes(image_grid(grid_rows, tile=192)))
+    dice = summary.metrics["dice"]
+    get_logger().info("%s split: Dice %.4f +/- %.4f (pooled %.4f) over %d images (threshold %.2f, post-processing: "
+                      "%s); report in %s", split, dice["mean"], dice["std"], dice["pooled"], len(chosen),
+                      spec.threshold, summary.postprocess, out)
     return summary
-
-
-def overlay_grid(panels: list[tuple[str, float, np.ndarray, np.ndarray, np.ndarray]], tile: int = 192) -> Image.Image:
-    """Rows of image | truth | prediction-vs-truth (TP cyan, FP red, FN yellow), captioned with id and Dice."""
-    caption = 16
-    grid = Image.new("RGB", (3 * tile, max(1, len(panels)) * (tile + caption)), "white")
-    draw = ImageDraw.Draw(grid)
-    for row, (item_id, dice, image, truth, labels) in enumerate(panels):
-        views = [to_display(image), overlay(image, truth), overlay(image, labels, truth)]
-        top = row * (tile + caption)
-        for col, view in enumerate(views):
-            picture = Image.fromarray(view).resize((tile, tile), Image.NEAREST)
-            grid.paste(picture, (col * tile, top + caption))
-        text = f"{item_id}  Dice {dice:.3f}" if not math.isnan(dice) else item_id
-        draw.text((4, top + 2), f"{text}   [image | truth | prediction: TP cyan, FP red, FN yellow]", fill="black")
-    return grid

@@ -1,187 +1,77 @@
-"""The training engine: data -> patches + augmentation -> model/loss/optimizer/schedule -> validation on whole
-images -> atomic checkpoints (``checkpoint``, ``best_model``, ``final_model``), history, curves, resume.
+"""The training loop: epochs of optimizer steps until the step count or the time budget is spent, with
+callbacks for everything else (:mod:`medseg.engine.callbacks`).
 
-Training runs in *rounds*: ``steps_per_epoch`` optimizer steps, then validation and a checkpoint. Every sample's
-crop and augmentation are seeded from ``(seed, round, position)``, so a run resumed from a round's checkpoint
-continues exactly as the uninterrupted run would have.
+Every sample's crop and augmentation are seeded from ``(seed, epoch, position)`` and the whole run state is saved
+with each checkpoint, so a resumed run continues exactly as the uninterrupted run would have. With a budget, the
+learning rate follows the elapsed share of the budget and the run ends, annealed, at the deadline.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import math
-import random
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 
-import medseg
 from medseg.config import Config, load_config, save_config
-from medseg.data.datasets import Item, Sample, load_items, load_sample, split_items
-from medseg.data.transforms import augment, build_augmentation, normalize, random_patch, resize_sample
-from medseg.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from medseg.engine.distributed import (SINGLE_PROCESS, DistributedContext, init_distributed,
-                                       parameter_checksum, shutdown_distributed)
-from medseg.engine.predict import InferenceSettings, predict_image
+from medseg.data.datasets import Splits, load_items, split_items
+from medseg.data.fingerprint import MAX_SAMPLES, Fingerprint, compute_fingerprint, dataset_hash, spread
+from medseg.data.store import SampleStore
+from medseg.engine.callbacks import (Callback, CheckpointCallback, EpochFunction, HistoryCallback, ProgressCallback,
+                                     SignalAtStep, TensorBoardCallback, ValidationCallback)
+from medseg.engine.checkpoint import load_checkpoint, load_weights_into
+from medseg.engine.components import (Components, build_components, epoch_loader, model_options, seed_everything,
+                                      select_device)
+from medseg.engine.contract import (DataRecord, InferenceSpec, ModelSpec, PostprocessSpec, RunContract, SplitIds,
+                                    WeightsName, default_class_names, new_contract)
+from medseg.engine.distributed import DistributedContext, init_distributed, parameter_checksum, shutdown_distributed
+from medseg.engine.schedule import Clock, WallClock
+from medseg.engine.sliding_window import tile_starts
+from medseg.engine.state import HistoryRow, RunState
 from medseg.errors import MedsegError
-from medseg.log import get_logger, is_interactive, log_to_file
-from medseg.losses import build_loss
-from medseg.metrics import MetricAccumulator
-from medseg.models import count_parameters, create_model
+from medseg.log import get_logger, log_to_file
+from medseg.models import count_parameters, get_entry
+from medseg.plan import Plan
 
-HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_dice", "val_iou", "val_accuracy", "data_wait",
-                   "seconds")
+MIN_STEPS_PER_EPOCH = 250  # as nnU-Net: an epoch is never a handful of steps, whatever the dataset size
 
 
-def select_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA if available (the process's own GPU under torchrun), else CPU."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise MedsegError("train.device", f"invalid device {spec!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("train.device", "CUDA requested but not available")
-    return device
+@dataclass
+class TrainingData:
+    splits: Splits
+    channels: int
+    train: SampleStore
+    val: SampleStore
+    record: DataRecord
 
 
-class SampleStore:
-    """Decoded samples of a list of items: all decoded (and validated) up front, kept in memory when they fit in
-    ``cache_gb``, else re-read on demand."""
-
-    def __init__(self, items: list[Item], channels: int | None, n_classes: int, cache_gb: float,
-                 require_masks: bool = True) -> None:
-        self.items, self.channels, self.n_classes = items, channels, n_classes
-        self.cache: list[Sample] | None = []
-        budget = cache_gb * 2**30
-        used = 0
-        for item in items:
-            sample = load_sample(item, channels, n_classes)
-            if require_masks and sample.mask is None:
-                raise MedsegError(item.image, "no mask for this image (needed for training and validation)")
-            used += sample.image.nbytes + (sample.mask.nbytes if sample.mask is not None else 0)
-            if self.cache is not None:
-                self.cache.append(sample)
-                if used > budget:
-                    self.cache = None
-        if self.cache is None:
-            get_logger().info("dataset larger than data.cache_gb=%.1f: reading images lazily", cache_gb)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Sample:
-        if self.cache is not None:
-            return self.cache[index]
-        return load_sample(self.items[index], self.channels, self.n_classes)
-
-
-class PatchDataset(Dataset):
-    """Training examples; the key ``(index, seed)`` fixes crop and augmentation. Returns ``image`` float32
-    ``C x P x P``, ``mask`` int64 ``P x P`` and ``region`` bool ``P x P``."""
-
-    def __init__(self, store: SampleStore, config: Config) -> None:
-        self.store = store
-        self.data = config.data
-        self.pipeline = build_augmentation(config.augment)
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        index, seed = key
-        rng = np.random.default_rng(seed)
-        sample = self.store[index]
-        if self.data.resize:
-            sample = resize_sample(sample, self.data.resize)
-        elif self.data.patch_size:
-            sample = random_patch(sample, self.data.patch_size, rng, self.data.foreground_p)
-        sample = augment(self.pipeline, sample, int(rng.integers(2**31)))
-        image = normalize(sample.image, self.data.normalize)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "mask": torch.from_numpy(sample.mask),
-            "region": torch.from_numpy(sample.region),
-        }
-
-
-def round_keys(n_items: int, steps: int, batch_size: int, seed: int, round_index: int) -> list[tuple[int, int]]:
-    """The ``(index, sample_seed)`` keys of one round: seeded reshuffled passes over the items."""
-    rng = np.random.default_rng([seed, round_index])
-    needed = steps * batch_size
-    indices = np.concatenate([rng.permutation(n_items) for _ in range(math.ceil(needed / n_items))])[:needed]
-    seeds = rng.integers(0, 2**31, size=needed)
-    return list(zip(indices.tolist(), seeds.tolist()))
-
-
-def data_fingerprint(items: list[Item]) -> str:
-    """A short hash of the training items (ids, files, sizes) recorded with every checkpoint."""
-    digest = hashlib.sha256()
-    for item in items:
-        for path in (item.image, *item.masks):
-            digest.update(f"{item.id}|{path.name}|{item.frame}|{path.stat().st_size};".encode())
-    return digest.hexdigest()[:16]
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = config.optim
-    if o.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                               nesterov=o.momentum > 0)
-    raise MedsegError("optim.name", f"unknown optimizer {o.name!r}; choose adam, adamw or sgd")
-
-
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    o = config.optim
-    if o.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if o.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    if o.schedule == "poly":
-        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(1, total_steps), power=o.poly_power)
-    if o.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=o.plateau_factor,
-                                                          patience=o.plateau_patience)
-    raise MedsegError("optim.schedule", f"unknown schedule {o.schedule!r}; choose constant, cosine, poly, plateau")
-
-
-def validate(model: torch.nn.Module, store: SampleStore, settings: InferenceSettings,
-             context: DistributedContext = SINGLE_PROCESS) -> dict[str, float]:
-    """Mean per-image Dice, IoU and accuracy of whole validation images (tiled like prediction). Under DDP each
-    rank scores a shard and the per-image scores are gathered, so every rank gets the single-process result."""
-    model.eval()
-    accumulator = MetricAccumulator(n_classes=settings.n_classes, with_hd95=False)
-    scores = []
-    for index in range(context.rank, len(store), context.world_size):
-        sample = store[index]
-        labels, _ = predict_image(model, sample.image, settings)
-        scores.append((index, accumulator.add(sample.id, labels, sample.mask, sample.region)))
-    rows = [row for _, row in sorted(s for shard in context.all_gather(scores) for s in shard)]
-    return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}
+def prepare_data(config: Config, fingerprint: Fingerprint | None = None) -> TrainingData:
+    """Items, splits and decoded stores; the data record (hash, split ids and fingerprint) for the contract."""
+    data = config.data
+    items = load_items(data.root, data.format)
+    splits = split_items(items, data.val_fraction, data.test_fraction, data.split_seed, data.fold, data.folds)
+    if not splits.train:
+        raise MedsegError(data.root, "the train split is empty (check split.csv)")
+    if not splits.val and data.fold != "all":
+        raise MedsegError(data.root, "the val split is empty (check split.csv or data.val_fraction; "
+                                     "--fold all trains on every labelled image without validation)")
+    train_store = SampleStore(splits.train, data.channels, data.n_classes, data.cache_gb)
+    channels = data.channels or train_store[0].image.shape[2]
+    val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb)
+    if fingerprint is None:
+        labelled = [train_store[i] for i in spread(len(train_store))]
+        labelled += [val_store[i] for i in spread(len(val_store), MAX_SAMPLES // 4)]
+        fingerprint = compute_fingerprint(labelled, data.n_classes)
+    ids = SplitIds(*(tuple(i.id for i in part) for part in (splits.train, splits.val, splits.test)))
+    record = DataRecord(str(data.root), data.format, dataset_hash(splits.train + splits.val + splits.test), ids,
+                        fingerprint)
+    get_logger().info("data %s: %d train, %d val, %d test images, %d channel(s), %d classes", data.root,
+                      len(splits.train), len(splits.val), len(splits.test), channels, data.n_classes)
+    return TrainingData(splits, channels, train_store, val_store, record)
 
 
 @dataclass
@@ -192,304 +82,13 @@ class TrainResult:
     epochs_run: int
     steps_run: int
     seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-RoundCallback = Callable[[int, dict[str, float]], None]
-
-
-class Trainer:
-    """One training run in ``run_dir`` (see module docstring). Use :func:`train`."""
-
-    def __init__(self, config: Config, run_dir: Path, resume: bool = False,
-                 on_round_end: RoundCallback | None = None) -> None:
-        self.config, self.run_dir, self.on_round_end = config, run_dir, on_round_end
-        self.log = get_logger()
-        self.context = init_distributed()
-        self.device = select_device(config.train.device, self.context.local_rank)
-        seed_everything(config.train.seed, config.train.deterministic)
-        self._prepare_data()
-        out_channels = 1 if config.data.n_classes == 2 else config.data.n_classes
-        self.model = create_model(config.model.name, self.channels, out_channels, **config.model_options())
-        self.model.to(self.device)
-        self.network: torch.nn.Module = self.model
-        if self.context.enabled:
-            if config.train.sync_batchnorm:
-                if self.device.type != "cuda":
-                    raise MedsegError("train.sync_batchnorm", "SyncBatchNorm needs CUDA; on CPU use model.options.norm=instance")
-                self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            self.network = DistributedDataParallel(
-                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.loss_fn = build_loss(config.loss.name, out_channels, config.loss.ce_weight, config.loss.dice_weight,
-                                  config.loss.smooth, config.loss.batch_dice, config.loss.deep_supervision_weights)
-        self.global_batch = config.train.batch_size * self.context.world_size
-        self.steps_per_round = config.train.steps_per_epoch or math.ceil(len(self.train_store) / self.global_batch)
-        if config.train.iterations:
-            self.total_steps = config.train.iterations
-        else:
-            self.total_steps = config.train.epochs * self.steps_per_round
-        self.total_rounds = math.ceil(self.total_steps / self.steps_per_round)
-        self.optimizer = build_optimizer(config, self.model)
-        self.scheduler = build_scheduler(config, self.optimizer, self.total_steps)
-        self.use_amp = config.train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.round, self.step, self.elapsed = 0, 0, 0.0
-        self.round_step = 0  # steps already done in the current epoch (non-zero only after an interrupt)
-        self.stop = StopRequest()
-        self.best_dice, self.best_epoch = -1.0, 0
-        self.history: list[dict[str, float]] = []
-        if resume:
-            self._restore()
-
-    def _prepare_data(self) -> None:
-        data = self.config.data
-        items = load_items(data.root, data.format)
-        splits = split_items(items, data.val_fraction, data.test_fraction, data.split_seed, data.fold, data.folds)
-        for name in ("train", "val"):
-            if not splits[name]:
-                raise MedsegError(data.root, f"the {name} split is empty (check split.csv or data.val_fraction)")
-        self.splits = splits
-        first = load_sample(splits["train"][0], data.channels, data.n_classes)
-        self.channels = data.channels or first.image.shape[2]
-        self.log.info("data %s: %d train, %d val, %d test images, %d channel(s), %d classes", data.root,
-                      len(splits["train"]), len(splits["val"]), len(splits["test"]), self.channels, data.n_classes)
-        self.train_store = SampleStore(splits["train"], self.channels, data.n_classes, data.cache_gb)
-        self.val_store = SampleStore(splits["val"], self.channels, data.n_classes, data.cache_gb)
-        self.fingerprint = data_fingerprint(splits["train"])
-
-    def inference_settings(self) -> InferenceSettings:
-        d = self.config.data
-        return InferenceSettings(n_classes=d.n_classes, channels=self.channels, normalize=d.normalize,
-                                 patch_size=d.patch_size, resize=d.resize, batch_size=self.config.train.batch_size,
-                                 threshold=self.config.train.threshold, device=str(self.device))
-
-    def _meta(self, epoch: int, val_dice: float) -> dict[str, Any]:
-        d = self.config.data
-        return {
-            "model": self.model.spec,
-            "data": {"n_classes": d.n_classes, "normalize": d.normalize, "patch_size": d.patch_size,
-                     "resize": d.resize, "channels": self.channels},
-            "threshold": self.config.train.threshold,
-            "class_names": d.class_names or (["background", "foreground"] if d.n_classes == 2
-                                             else [f"class_{k}" for k in range(d.n_classes)]),
-            "epoch": epoch,
-            "step": self.step,
-            "val_dice": val_dice,
-            "medseg_version": medseg.__version__,
-            "training_data": {"root": str(d.root), "fingerprint": self.fingerprint,
-                              "train_ids": [i.id for i in self.splits["train"]],
-                              "val_ids": [i.id for i in self.splits["val"]],
-                              "test_ids": [i.id for i in self.splits["test"]]},
-        }
-
-    def _train_state(self) -> dict[str, Any]:
-        return {
-            "round": self.round, "step": self.step, "elapsed": self.elapsed, "round_step": self.round_step,
-            "best_dice": self.best_dice, "best_epoch": self.best_epoch,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "history": [dict(row) for row in self.history],
-        }
-
-    def _restore(self) -> None:
-        path = self.run_dir / "checkpoint.safetensors"
-        state, meta, train_state = load_checkpoint(path)
-        if train_state is None:
-            raise MedsegError(path, "has no training state to resume from")
-        if meta.get("model", {}).get("name") != self.model.spec["name"]:
-            raise MedsegError(path, f"was written for model {meta.get('model', {}).get('name')!r}, "
-                                    f"the config says {self.model.spec['name']!r}")
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise MedsegError(path, f"weights do not fit the model: {str(exc).splitlines()[0]}") from None
-        self.optimizer.load_state_dict(train_state["optimizer"])
-        self.scheduler.load_state_dict(train_state["scheduler"])
-        self.scaler.load_state_dict(train_state["scaler"])
-        torch.set_rng_state(train_state["torch_rng"])
-        self.round, self.step, self.elapsed = train_state["round"], train_state["step"], train_state["elapsed"]
-        self.round_step = train_state.get("round_step", 0)
-        self.best_dice, self.best_epoch = train_state["best_dice"], train_state["best_epoch"]
-        self.history = train_state["history"]
-        self.log.info("resuming %s at epoch %d (step %d, best val Dice %.4f)", self.run_dir, self.round,
-                      self.step, self.best_dice)
-
-    def _loader(self, round_index: int, steps: int) -> DataLoader:
-        keys = round_keys(len(self.train_store), steps, self.global_batch, self.config.train.seed, round_index)
-        keys = keys[self.round_step * self.global_batch:]  # resume inside an interrupted epoch
-        view = _KeyedView(PatchDataset(self.train_store, self.config), keys)
-        sampler = None
-        if self.context.enabled:
-            # The round's keys are already reshuffled per epoch; the sampler gives each rank its interleaved shard.
-            sampler = DistributedSampler(view, self.context.world_size, self.context.rank, shuffle=False)
-        return DataLoader(
-            view, batch_size=self.config.train.batch_size, shuffle=False, sampler=sampler,
-            num_workers=self.config.data.workers, pin_memory=self.device.type == "cuda",
-        )
-
-    def fit(self) -> TrainResult:
-        cfg = self.config.train
-        self.log.info("model %s: %s parameters on %s; %d steps (%d epochs of %d steps), batch %d",
-                      self.model.spec["name"], f"{count_parameters(self.model):,}", self.device, self.total_steps,
-                      self.total_rounds, self.steps_per_round, cfg.batch_size)
-        interactive = is_interactive()
-        while self.round < self.total_rounds:
-            started = time.perf_counter()
-            steps = min(self.steps_per_round, self.total_steps - self.step + self.round_step)
-            try:
-                train_loss, data_wait = self._train_round(steps, interactive)
-            except KeyboardInterrupt:
-                if self.stop.requested:  # stopped cleanly at a step boundary: the state is consistent
-                    self._save_interrupted()
-                raise
-            self.round_step = 0
-            metrics = validate(self.model, self.val_store, self.inference_settings(), self.context)
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step(metrics["dice"])
-            self.round += 1
-            self.elapsed += time.perf_counter() - started
-            row = {"epoch": self.round, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                   "train_loss": train_loss, "val_dice": metrics["dice"], "val_iou": metrics["iou"],
-                   "val_accuracy": metrics["accuracy"], "data_wait": round(data_wait, 4),
-                   "seconds": round(self.elapsed, 2)}
-            self.history.append(row)
-            improved = metrics["dice"] > self.best_dice
-            if improved:
-                self.best_dice, self.best_epoch = metrics["dice"], self.round
-            if self.context.is_main:
-                if improved:
-                    save_checkpoint(self.run_dir / "best_model.safetensors", self.model.state_dict(),
-                                    self._meta(self.round, metrics["dice"]))
-                save_checkpoint(self.run_dir / "checkpoint.safetensors", self.model.state_dict(),
-                                self._meta(self.round, metrics["dice"]), self._train_state())
-                self._write_history()
-            self.context.barrier()
-            self.log.info("epoch %d/%d  loss %.4f  val Dice %.4f  IoU %.4f  lr %.2e  %.0fs%s", self.round,
-                          self.total_rounds, train_loss, metrics["dice"], metrics["iou"], row["lr"], self.elapsed,
-                          "  *best*" if improved else "")
-            if self.on_round_end:
-                self.on_round_end(self.round, row)
-            if self.stop.requested:
-                self.log.warning("stopped after epoch %d; continue with `medseg train --resume %s`", self.round,
-                                 self.run_dir)
-                raise KeyboardInterrupt("stop requested")
-            if cfg.max_minutes and self.elapsed > cfg.max_minutes * 60 and self.round < self.total_rounds:
-                self.log.info("time budget of %.1f min reached after epoch %d", cfg.max_minutes, self.round)
-                break
-        if self.context.enabled:
-            checksums = self.context.all_gather(parameter_checksum(self.model))
-            spread = max(checksums) - min(checksums)
-            self.log.info("ranks in sync: %d parameter checksums, max difference %.3g", len(checksums), spread)
-            if spread > 1e-6 * max(1.0, abs(checksums[0])):
-                raise RuntimeError(f"DDP ranks diverged: parameter checksums {checksums}")
-        if self.context.is_main:
-            save_checkpoint(self.run_dir / "final_model.safetensors", self.model.state_dict(),
-                            self._meta(self.round, self.history[-1]["val_dice"] if self.history else math.nan))
-            self._write_curves()
-        self.context.barrier()
-        self.log.info("done: best val Dice %.4f at epoch %d; run folder %s", self.best_dice, self.best_epoch,
-                      self.run_dir)
-        return TrainResult(self.run_dir, self.best_dice, self.best_epoch, self.round, self.step, self.elapsed,
-                           list(self.history))
-
-    def _save_interrupted(self) -> None:
-        if self.context.is_main:
-            save_checkpoint(self.run_dir / "checkpoint.safetensors", self.model.state_dict(),
-                            self._meta(self.round, math.nan), self._train_state())
-            self.log.warning("interrupted: checkpoint saved at epoch %d, step %d; continue with "
-                             "`medseg train --resume %s`", self.round + 1, self.step, self.run_dir)
-
-    def _train_round(self, steps: int, interactive: bool) -> tuple[float, float]:
-        """Train ``steps`` steps; returns the mean loss and the share of the time spent waiting for data."""
-        self.model.train()
-        losses = []
-        loader = self._loader(self.round, steps)
-        bar = None
-        if interactive and self.context.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps - self.round_step, desc=f"epoch {self.round + 1}/{self.total_rounds}",
-                       unit="step", leave=False)
-        tick = time.perf_counter()
-        waiting, fetch_started = 0.0, time.perf_counter()
-        for batch in loader:
-            waiting += time.perf_counter() - fetch_started
-            image = batch["image"].to(self.device, non_blocking=True)
-            mask = batch["mask"].to(self.device, non_blocking=True)
-            region = batch["region"].to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                loss = self.loss_fn(self.network(image), mask, region)
-            if not self.context.all_true(bool(torch.isfinite(loss)), self.device):
-                raise MedsegError(self.run_dir, f"loss became {loss.item()} at step {self.step + 1}; stopped. The "
-                                  "last good checkpoint is kept (try a lower optim.lr or optim.grad_clip)")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.config.optim.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step()
-            self.step += 1
-            self.round_step += 1
-            losses.append(loss.item())
-            self.stop.check()
-            fetch_started = time.perf_counter()
-            if bar is not None:
-                bar.update()
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            elif self.step % self.config.train.log_every == 0:
-                rate = len(losses) * self.global_batch / (time.perf_counter() - tick)
-                self.log.info("step %d/%d  loss %.4f  %.1f img/s", self.step, self.total_steps,
-                              np.mean(losses[-self.config.train.log_every:]), rate)
-        if bar is not None:
-            bar.close()
-        total = time.perf_counter() - tick
-        return (float(np.mean(losses)) if losses else math.nan), (waiting / total if total > 0 else 0.0)
-
-    def _write_history(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write_text(self.run_dir / "history.csv", buffer.getvalue())
-
-    def _write_curves(self) -> None:
-        if not self.history:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        epochs = [row["epoch"] for row in self.history]
-        fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.5))
-        ax_loss.plot(epochs, [row["train_loss"] for row in self.history], marker=".")
-        ax_loss.set(title="training loss", xlabel="epoch")
-        ax_dice.plot(epochs, [row["val_dice"] for row in self.history], marker=".", color="tab:green")
-        ax_dice.set(title="validation Dice", xlabel="epoch", ylim=(0, 1))
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "curves.png", dpi=100)
-        plt.close(fig)
-
-
-class _KeyedView(Dataset):
-    """A dataset view that maps positions to the round's ``(index, seed)`` keys."""
-
-    def __init__(self, dataset: PatchDataset, keys: list[tuple[int, int]]) -> None:
-        self.dataset, self.keys = dataset, keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
-        return self.dataset[self.keys[position]]
+    selected: WeightsName
+    history: list[HistoryRow] = field(default_factory=list)
 
 
 class StopRequest:
-    """SIGINT/SIGTERM handler: the first signal asks the training loop to stop at the next step boundary (so the
-    saved state is consistent); a second one interrupts at once."""
+    """SIGINT/SIGTERM handler: the first signal asks the loop to stop at the next step boundary (so the saved
+    state is consistent); a second one interrupts at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -500,14 +99,267 @@ class StopRequest:
         self.requested = True
         get_logger().warning("stop requested (signal %d): finishing the current step", signum)
 
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt("stop requested")
+
+class Trainer:
+    """One training run in ``run_dir``: components, data, state and callbacks, and the loop. Use :func:`train`."""
+
+    def __init__(self, config: Config, run_dir: Path, context: DistributedContext, clock: Clock,
+                 callbacks: Sequence[Callback], plan: Plan | None = None, fingerprint: Fingerprint | None = None,
+                 resume: bool = False) -> None:
+        self.config, self.run_dir, self.context, self.clock = config, run_dir, context, clock
+        self.device = select_device(config.train.device, context.local_rank)
+        seed_everything(config.train.seed, config.train.deterministic)
+        self.data = prepare_data(config, fingerprint)
+        self.components: Components = build_components(config, self.data.channels, self.device, context)
+        self.contract: RunContract = self._initial_contract(plan)
+        self.callbacks = list(callbacks)
+        self.state = RunState()
+        self.stop = StopRequest()
+        self.improved = self.finishing = False
+        self.current_lr = config.optim.lr
+        self.seconds_per_pixel = math.nan  # training time per input pixel, measured each epoch
+        self.postprocess_report: tuple[str, ...] = ()
+        self.val_indices = self._val_indices()
+        global_batch = config.train.batch_size * context.world_size
+        self.steps_per_epoch = config.train.steps_per_epoch or max(
+            MIN_STEPS_PER_EPOCH, math.ceil(len(self.data.train) / global_batch))
+        self.budget = config.train.budget_minutes * 60 if config.train.budget_minutes else None
+        self.total_steps = None if self.budget else (config.train.iterations or
+                                                     config.train.epochs * self.steps_per_epoch)
+        self._last_tick = clock.now()
+        if resume:
+            self.restore()
+
+    def _initial_contract(self, plan: Plan | None) -> RunContract:
+        c, model = self.config, self.components.model
+        inference = InferenceSpec(
+            n_classes=c.data.n_classes, channels=self.data.channels, normalize=c.data.normalize,
+            patch_size=c.data.patch_size, resize=c.data.resize, threshold=c.inference.threshold, tta=c.inference.tta,
+            tta_vflip=c.inference.tta_vflip, overlap=c.inference.overlap, postprocess=PostprocessSpec(),
+            class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)))
+        spec = ModelSpec(model.spec["name"], model.spec["in_channels"], model.spec["out_channels"],
+                         model.spec["options"])
+        return new_contract(spec, inference, self.data.record, plan, "best_model")
+
+    def _val_indices(self) -> list[int]:
+        """All validation images, or a fixed seeded subset of ``train.val_images``."""
+        n, limit = len(self.data.val), self.config.train.val_images
+        if limit is None or limit >= n:
+            return list(range(n))
+        return sorted(np.random.default_rng(self.config.data.split_seed).permutation(n)[:limit].tolist())
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def state_for_checkpoint(self) -> dict[str, Any]:
+        parts, state = self.components, self.state
+        state.optimizer, state.scaler = parts.optimizer.state_dict(), parts.scaler.state_dict()
+        state.schedule, state.torch_rng = parts.schedule.state_dict(), torch.get_rng_state()
+        return state.to_checkpoint()
+
+    def restore(self) -> None:
+        path = self.run_dir / "checkpoint.safetensors"
+        checkpoint = load_checkpoint(path)
+        if checkpoint.train_state is None:
+            raise MedsegError(path, "has no training state to resume from")
+        if checkpoint.contract.model.name != self.contract.model.name:
+            raise MedsegError(path, f"was written for model {checkpoint.contract.model.name!r}, the config says "
+                                    f"{self.contract.model.name!r}")
+        load_weights_into(self.components.model, checkpoint.weights, path)
+        self.state = RunState.from_checkpoint(checkpoint.train_state, path)
+        self.components.optimizer.load_state_dict(self.state.optimizer)
+        self.components.scaler.load_state_dict(self.state.scaler)
+        self.components.schedule.load_state_dict(self.state.schedule)
+        torch.set_rng_state(self.state.torch_rng)
+        get_logger().info("resuming %s at epoch %d (step %d, %.0fs of training done)", self.run_dir,
+                          self.state.epoch, self.state.step, self.state.elapsed)
+
+    # -- time and progress ---------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Add the time since the last tick to ``elapsed`` (the same on every rank under DDP)."""
+        now = self.clock.now()
+        self.state.elapsed += now - self._last_tick
+        self._last_tick = now
+        if self.budget:
+            self.state.elapsed = self.context.maximum(self.state.elapsed)
+
+    def progress(self) -> float:
+        """The share of the run done: of the steps, or of the budget less the last validation's cost (so the
+        final validation also fits in the budget)."""
+        if not self.budget:
+            return self.state.step / self.total_steps
+        reserve = 0.0 if math.isnan(self.state.val_cost) else min(self.state.val_cost, 0.2 * self.budget)
+        return self.state.elapsed / (self.budget - reserve)
+
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def step_total_text(self) -> str:
+        return f"/{self.total_steps}" if self.total_steps else f" ({100 * self.progress():.0f}% of the budget)"
+
+    def epoch_total_text(self) -> str:
+        return f"/{math.ceil(self.total_steps / self.steps_per_epoch)}" if self.total_steps else ""
+
+    def estimated_val_cost(self) -> float:
+        """Seconds one validation pass should take: its pixels (tiles included) at a third of the training time
+        per pixel (a forward pass without backward)."""
+        spec = self.contract.inference
+        pixels = 0
+        for index in self.val_indices:
+            height, width = self.data.val.shapes[index]
+            if spec.resize:
+                pixels += spec.resize**2
+            elif spec.patch_size:
+                tile_h, tile_w = min(spec.patch_size, height), min(spec.patch_size, width)
+                pixels += (len(tile_starts(height, tile_h, spec.overlap)) * tile_h
+                           * len(tile_starts(width, tile_w, spec.overlap)) * tile_w)
+            else:
+                pixels += height * width
+        return pixels * self.seconds_per_pixel / 3
+
+    def selected_weights(self) -> WeightsName:
+        """``train.select``; ``auto`` keeps the final weights when the schedule anneals (or there is no
+        validation), else the best by smoothed validation Dice."""
+        choice = self.config.train.select
+        has_best = (self.run_dir / "best_model.safetensors").is_file()
+        if choice == "auto":
+            choice = "final" if self.components.schedule.anneals or not has_best else "best"
+        if choice == "best" and not has_best:
+            raise MedsegError("train.select", "best weights were requested, but no validation ever ran")
+        return "final_model" if choice == "final" else "best_model"
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def fit(self) -> TrainResult:
+        parts = self.components
+        get_logger().info("model %s: %s parameters on %s; %s, batch %d, %d steps per epoch",
+                          parts.model.spec["name"], f"{count_parameters(parts.model):,}", self.device,
+                          f"{self.budget / 60:g} min budget" if self.budget else f"{self.total_steps} steps",
+                          self.config.train.batch_size, self.steps_per_epoch)
+        self.call("on_fit_start")
+        self._last_tick = self.clock.now()
+        while not self.done():
+            try:
+                row = self.train_epoch()
+            except KeyboardInterrupt:
+                if self.stop.requested:  # stopped cleanly at a step boundary: the state is consistent
+                    self.call("on_interrupt")
+                raise
+            self.improved, self.finishing = False, self.done()
+            self.state.history.append(row)
+            self.call("on_epoch_end", row)
+            if self.stop.requested:
+                get_logger().warning("stopped after epoch %d; continue with `medseg train --resume %s`",
+                                     self.state.epoch, self.run_dir)
+                raise KeyboardInterrupt("stop requested")
+        self._check_ranks_in_sync()
+        self.call("on_fit_end")
+        state = self.state
+        get_logger().info("done: %d steps in %.0fs (validation %.0fs); using %s weights; run folder %s",
+                          state.step, state.elapsed, state.val_seconds, self.contract.selected, self.run_dir)
+        return TrainResult(self.run_dir, state.best_score, state.best_epoch, state.epoch, state.step, state.elapsed,
+                           self.contract.selected, list(state.history))
+
+    def train_epoch(self) -> HistoryRow:
+        """Train until the epoch's steps are done or the budget is spent; returns the epoch's history row."""
+        state, parts = self.state, self.components
+        steps = self.steps_per_epoch
+        if self.total_steps:
+            steps = min(steps, self.total_steps - state.step + state.epoch_step)
+        loader = epoch_loader(self.data.train, self.config, state.epoch, steps, state.epoch_step, self.context,
+                              self.device)
+        parts.model.train()
+        losses, waiting, started = [], 0.0, self.clock.now()
+        fetch_started = started
+        for batch in loader:
+            waiting += self.clock.now() - fetch_started
+            losses.append(self.train_step(batch))
+            state.step += 1
+            state.epoch_step += 1
+            self.call("on_step_end", losses[-1])
+            self.tick()
+            if self.stop.requested:
+                raise KeyboardInterrupt("stop requested")
+            if self.done():
+                break
+            fetch_started = self.clock.now()
+        total = self.clock.now() - started
+        input_side = self.config.data.resize or self.config.data.patch_size or max(self.data.train.shapes[0])
+        if losses and total > 0:
+            self.seconds_per_pixel = total / (len(losses) * self.config.train.batch_size * input_side**2)
+        state.epoch += 1
+        state.epoch_step = 0
+        return HistoryRow(epoch=state.epoch, step=state.step, lr=self.current_lr,
+                          train_loss=float(np.mean(losses)) if losses else math.nan,
+                          data_wait=round(waiting / total, 4) if total > 0 else 0.0,
+                          seconds=round(state.elapsed, 2))
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        parts = self.components
+        self.current_lr = parts.schedule.apply(parts.optimizer, self.state.step, self.progress())
+        image = batch["image"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True)
+        region = batch["region"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=parts.amp):
+            loss = parts.loss(parts.network(image), mask, region)
+        if not self.context.all_true(bool(torch.isfinite(loss)), self.device):
+            raise MedsegError(self.run_dir, f"loss became {loss.item()} at step {self.state.step + 1}; stopped. The "
+                              "last good checkpoint is kept (try a lower optim.lr or optim.grad_clip)")
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+        if self.config.optim.grad_clip:
+            parts.scaler.unscale_(parts.optimizer)
+            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), self.config.optim.grad_clip)
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        return float(loss.item())
+
+    def _check_ranks_in_sync(self) -> None:
+        if not self.context.enabled:
+            return
+        checksums = self.context.all_gather(parameter_checksum(self.components.model))
+        spread = max(checksums) - min(checksums)
+        get_logger().info("ranks in sync: %d parameter checksums, max difference %.3g", len(checksums), spread)
+        if spread > 1e-6 * max(1.0, abs(checksums[0])):
+            raise RuntimeError(f"DDP ranks diverged: parameter checksums {checksums}")
+
+
+def default_callbacks(config: Config, on_epoch_end: Callable[[int, HistoryRow], None] | None = None) -> list[Callback]:
+    """Validation, checkpoints, history, progress; TensorBoard when asked for; the user's function; the test hook."""
+    callbacks: list[Callback] = [ValidationCallback(), CheckpointCallback(), HistoryCallback(), ProgressCallback()]
+    if config.train.tensorboard:
+        callbacks.append(TensorBoardCallback())
+    if on_epoch_end is not None:
+        callbacks.append(EpochFunction(on_epoch_end))
+    hook = SignalAtStep.from_environment()
+    if hook is not None:
+        callbacks.append(hook)
+    return callbacks
+
+
+def _check_config(config: Config) -> None:
+    """Problems that need no data: fail before decoding anything."""
+    if not config.data.root:
+        raise MedsegError("data.root", "no dataset given (--data DIR)")
+    get_entry(config.model.name)
+    model_options(config.model)
+    if config.train.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise MedsegError("train.tensorboard", "needs the tensorboard package (pip install "
+                                                   "'medseg[tensorboard]')") from None
 
 
 def train(config: Config | None, run_dir: str | Path, resume: bool = False,
-          on_round_end: RoundCallback | None = None) -> TrainResult:
-    """Train (or, with ``resume``, continue) a run in ``run_dir``. When resuming, the run's saved config is used."""
+          on_epoch_end: Callable[[int, HistoryRow], None] | None = None, plan: Plan | None = None,
+          fingerprint: Fingerprint | None = None, clock: Clock | None = None,
+          callbacks: Sequence[Callback] | None = None) -> TrainResult:
+    """Train (or, with ``resume``, continue) a run in ``run_dir``; the function `medseg train` calls.
+
+    When resuming, the run's saved config is used. ``callbacks`` replaces the default list
+    (:func:`default_callbacks`); ``clock`` replaces wall time (tests)."""
     run_dir = Path(run_dir)
     context = init_distributed()
     if not context.is_main:
@@ -516,24 +368,31 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
         if not (run_dir / "checkpoint.safetensors").is_file():
             raise MedsegError(run_dir, "no checkpoint.safetensors to resume from")
         config = load_config(run_dir / "config.yaml")
+        plan = Plan.load(run_dir / "plan.yaml") if (run_dir / "plan.yaml").is_file() else None
+        if (run_dir / "fingerprint.json").is_file():
+            fingerprint = Fingerprint.load(run_dir / "fingerprint.json")
     elif config is None:
         raise ValueError("config is required unless resuming")
     elif (run_dir / "checkpoint.safetensors").exists():
         raise MedsegError(run_dir, "already holds a run; use --resume to continue it or choose another --out")
-    if not config.data.root:
-        raise MedsegError("data.root", "no dataset given (--data DIR)")
+    _check_config(config)
     context.barrier()  # every rank has checked the folder before rank 0 writes to it
     handler = None
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = log_to_file(run_dir / "train.log")
-    stop = StopRequest()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {}
     try:
         if context.is_main and not resume:
             save_config(config, run_dir / "config.yaml")
-        trainer = Trainer(config, run_dir, resume, on_round_end)
-        trainer.stop = stop
+            if plan is not None:
+                plan.save(run_dir / "plan.yaml")
+        trainer = Trainer(config, run_dir, context, clock or WallClock(),
+                          callbacks if callbacks is not None else default_callbacks(config, on_epoch_end),
+                          plan, fingerprint, resume)
+        if context.is_main:
+            trainer.data.record.fingerprint.save(run_dir / "fingerprint.json")
+        previous = {sig: signal.signal(sig, trainer.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         return trainer.fit()
     finally:
         for sig, previous_handler in previous.items():
@@ -543,5 +402,3 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
             handler.close()
         if context.enabled:
             shutdown_distributed()
-
-

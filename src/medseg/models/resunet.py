@@ -30,7 +30,8 @@ class ResUNet(StridePadded):
         super().__init__()
         widths = list(widths)
         self.stride = 2 ** (len(widths) - 1)
-        self.encoder = nn.ModuleList([ResidualUnit(in_channels, widths[0], bias=conv_bias, preactivate=False, norm=norm)])
+        self.encoder = nn.ModuleList(
+            [ResidualUnit(in_channels, widths[0], bias=conv_bias, preactivate=False, norm=norm)])
         for previous, width in zip(widths[:-1], widths[1:]):
             self.encoder.append(ResidualUnit(previous, width, stride=2, bias=conv_bias, norm=norm))
         self.upsamplers = nn.ModuleList()

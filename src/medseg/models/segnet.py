@@ -59,7 +59,8 @@ class SegNet(StridePadded):
         for width, n_convs in zip(widths, convs_per_level):
             chain = [previous] + [width] * n_convs
             self.encoder.append(
-                nn.Sequential(*[make_unit(encoder_unit, a, b, conv_bias, norm=norm) for a, b in zip(chain[:-1], chain[1:])])
+                nn.Sequential(*[make_unit(encoder_unit, a, b, conv_bias, norm=norm)
+                                for a, b in zip(chain[:-1], chain[1:])])
             )
             previous = width
         self.pool = nn.MaxPool2d(2, return_indices=True)

@@ -67,8 +67,8 @@ class UNet(StridePadded):
         for width in reversed(widths[:-1]):
             self.upsamplers.append(nn.ConvTranspose2d(previous, width, 2, stride=2))
             self.decoder.append(
-                UnitStack([2 * width, width, width], kind=unit, bias=conv_bias, groups=groups, se_reduction=se_reduction,
-                          norm=norm)
+                UnitStack([2 * width, width, width], kind=unit, bias=conv_bias, groups=groups,
+                          se_reduction=se_reduction, norm=norm)
             )
             previous = width
         self.head = nn.Conv2d(previous, out_channels, 1)

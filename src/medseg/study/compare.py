@@ -10,7 +10,6 @@ STUDY_DIR layout::
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -23,10 +22,11 @@ import torch
 import yaml
 
 from medseg.config import Config, load_config
-from medseg.engine.checkpoint import atomic_write_text, load_model
-from medseg.engine.evaluate import evaluate
+from medseg.engine.checkpoint import load_checkpoint, load_model
+from medseg.engine.evaluate import EvaluationSummary, evaluate
 from medseg.engine.train import train
 from medseg.errors import MedsegError
+from medseg.files import atomic_write_json
 from medseg.log import get_logger
 from medseg.models import count_gflops, count_parameters, measure_latency
 
@@ -86,23 +86,24 @@ class StudySpec:
         if self.epochs is not None:
             config.train.epochs = self.epochs
         if self.budget_minutes is not None:
-            config.train.max_minutes = self.budget_minutes
+            config.train.budget_minutes = self.budget_minutes
         if config.data.test_fraction <= 0:
             config.data.test_fraction = 0.2  # only used when the dataset has no test split of its own
         return config
 
     def run_config(self, choice: ModelChoice, seed: int) -> Config:
-        config = copy.deepcopy(self.base_config())
+        config = self.base_config().model_copy(deep=True)
         config.model.name = choice.name
         config.model.options = {**config.model.options, **choice.options}
         config.train.seed = seed
         return config
 
 
-def _record(train_dir: Path, choice: ModelChoice, seed: int, config: Config, summary: dict, seconds: float,
-            epochs: int, steps: int) -> dict[str, Any]:
-    model, meta = load_model(train_dir / "best_model.safetensors", prune_depth=choice.prune_depth)
-    channels = meta["model"]["in_channels"]
+def _record(train_dir: Path, choice: ModelChoice, seed: int, config: Config,
+            summary: EvaluationSummary) -> dict[str, Any]:
+    final = load_checkpoint(train_dir / "final_model.safetensors").info
+    model, contract = load_model(train_dir / "final_model.safetensors", prune_depth=choice.prune_depth)
+    channels = contract.model.in_channels
     size = config.data.resize or config.data.patch_size or 256
     record: dict[str, Any] = {
         "model": choice.label, "seed": seed, "params": count_parameters(model),
@@ -110,12 +111,12 @@ def _record(train_dir: Path, choice: ModelChoice, seed: int, config: Config, sum
         "cpu_latency_ms": 1000 * measure_latency(model, channels, (size, size), "cpu"),
         "gpu_latency_ms": (1000 * measure_latency(model.cuda(), channels, (size, size), "cuda")
                            if torch.cuda.is_available() else None),
-        "train_seconds": seconds, "epochs": epochs, "steps": steps, "best_epoch": meta.get("epoch"),
-        "n_test_images": summary["n_images"], "trained_in": str(train_dir), "prune_depth": choice.prune_depth,
+        "train_seconds": final.seconds, "epochs": final.epoch, "steps": final.step, "weights": contract.selected,
+        "n_test_images": summary.n_images, "trained_in": str(train_dir), "prune_depth": choice.prune_depth,
     }
     for name in REPORTED_METRICS:
-        record[name] = summary["metrics"][name]["mean"]
-        record[f"{name}_pooled"] = summary["metrics"][name]["pooled"]
+        record[name] = summary.metrics[name]["mean"]
+        record[f"{name}_pooled"] = summary.metrics[name]["pooled"]
     return record
 
 
@@ -137,7 +138,7 @@ def run_study(spec: StudySpec, out: str | Path) -> list[dict[str, Any]]:
             raise MedsegError(spec_path, "this folder holds a study with a different protocol; choose another --out")
     else:
         spec.base_config()  # validate before writing anything
-        atomic_write_text(spec_path, json.dumps(protocol, indent=2))
+        atomic_write_json(spec_path, protocol)
     records = []
     for choice in choices:
         for seed in spec.seeds:
@@ -167,13 +168,10 @@ def _run_one(spec: StudySpec, choice: ModelChoice, seed: int, run_dir: Path, log
                 if leftover.is_file():
                     leftover.unlink()
         train(config, train_dir)
-    final = json.loads((train_dir / "final_model.json").read_text())
-    history = (train_dir / "history.csv").read_text().strip().splitlines()
-    seconds = float(history[-1].split(",")[-1])
     summary = evaluate(train_dir, spec.data, run_dir / "eval", split="test", max_overlays=0,
                        prune_depth=choice.prune_depth)
-    record = _record(train_dir, choice, seed, config, summary, seconds, final["epoch"], final["step"])
-    atomic_write_text(record_path, json.dumps(record, indent=2))
+    record = _record(train_dir, choice, seed, config, summary)
+    atomic_write_json(record_path, record)
     return record
 
 

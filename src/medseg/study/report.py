@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
-import json
 import math
 import platform
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from medseg.engine.checkpoint import atomic_write_bytes, atomic_write_text, load_model
-from medseg.engine.predict import InferenceSettings, overlay, predict_image, to_display
+from medseg.data.datasets import load_items, load_sample
+from medseg.engine.inference import Predictor
+from medseg.engine.state import read_history
+from medseg.engine.visualize import (ERROR_LEGEND, GridRow, figure_png, image_grid, overlay, png_bytes, pyplot,
+                                     to_display)
+from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
 
 # (column, header, higher is better)
 TABLE_COLUMNS = [
@@ -78,38 +79,14 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_tables(out: Path, rows: list[dict], records: list[dict], note: str) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "results.csv", buffer.getvalue())
-    atomic_write_text(out / "results.json", json.dumps({"models": rows, "runs": records}, indent=2))
+    atomic_write_csv(out / "results.csv", rows)
+    atomic_write_json(out / "results.json", {"models": rows, "runs": records})
     atomic_write_text(out / "results.md", markdown_table(rows) + "\n" + note + "\n")
-
-
-def _figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def scatter_plot(rows: list[dict], x_key: str, x_label: str, log_x: bool) -> bytes:
     """Test Dice against ``x_key``, one point per model with error bars across seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in rows:
         if row.get(x_key) is None:
@@ -122,85 +99,63 @@ def scatter_plot(rows: list[dict], x_key: str, x_label: str, log_x: bool) -> byt
         ax.set_xscale("log")
     ax.set(xlabel=x_label, ylabel="test Dice (mean per image)", title=f"Dice vs {x_label}")
     ax.grid(alpha=0.3)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def curves_plot(histories: dict[str, list[tuple[int, float]]]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in histories.items():
         if points:
             ax.plot(*zip(*points), marker=".", label=label)
-    ax.set(xlabel="epoch", ylabel="validation Dice", title="Validation Dice during training (first seed)", ylim=(0, 1))
+    ax.set(xlabel="step", ylabel="validation Dice", title="Validation Dice during training (first seed)", ylim=(0, 1))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def box_plot(per_image: dict[str, list[float]]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(per_image)), 4))
     labels = list(per_image)
     ax.boxplot([per_image[k] for k in labels], showmeans=True)
     ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="test Dice per image", title="Per-image test Dice (all seeds)", ylim=(0, 1.02))
     ax.grid(alpha=0.3, axis="y")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def gallery(entries: list[tuple[str, np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, float]]]],
             tile: int = 160) -> Image.Image:
     """Rows of image | truth | every model's prediction (TP cyan, FP red, FN yellow), captioned with Dice."""
-    n_models = len(entries[0][3]) if entries else 0
-    caption = 28
-    grid = Image.new("RGB", ((2 + n_models) * tile, max(1, len(entries)) * (tile + caption)), "white")
-    draw = ImageDraw.Draw(grid)
-    for row, (title, image, truth, predictions) in enumerate(entries):
-        top = row * (tile + caption)
-        views = [("image", to_display(image)), ("truth", overlay(image, truth))]
-        views += [(f"{label} {dice:.3f}", overlay(image, labels, truth)) for label, (labels, dice) in predictions.items()]
-        draw.text((4, top + 2), title, fill="black")
-        for col, (name, view) in enumerate(views):
-            grid.paste(Image.fromarray(view).resize((tile, tile), Image.NEAREST), (col * tile, top + caption))
-            draw.text((col * tile + 3, top + 15), name[:34], fill="black")
-    return grid
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    rows = []
+    for title, image, truth, predictions in entries:
+        panels = [("image", to_display(image)), ("truth", overlay(image, truth))]
+        panels += [(f"{label} {dice:.3f}", overlay(image, labels, truth))
+                   for label, (labels, dice) in predictions.items()]
+        rows.append(GridRow(f"{title}   [{ERROR_LEGEND}]", panels))
+    return image_grid(rows, tile)
 
 
 def build_gallery(out: Path, spec, choices) -> Image.Image:
     """Worst, median and best test images by mean Dice over models (first seed), every model's prediction."""
-    from medseg.data.datasets import load_items, load_sample
-
     seed = spec.seeds[0]
     per_model = {c.label: {r["id"]: float(r["dice"]) for r in
-                           _read_csv(out / "runs" / c.folder / f"seed{seed}" / "eval" / "per_image.csv")}
+                           read_csv(out / "runs" / c.folder / f"seed{seed}" / "eval" / "per_image.csv")}
                  for c in choices}
     ids = sorted(set.intersection(*(set(v) for v in per_model.values())))
     mean_dice = {i: float(np.nanmean([per_model[m][i] for m in per_model])) for i in ids}
     ranked = sorted(ids, key=lambda i: mean_dice[i])
     picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
     items = {item.id: item for item in load_items(spec.data)}
-    models = {c.label: load_model(out / "runs" / c.trained_as().folder / f"seed{seed}" / "best_model.safetensors",
-                                  prune_depth=c.prune_depth) for c in choices}
+    predictors = {c.label: Predictor.from_run(out / "runs" / c.trained_as().folder / f"seed{seed}",
+                                              prune_depth=c.prune_depth) for c in choices}
+    first = next(iter(predictors.values())).spec
     entries = []
     for kind, item_id in picks.items():
-        first_meta = next(iter(models.values()))[1]
-        settings = InferenceSettings.from_meta(first_meta)
-        sample = load_sample(items[item_id], settings.channels, settings.n_classes)
-        predictions = {}
-        for label, (model, meta) in models.items():
-            labels, _ = predict_image(model, sample.image, InferenceSettings.from_meta(meta))
-            predictions[label] = (labels, per_model[label][item_id])
+        sample = load_sample(items[item_id], first.channels, first.n_classes)
+        predictions = {label: (predictor.predict(sample.image), per_model[label][item_id])
+                       for label, predictor in predictors.items()}
         entries.append((f"{kind}: {item_id} (mean Dice {mean_dice[item_id]:.3f})", sample.image, sample.mask,
                         predictions))
     return gallery(entries)
@@ -214,7 +169,8 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     size = config.data.resize or config.data.patch_size
     widths = (f"width scale {config.model.width_scale}" if config.model.width_scale
               else f"widths {config.model.widths}" if config.model.widths else "default (full) widths")
-    note = (f"Test split only; models selected on validation Dice. {seeds_note}. Metrics are per-image means "
+    note = (f"Test split only; each run's own weight selection and post-processing (chosen on validation). "
+            f"{seeds_note}. Metrics are per-image means "
             f"(pooled Dice over all test pixels also shown); HD95 in pixels. Input {size}x{size}, {widths}. "
             f"Latency: batch 1, {size}x{size}, median of 10 runs, {platform.processor() or platform.machine()}.")
     write_tables(out, rows, records, note)
@@ -224,14 +180,14 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     }
     histories, per_image = {}, {}
     for choice in choices:
-        first = out / "runs" / choice.trained_as().folder / f"seed{spec.seeds[0]}" / "history.csv"
-        histories[choice.label] = [(int(r["epoch"]), float(r["val_dice"])) for r in _read_csv(first)]
+        history = read_history(out / "runs" / choice.trained_as().folder / f"seed{spec.seeds[0]}")
+        histories[choice.label] = [(row.step, row.val_dice) for row in history if row.validated]
         per_image[choice.label] = [float(r["dice"]) for s in spec.seeds for r in
-                                   _read_csv(out / "runs" / choice.folder / f"seed{s}" / "eval" / "per_image.csv")
+                                   read_csv(out / "runs" / choice.folder / f"seed{s}" / "eval" / "per_image.csv")
                                    if r["dice"] not in ("", "nan")]
     plots["val_dice_curves.png"] = curves_plot(histories)
     plots["dice_boxplot.png"] = box_plot(per_image)
-    plots["gallery.png"] = _png_bytes(build_gallery(out, spec, choices))
+    plots["gallery.png"] = png_bytes(build_gallery(out, spec, choices))
     for name, data in plots.items():
         atomic_write_bytes(out / name, data)
     atomic_write_text(out / "report.html", render_html(spec, config, rows, note, plots))
@@ -248,7 +204,7 @@ def render_html(spec, config, rows: list[dict], note: str, plots: dict[str, byte
         f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots.items())
     protocol = {
         "data": spec.data, "models": spec.models, "seeds": spec.seeds, "base config": spec.config or "(defaults)",
-        "overrides": spec.overrides, "epochs (cap)": config.train.epochs,
+        "overrides": spec.overrides, "epochs": config.train.epochs if not spec.budget_minutes else "-",
         "budget per run (min)": spec.budget_minutes, "optimizer": f"{config.optim.name} lr {config.optim.lr}",
         "schedule": config.optim.schedule, "loss": config.loss.name,
         "input": f"patch {config.data.patch_size}" if not config.data.resize else f"resize {config.data.resize}",

@@ -1,0 +1,201 @@
+"""What a dataset looks like, measured once: sizes, channels, intensities, foreground, objects and how thin they
+are, and whether images have an up/down orientation. The plan chooses a recipe from it; runs record it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from scipy import ndimage
+
+from medseg.data.datasets import Item, Sample
+from medseg.errors import MedsegError, first_error
+from medseg.files import atomic_write_json, read_json
+
+MAX_SAMPLES = 64  # the fingerprint measures at most this many images, spread over the dataset
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Dataset statistics (sizes in pixels, intensities in reader scale [0, 1], measured inside the region where
+    one is given). Medians are over images unless the name says otherwise."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    n_images: int
+    n_classes: int
+    channels: int
+    height: tuple[int, int, int]  # min, median, max
+    width: tuple[int, int, int]
+    intensity_mean: tuple[float, ...]  # per channel, pooled over images
+    intensity_std: tuple[float, ...]
+    intensity_p01: tuple[float, ...]  # 1st / 99th percentile, per channel
+    intensity_p99: tuple[float, ...]
+    foreground_fraction: float  # mean over images of the foreground share of each image
+    class_fractions: tuple[float, ...]  # pooled share of each class, background first
+    empty_mask_share: float  # images with no foreground
+    components_per_image: float  # median count of connected foreground objects
+    component_area: float  # median object area over all objects, in pixels
+    component_area_share: float  # median object area over image area
+    foreground_width: float  # median width of foreground structures (twice the distance transform on ridges), px
+    background_width: float  # the same for the background between them (thin membranes are background in EM)
+    region_fraction: float  # mean share of pixels inside the region (1 without regions)
+    updown_contrast: float  # mean(top half) - mean(bottom half), in per-image std units, averaged over images
+    leftright_contrast: float  # the same for left minus right: a control (~0 for most modalities)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> "Fingerprint":
+        try:
+            return TypeAdapter(cls).validate_python(read_json(path, "fingerprint"))
+        except ValidationError as exc:
+            raise MedsegError(path, f"not a fingerprint ({first_error(exc)})") from None
+
+
+def structure_widths(mask: np.ndarray) -> np.ndarray:
+    """Local widths (px) of the foreground of a boolean mask: twice the distance to the background on ridge
+    pixels (local maxima of the distance transform), so a line of width w gives ~w and a disk its diameter."""
+    if not mask.any():
+        return np.zeros(0, np.float32)
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    ridge = mask & (distance >= ndimage.maximum_filter(distance, size=3))
+    return (2 * distance[ridge] - 1).astype(np.float32)
+
+
+def _profile_contrast(image: np.ndarray, region: np.ndarray | None, axis: int) -> float:
+    """Mean of the first half minus the second half of the image along ``axis``, in units of the image's std."""
+    grey = image.mean(axis=2)
+    weight = region.astype(np.float32) if region is not None else np.ones_like(grey)
+    std = float(grey[weight > 0].std()) if (weight > 0).any() else 0.0
+    if std < 1e-6:
+        return 0.0
+    half = grey.shape[axis] // 2
+    first, second = np.split(np.arange(grey.shape[axis]), [half])
+    means = []
+    for part in (first, second):
+        g, w = np.take(grey, part, axis=axis), np.take(weight, part, axis=axis)
+        means.append(float((g * w).sum() / max(w.sum(), 1.0)))
+    return (means[0] - means[1]) / std
+
+
+class _Accumulator:
+    """Running sums for :func:`compute_fingerprint`."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.heights: list[int] = []
+        self.widths: list[int] = []
+        self.channels: set[int] = set()
+        self.pixel_sum = self.pixel_sq = self.pixel_n = 0.0
+        self.percentile_samples: list[np.ndarray] = []
+        self.foreground: list[float] = []
+        self.class_counts = np.zeros(n_classes, np.float64)
+        self.components: list[int] = []
+        self.areas: list[float] = []
+        self.area_shares: list[float] = []
+        self.foreground_widths: list[np.ndarray] = []
+        self.background_widths: list[np.ndarray] = []
+        self.regions: list[float] = []
+        self.updown: list[float] = []
+        self.leftright: list[float] = []
+        self.rng = np.random.default_rng(0)
+
+    def add(self, sample: Sample) -> None:
+        image, mask, region = sample.image, sample.mask, sample.region
+        height, width = mask.shape
+        self.heights.append(height)
+        self.widths.append(width)
+        self.channels.add(image.shape[2])
+        inside = image[region] if region is not None else image.reshape(-1, image.shape[2])
+        self.pixel_sum = self.pixel_sum + inside.sum(axis=0, dtype=np.float64)
+        self.pixel_sq = self.pixel_sq + (inside.astype(np.float64) ** 2).sum(axis=0)
+        self.pixel_n += inside.shape[0]
+        self.percentile_samples.append(inside[self.rng.integers(0, inside.shape[0], min(10_000, inside.shape[0]))])
+        counted = mask[region] if region is not None else mask.ravel()
+        self.class_counts += np.bincount(counted.ravel(), minlength=self.n_classes)[: self.n_classes]
+        self.foreground.append(float((counted > 0).mean()) if counted.size else 0.0)
+        self.regions.append(float(region.mean()) if region is not None else 1.0)
+        foreground = mask > 0
+        labels, count = ndimage.label(foreground)
+        self.components.append(count)
+        if count:
+            sizes = np.bincount(labels.ravel())[1:]
+            self.areas += sizes.tolist()
+            self.area_shares += (sizes / mask.size).tolist()
+        self.foreground_widths.append(structure_widths(foreground))
+        background = ~foreground if region is None else ~foreground & region
+        self.background_widths.append(structure_widths(background))
+        self.updown.append(_profile_contrast(image, region, axis=0))
+        self.leftright.append(_profile_contrast(image, region, axis=1))
+
+    def result(self) -> Fingerprint:
+        if not self.heights:
+            raise MedsegError("fingerprint", "no labelled images to measure")
+        if len(self.channels) > 1:
+            raise MedsegError("fingerprint", f"images have different channel counts {sorted(self.channels)}")
+        mean = self.pixel_sum / self.pixel_n
+        std = np.sqrt(np.maximum(self.pixel_sq / self.pixel_n - mean**2, 0))
+        pooled = np.concatenate(self.percentile_samples)
+
+        def median_width(parts: list[np.ndarray]) -> float:
+            widths = np.concatenate(parts)
+            return round(float(np.median(widths)), 2) if widths.size else 0.0
+
+        def spread(values: list[int]) -> tuple[int, int, int]:
+            return int(min(values)), int(np.median(values)), int(max(values))
+
+        def rounded(values: Iterable[float], digits: int = 4) -> tuple[float, ...]:
+            return tuple(round(float(v), digits) for v in values)
+
+        return Fingerprint(
+            n_images=len(self.heights), n_classes=self.n_classes, channels=self.channels.pop(),
+            height=spread(self.heights), width=spread(self.widths),
+            intensity_mean=rounded(mean), intensity_std=rounded(std),
+            intensity_p01=rounded(np.percentile(pooled, 1, axis=0)),
+            intensity_p99=rounded(np.percentile(pooled, 99, axis=0)),
+            foreground_fraction=round(float(np.mean(self.foreground)), 5),
+            class_fractions=rounded(self.class_counts / max(self.class_counts.sum(), 1), 5),
+            empty_mask_share=round(float(np.mean([c == 0 for c in self.components])), 4),
+            components_per_image=float(np.median(self.components)),
+            component_area=float(np.median(self.areas)) if self.areas else 0.0,
+            component_area_share=round(float(np.median(self.area_shares)), 5) if self.area_shares else 0.0,
+            foreground_width=median_width(self.foreground_widths),
+            background_width=median_width(self.background_widths),
+            region_fraction=round(float(np.mean(self.regions)), 4),
+            updown_contrast=round(float(np.mean(self.updown)), 3),
+            leftright_contrast=round(float(np.mean(self.leftright)), 3),
+        )
+
+
+def compute_fingerprint(samples: Iterable[Sample], n_classes: int) -> Fingerprint:
+    """The fingerprint of labelled samples (each decoded once, by the caller)."""
+    accumulator = _Accumulator(n_classes)
+    for sample in samples:
+        if sample.mask is None:
+            raise MedsegError(sample.id, "has no mask; the fingerprint needs labelled images")
+        accumulator.add(sample)
+    return accumulator.result()
+
+
+def dataset_hash(items: Iterable[Item]) -> str:
+    """A short hash of items (ids, file names, frames, sizes): the same files give the same hash wherever the
+    dataset lives."""
+    digest = hashlib.sha256()
+    for item in sorted(items, key=lambda i: i.id):
+        for path in (item.image, *item.masks):
+            digest.update(f"{item.id}|{path.name}|{item.frame}|{path.stat().st_size};".encode())
+    return digest.hexdigest()[:16]
+
+
+
+def spread(n: int, k: int = MAX_SAMPLES) -> list[int]:
+    """Up to ``k`` indices spread evenly over ``range(n)``."""
+    return sorted(set(np.linspace(0, n - 1, min(n, k)).round().astype(int).tolist())) if n else []

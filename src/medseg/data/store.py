@@ -1,0 +1,131 @@
+"""Decoded samples for training and validation: a bounded in-memory cache over a dataset's items, the seeded
+per-epoch sample keys, and the patch dataset that crops and augments one sample per key."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medseg.config import AugmentConfig, DataConfig
+from medseg.data.datasets import Item, Sample, load_sample
+from medseg.data.readers import Reader
+from medseg.data.transforms import augment, build_augmentation, normalize, random_patch, resize_sample
+from medseg.errors import MedsegError
+from medseg.log import get_logger
+
+
+@dataclass(frozen=True)
+class _Compact:
+    """A sample as stored in the cache: 8-bit sources as uint8 (exact), masks as uint8 class ids."""
+
+    image: np.ndarray
+    scale: float
+    mask: np.ndarray
+    region: np.ndarray | None
+
+    @classmethod
+    def of(cls, sample: Sample) -> "_Compact":
+        image, scale = sample.image, 1.0
+        as_8_bit = np.rint(image * 255)
+        if image.min(initial=0) >= 0 and np.abs(image * 255 - as_8_bit).max(initial=0) < 1e-3:
+            image, scale = as_8_bit.astype(np.uint8), 1 / 255
+        return cls(image, scale, sample.mask.astype(np.uint8), sample.region)
+
+    @property
+    def nbytes(self) -> int:
+        return self.image.nbytes + self.mask.nbytes + (self.region.nbytes if self.region is not None else 0)
+
+    def sample(self, item_id: str) -> Sample:
+        image = self.image.astype(np.float32)
+        if self.scale != 1.0:
+            image *= np.float32(self.scale)
+        return Sample(item_id, image, self.mask.astype(np.int64), self.region)
+
+
+class SampleStore:
+    """The decoded samples of a list of labelled items.
+
+    Every item is decoded once up front (so a broken file stops the run before training starts). Samples stay in
+    memory, compactly, until ``cache_gb`` is used; the rest are decoded again on demand through the store's own
+    :class:`Reader` (TIFF stacks stay open, so a frame costs one page read). Memory is bounded by ``cache_gb``
+    plus one sample.
+    """
+
+    def __init__(self, items: list[Item], channels: int | None, n_classes: int, cache_gb: float) -> None:
+        self.items, self.channels, self.n_classes = items, channels, n_classes
+        self.reader = Reader()
+        self._cache: dict[int, _Compact] = {}
+        self.shapes: list[tuple[int, int]] = []  # H x W of every sample
+        budget, used = cache_gb * 2**30, 0
+        for index, item in enumerate(items):
+            sample = self.load(index)
+            self.shapes.append(sample.mask.shape)
+            compact = _Compact.of(sample)
+            if used + compact.nbytes <= budget:
+                self._cache[index] = compact
+                used += compact.nbytes
+        if len(self._cache) < len(items):
+            get_logger().info("data.cache_gb=%.1f holds %d of %d images; the rest are read from disk when used",
+                              cache_gb, len(self._cache), len(items))
+
+    def load(self, index: int) -> Sample:
+        """Decode item ``index`` from disk."""
+        item = self.items[index]
+        sample = load_sample(item, self.channels, self.n_classes, self.reader)
+        if sample.mask is None:
+            raise MedsegError(item.image, "no mask for this image (needed for training and validation)")
+        return sample
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Sample:
+        compact = self._cache.get(index)
+        return compact.sample(self.items[index].id) if compact is not None else self.load(index)
+
+
+def epoch_keys(n_items: int, steps: int, batch_size: int, seed: int, epoch: int) -> list[tuple[int, int]]:
+    """The ``(index, sample_seed)`` keys of one epoch: seeded reshuffled passes over the items."""
+    rng = np.random.default_rng([seed, epoch])
+    needed = steps * batch_size
+    indices = np.concatenate([rng.permutation(n_items) for _ in range(math.ceil(needed / n_items))])[:needed]
+    seeds = rng.integers(0, 2**31, size=needed)
+    return list(zip(indices.tolist(), seeds.tolist()))
+
+
+class PatchDataset(Dataset):
+    """Training examples, one per ``(index, seed)`` key; the key fixes crop and augmentation, so a resumed run
+    sees exactly the examples the uninterrupted run would have. Returns ``image`` float32 ``C x P x P``, ``mask``
+    int64 ``P x P`` and ``region`` bool ``P x P``."""
+
+    def __init__(self, store: SampleStore, data: DataConfig, augmentation: AugmentConfig,
+                 keys: list[tuple[int, int]]) -> None:
+        self.store, self.data, self.keys = store, data, keys
+        self.pipeline = build_augmentation(augmentation)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        index, seed = self.keys[position]
+        rng = np.random.default_rng(seed)
+        sample = self.store[index]
+        if self.data.resize:
+            sample = resize_sample(sample, self.data.resize)
+        elif self.data.patch_size:
+            sample = random_patch(sample, self.data.patch_size, rng, self.data.foreground_p)
+        sample = augment(self.pipeline, sample, int(rng.integers(2**31)))
+        image = normalize(sample.image, self.data.normalize)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(sample.mask),
+            "region": torch.from_numpy(sample.region),
+        }

@@ -1,0 +1,177 @@
+"""The run's typed contract: everything predict, evaluate, export, serve and compare need to know about a trained
+model, written by training and read, strictly, by everything else.
+
+It is a frozen, versioned dataclass stored as ``RUN_DIR/contract.json`` and inside every weights file's header.
+A missing or unknown key is an error naming it; headers written before the contract existed (schema 0, an untyped
+dict) are migrated; a newer schema is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+import medseg
+from medseg.config import Normalization
+from medseg.data.fingerprint import Fingerprint
+from medseg.errors import MedsegError, first_error
+from medseg.files import atomic_write_json, read_json
+from medseg.plan import Plan
+
+SCHEMA_VERSION = 1
+STRICT = ConfigDict(extra="forbid", strict=False)
+WeightsName = Literal["final_model", "best_model"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Rebuilds the network: ``create_model(name, in_channels, out_channels, **options)``."""
+
+    __pydantic_config__ = STRICT
+    name: str
+    in_channels: int
+    out_channels: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """Per foreground class: keep the largest object, drop objects under ``min_size`` pixels, fill holes."""
+
+    __pydantic_config__ = STRICT
+    largest_component: bool = False
+    min_size: int = 0
+    fill_holes: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.largest_component or self.min_size > 0 or self.fill_holes
+
+    def describe(self) -> str:
+        steps = [name for name, on in (("keep largest component", self.largest_component),
+                                       (f"remove objects < {self.min_size} px", self.min_size > 0),
+                                       ("fill holes", self.fill_holes)) if on]
+        return ", ".join(steps) or "none"
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """How the model is applied to an image in reader scale [0, 1]."""
+
+    __pydantic_config__ = STRICT
+    n_classes: int
+    channels: int
+    normalize: Normalization
+    patch_size: int | None
+    resize: int | None
+    threshold: float
+    tta: bool
+    tta_vflip: bool
+    overlap: float
+    postprocess: PostprocessSpec
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SplitIds:
+    __pydantic_config__ = STRICT
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """The data a run was trained on: where it was, what it was (hash of ids, names and sizes; fingerprint) and
+    how it was split. A dataset is recognised by its ids and hash wherever it lives."""
+
+    __pydantic_config__ = STRICT
+    root: str
+    format: str
+    hash: str
+    splits: SplitIds
+    fingerprint: Fingerprint | None
+
+
+@dataclass(frozen=True)
+class RunContract:
+    __pydantic_config__ = STRICT
+    schema_version: int
+    medseg_version: str
+    model: ModelSpec
+    inference: InferenceSpec
+    data: DataRecord
+    plan: Plan | None
+    selected: WeightsName  # the weights predict and evaluate use by default
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_inference(self, **changes: Any) -> "RunContract":
+        return replace(self, inference=replace(self.inference, **changes))
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> "RunContract":
+        return contract_from_dict(read_json(path, "run contract"), path)
+
+
+_ADAPTER = TypeAdapter(RunContract)
+
+
+def contract_from_dict(mapping: dict[str, Any], where: str | Path) -> RunContract:
+    """Validate a stored contract (migrating schema 0); errors name the key."""
+    if not isinstance(mapping, dict):
+        raise MedsegError(where, "the run contract is not a mapping")
+    version = mapping.get("schema_version", 0)
+    if version == 0:
+        mapping = _migrate_v0(mapping, where)
+    elif version != SCHEMA_VERSION:
+        raise MedsegError(where, f"run contract schema {version} is newer than this medseg understands "
+                                 f"({SCHEMA_VERSION}); upgrade medseg")
+    try:
+        return _ADAPTER.validate_python(mapping)
+    except ValidationError as exc:
+        raise MedsegError(where, f"run contract: {first_error(exc)}") from None
+
+
+def _migrate_v0(meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """A checkpoint header from before the contract (medseg 0.1 untyped metadata) as a schema-1 mapping."""
+    if "model" not in meta:
+        raise MedsegError(where, "checkpoint has no model description")
+    data, model = meta.get("data", {}), meta["model"]
+    n_classes = int(data.get("n_classes", 2))
+    recorded = meta.get("training_data", {})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "medseg_version": meta.get("medseg_version", "0.1.0"),
+        "model": {"name": model["name"], "in_channels": model["in_channels"], "out_channels": model["out_channels"],
+                  "options": model.get("options", {})},
+        "inference": {
+            "n_classes": n_classes, "channels": int(data.get("channels", model["in_channels"])),
+            "normalize": data.get("normalize", "zscore"), "patch_size": data.get("patch_size"),
+            "resize": data.get("resize"), "threshold": float(meta.get("threshold", 0.5)), "tta": False,
+            "tta_vflip": True,
+            "overlap": 0.5, "postprocess": {},
+            "class_names": meta.get("class_names") or default_class_names(n_classes),
+        },
+        "data": {"root": recorded.get("root", ""), "format": "auto", "hash": recorded.get("fingerprint", ""),
+                 "splits": {name: recorded.get(f"{name}_ids", []) for name in ("train", "val", "test")},
+                 "fingerprint": None},
+        "plan": None,
+        "selected": "best_model",
+    }
+
+
+def default_class_names(n_classes: int) -> list[str]:
+    return ["background", "foreground"] if n_classes == 2 else [f"class_{k}" for k in range(n_classes)]
+
+
+def new_contract(model: ModelSpec, inference: InferenceSpec, data: DataRecord, plan: Plan | None,
+                 selected: WeightsName) -> RunContract:
+    return RunContract(SCHEMA_VERSION, medseg.__version__, model, inference, data, plan, selected)

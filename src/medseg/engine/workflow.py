@@ -1,0 +1,121 @@
+"""From a dataset to an evaluated model in one call: fingerprint and plan (unless a plan is given), train to the
+deadline, evaluate on the test split. What `medseg plan` and `medseg train --budget` run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from medseg.config import Config, load_config, parse_overrides, read_yaml_mapping
+from medseg.data.datasets import load_items, load_sample, split_items
+from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread
+from medseg.data.readers import Reader
+from medseg.engine.components import select_device
+from medseg.engine.evaluate import EvaluationSummary, evaluate
+from medseg.engine.train import TrainResult, train
+from medseg.errors import MedsegError
+from medseg.log import get_logger
+from medseg.plan import Plan, PlanInputs, make_plan
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+@dataclass
+class PlannedRun:
+    plan: Plan
+    train: TrainResult
+    test: EvaluationSummary | None
+
+
+def fixed_keys(config_path: str | Path | None, overrides: Iterable[str]) -> frozenset[str]:
+    """The dotted config keys a user set in a config file or with flags: the plan leaves them alone."""
+
+    def leaves(mapping: dict, prefix: str = "") -> list[str]:
+        keys = []
+        for key, value in mapping.items():
+            if isinstance(value, dict) and f"{prefix}{key}" != "model.options":
+                keys += leaves(value, f"{prefix}{key}.")
+            else:
+                keys.append(f"{prefix}{key}")
+        return keys
+
+    mapping = read_yaml_mapping(config_path) if config_path else {}
+    return frozenset(leaves(mapping) + leaves(parse_overrides(overrides)))
+
+
+def fingerprint_dataset(config: Config) -> tuple[Fingerprint, int, int]:
+    """The fingerprint of the labelled non-test images (at most a spread-out sample of them), and the train and
+    validation counts of the config's split."""
+    data = config.data
+    splits = split_items(load_items(data.root, data.format), data.val_fraction, data.test_fraction, data.split_seed,
+                         data.fold, data.folds)
+    labelled = splits.train + splits.val
+    if not labelled:
+        raise MedsegError(data.root, "no labelled training images to plan from")
+    with Reader() as reader:
+        samples = (load_sample(labelled[i], data.channels, data.n_classes, reader)
+                   for i in spread(len(labelled)))
+        fingerprint = compute_fingerprint(samples, data.n_classes)
+    return fingerprint, len(splits.train), len(splits.val)
+
+
+def plan_dataset(config_path: str | Path | None, overrides: list[str], budget_minutes: float, device: str = "auto",
+                 out: Path | None = None) -> tuple[Plan, Fingerprint]:
+    """Fingerprint the dataset and plan for ``budget_minutes`` on ``device``; with ``out``, write the plan there
+    and ``fingerprint.json`` beside it. The planning time counts against the budget."""
+    started = time.perf_counter()
+    config = load_config(config_path, overrides)
+    if not config.data.root:
+        raise MedsegError("data.root", "no dataset given")
+    fingerprint, n_train, n_val = fingerprint_dataset(config)
+    inputs = PlanInputs(data=str(config.data.root), n_classes=config.data.n_classes, n_train=n_train, n_val=n_val,
+                        budget_minutes=budget_minutes, device=str(select_device(device)),
+                        fixed=fixed_keys(config_path, overrides) - {"data.root"})
+    plan = make_plan(fingerprint, inputs, spent_seconds=time.perf_counter() - started)
+    if out is not None:
+        plan.save(out)
+        fingerprint.save(out.with_name(FINGERPRINT_FILE))
+    return plan, fingerprint
+
+
+def default_run_dir(data: str | Path) -> Path:
+    """``runs/<dataset folder name>``, numbered when taken."""
+    base = Path("runs") / Path(data).resolve().name
+    candidate, number = base, 2
+    while candidate.exists():
+        candidate, number = base.with_name(f"{base.name}-{number}"), number + 1
+    return candidate
+
+
+def run_planned(config_path: str | Path | None, overrides: list[str], budget_minutes: float | None,
+                plan_path: str | Path | None, out: str | Path | None) -> PlannedRun:
+    """Plan (or read ``plan_path``), train to the deadline, evaluate on the test split when there is one.
+    ``overrides`` and the config file override the plan's choices."""
+    log = get_logger()
+    fingerprint = None
+    if plan_path is not None:
+        plan = Plan.load(Path(plan_path))
+        beside = Path(plan_path).with_name(FINGERPRINT_FILE)
+        fingerprint = Fingerprint.load(beside) if beside.is_file() else None
+        if budget_minutes is not None:
+            overrides = overrides + [f"train.budget_minutes={budget_minutes}"]
+    else:
+        plan, fingerprint = plan_dataset(config_path, overrides, budget_minutes, _device(overrides))
+    log.info("%s", plan.table())
+    config = load_config(config_path, overrides, base=plan.mapping())
+    run_dir = Path(out) if out else default_run_dir(config.data.root)
+    result = train(config, run_dir, plan=plan, fingerprint=fingerprint)
+    test = None
+    if not result.run_dir.joinpath("contract.json").is_file():
+        return PlannedRun(plan, result, None)
+    from medseg.engine.checkpoint import run_contract
+
+    if run_contract(run_dir).data.splits.test:
+        test = evaluate(run_dir, config.data.root, run_dir / "eval", split="test")
+    return PlannedRun(plan, result, test)
+
+
+def _device(overrides: list[str]) -> str:
+    return str(parse_overrides(overrides).get("train", {}).get("device", "auto"))

@@ -1,0 +1,300 @@
+"""The plan: from a dataset's fingerprint, a time budget and a few timed probe steps to a training recipe, each
+choice with a one-line reason. A plan is a set of config values, so the user can read it, edit it and pass it
+back (`medseg train --plan plan.yaml`); explicit flags and config files still override it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from medseg.config import read_yaml_mapping, set_key, validate_config
+from medseg.data.fingerprint import Fingerprint
+from medseg.errors import MedsegError, first_error
+from medseg.files import atomic_write_text
+
+PLAN_SCHEMA = 1
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    """One config value the plan sets, and why."""
+
+    __pydantic_config__ = _STRICT
+    key: str
+    value: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A timed candidate: seconds per training step of a network at an input size and batch."""
+
+    __pydantic_config__ = _STRICT
+    label: str
+    size: int
+    batch_size: int
+    seconds_per_step: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    __pydantic_config__ = _STRICT
+    schema_version: int
+    data: str
+    budget_minutes: float
+    device: str
+    choices: tuple[PlanChoice, ...]
+    probes: tuple[Probe, ...]
+
+    def mapping(self) -> dict[str, Any]:
+        """The plan's choices as a nested config mapping."""
+        result: dict[str, Any] = {}
+        for choice in self.choices:
+            set_key(result, choice.key, choice.value)
+        return result
+
+    def value(self, key: str) -> Any:
+        for choice in self.choices:
+            if choice.key == key:
+                return choice.value
+        raise KeyError(key)
+
+    def table(self) -> str:
+        """The plan as a short text table: key, value, reason."""
+        width = max(len(c.key) for c in self.choices)
+        values = [yaml.safe_dump(c.value, default_flow_style=True).strip().removesuffix("...").strip()
+                  for c in self.choices]
+        value_width = max(len(v) for v in values)
+        lines = [f"plan for {self.data} ({self.budget_minutes:g} min on {self.device})"]
+        lines += [f"  {c.key:<{width}}  {v:<{value_width}}  {c.reason}" for c, v in zip(self.choices, values)]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False, width=120))
+
+    @classmethod
+    def load(cls, path: Path) -> "Plan":
+        plan = plan_from_dict(read_yaml_mapping(path), path)
+        try:
+            validate_config(plan.mapping())
+        except MedsegError as exc:
+            raise MedsegError(path, exc.reason) from None
+        return plan
+
+
+_ADAPTER = TypeAdapter(Plan)
+
+
+def plan_from_dict(mapping: dict[str, Any], where: str | Path) -> Plan:
+    if mapping.get("schema_version") != PLAN_SCHEMA:
+        raise MedsegError(where, f"plan schema {mapping.get('schema_version')!r} is not {PLAN_SCHEMA}")
+    try:
+        return _ADAPTER.validate_python(mapping)
+    except ValidationError as exc:
+        raise MedsegError(where, f"plan: {first_error(exc)}") from None
+
+
+
+# -- planning ------------------------------------------------------------------------------------------------------
+
+THIN_PX = 8.0  # structures this thin (or thinner) need native resolution
+MIN_STRUCTURE_PX = 6.0  # resizing may not make the thinnest structures thinner than this
+MIN_STEPS = 1000  # the widest network that still gets this many steps in the budget is chosen
+PROBE_SHARE = 0.05  # probes may use at most this share of the budget
+VAL_SHARE = 0.1  # validation may use at most this share of the training time
+WIDTHS = ((8, 16, 32, 64, 128), (16, 32, 64, 128, 256), (32, 64, 128, 256, 512))
+UPRIGHT_CONTRAST = 0.5  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the planner looks at besides the fingerprint."""
+
+    data: str
+    n_classes: int
+    n_train: int
+    n_val: int
+    budget_minutes: float
+    device: str
+    fixed: frozenset[str]  # config keys the user set: the plan keeps out of their way
+
+
+class _Choices:
+    """Collects plan choices in order; skips keys the user fixed."""
+
+    def __init__(self, fixed: frozenset[str]) -> None:
+        self.fixed = fixed
+        self.items: list[PlanChoice] = []
+
+    def add(self, key: str, value: Any, reason: str) -> None:
+        if key not in self.fixed:
+            self.items.append(PlanChoice(key, value, reason))
+
+
+def input_geometry(fingerprint: Fingerprint) -> tuple[str, int, str]:
+    """``("patch" | "resize", size, reason)`` from structure widths and image sizes."""
+    widths = [w for w in (fingerprint.foreground_width, fingerprint.background_width) if w > 0]
+    thin = min(widths) if widths else float("inf")
+    which = "foreground" if thin == fingerprint.foreground_width else "background"
+    side = min(fingerprint.height[1], fingerprint.width[1])
+    share = f"{100 * fingerprint.foreground_fraction:.0f}% foreground"
+    if thin <= THIN_PX:
+        size = 256 if side >= 256 else _round_down(side, 32)
+        return "patch", size, (f"thin structures ({which} median width {thin:g} px, {share}): native-resolution "
+                               f"{size}-px patches")
+    if side <= 256:
+        size = _round_down(side, 32)
+        return "resize", size, (f"small images ({fingerprint.width[1]}x{fingerprint.height[1]}) with objects of "
+                                f"median width {thin:g} px: whole images at {size}x{size}")
+    size = 256 if side * MIN_STRUCTURE_PX / thin <= 256 else 384
+    return "resize", size, (f"large objects (median width {thin:g} px, {share}) need context: whole images "
+                            f"resized to {size}x{size} (thinnest structures keep ~{thin * size / side:.0f} px)")
+
+
+def _round_down(value: float, multiple: int) -> int:
+    return max(multiple, int(value) // multiple * multiple)
+
+
+def probe_step(widths: tuple[int, ...], size: int, batch_size: int, channels: int, n_classes: int,
+               device: str, steps: int = 2) -> float:
+    """Median seconds of a training step (forward, loss, backward, Adam) on random data, after one warm-up."""
+    import statistics
+    import time
+
+    import torch
+
+    from medseg.losses import build_loss
+    from medseg.models import create_model
+
+    out_channels = 1 if n_classes == 2 else n_classes
+    torch.manual_seed(0)
+    model = create_model("unet", channels, out_channels, widths=widths).to(device)
+    loss_fn = build_loss("bce_dice" if n_classes == 2 else "ce_dice", out_channels)
+    optimizer = torch.optim.Adam(model.parameters())
+    x = torch.randn(batch_size, channels, size, size, device=device)
+    y = torch.randint(0, n_classes, (batch_size, size, size), device=device)
+    timings = []
+    for index in range(steps + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if index:
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs,
+                   train_seconds: float) -> tuple[tuple[int, ...], list[Probe], str]:
+    """The widest U-Net that still gets :data:`MIN_STEPS` steps in ``train_seconds``, by timed probes (narrowest
+    first; probing stops at the first network that is too slow, or when the probe budget is spent)."""
+    import time
+
+    started = time.perf_counter()
+    probes: list[Probe] = []
+    chosen = WIDTHS[0]
+    for widths in WIDTHS:
+        if probes and time.perf_counter() - started > PROBE_SHARE * inputs.budget_minutes * 60 / 2:
+            break
+        seconds = probe_step(widths, size, batch_size, channels, inputs.n_classes, inputs.device)
+        probes.append(Probe(f"unet {widths[0]}..{widths[-1]}", size, batch_size, round(seconds, 4)))
+        if train_seconds / seconds < MIN_STEPS and widths != WIDTHS[0]:
+            break
+        chosen = widths
+    step = next(p.seconds_per_step for p in probes if p.label == f"unet {chosen[0]}..{chosen[-1]}")
+    steps = int(train_seconds / step)
+    reason = (f"widest U-Net with >= {MIN_STEPS} steps in the budget: {step:.2f} s/step measured, ~{steps} steps"
+              if steps >= MIN_STEPS else f"narrowest U-Net: {step:.2f} s/step measured, only ~{steps} steps fit")
+    return chosen, probes, reason
+
+
+def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float = 0.0) -> Plan:
+    """The recipe for this dataset, budget and machine, each choice with its reason. ``spent_seconds`` of
+    planning already done (the fingerprint) count against the budget, as the probes do."""
+    import time
+
+    started = time.perf_counter()
+    choices = _Choices(inputs.fixed)
+    budget = inputs.budget_minutes * 60
+    mode, size, geometry_reason = input_geometry(fingerprint)
+    if mode == "patch":
+        choices.add("data.patch_size", size, geometry_reason)
+        choices.add("data.resize", None, "patches, not resizing")
+    else:
+        choices.add("data.resize", size, geometry_reason)
+        choices.add("data.patch_size", None, "whole images, not patches")
+    batch_size = 8 if size <= 128 else 4
+    choices.add("train.batch_size", batch_size, f"{batch_size} x {size}x{size} inputs per step")
+    widths, probes, network_reason = choose_network(size, batch_size, fingerprint.channels, inputs,
+                                                    budget * (1 - VAL_SHARE))
+    choices.add("model.name", "unet", "U-Net: the fastest zoo network per step on CPU (benchmarks/run.py)")
+    choices.add("model.widths", list(widths), network_reason)
+    _add_optimisation(choices, inputs)
+    _add_validation(choices, fingerprint, inputs, mode, size, probes[0].seconds_per_step / batch_size / size**2)
+    _add_augmentation(choices, fingerprint, mode)
+    loss = "bce_dice" if inputs.n_classes == 2 else "ce_dice"
+    choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "
+                                   "foreground: Dice keeps the foreground from being ignored)")
+    planning = spent_seconds + time.perf_counter() - started
+    choices.add("train.budget_minutes", round((budget - planning) / 60, 3),
+                f"{inputs.budget_minutes:g} min budget less {planning:.0f} s of planning; the learning rate "
+                "follows elapsed time and reaches ~0 at the deadline")
+    return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes))
+
+
+def _add_optimisation(choices: _Choices, inputs: PlanInputs) -> None:
+    choices.add("optim.name", "adam", "Adam: robust without tuning for short schedules")
+    choices.add("optim.lr", 1e-3, "Adam's usual rate for U-Nets trained from scratch")
+    choices.add("optim.schedule", "cosine", "cosine decay over the budget, so the run ends annealed")
+    choices.add("optim.warmup_steps", 20, "a short linear warm-up steadies the first Adam steps")
+    choices.add("train.select", "final", "the annealed final weights (a best-of-N pick on a few validation "
+                                         "images is noisy and biased)")
+
+
+def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, mode: str, size: int,
+                    seconds_per_pixel: float) -> None:
+    """Validation paced to at most :data:`VAL_SHARE` of the time, on a subset when one pass would cost more than
+    a fortieth of the budget."""
+    choices.add("train.val_time_share", VAL_SHARE, f"validation costs at most {100 * VAL_SHARE:.0f}% of the time")
+    # A forward pass costs ~1/3 of a training step per pixel; tiles overlapping by half see each pixel ~4 times.
+    pixels = size**2 if mode == "resize" else 4 * fingerprint.height[1] * fingerprint.width[1]
+    per_image = pixels * seconds_per_pixel / 3
+    limit = inputs.budget_minutes * 60 / 40
+    if inputs.n_val * per_image > limit:
+        images = max(2, int(limit / per_image))
+        choices.add("train.val_images", images, f"one validation pass over all {inputs.n_val} images would take "
+                                                f"~{inputs.n_val * per_image:.0f} s: a fixed subset of {images}")
+    choices.add("inference.postprocess", "auto", "threshold, largest component, small-object removal and hole "
+                                                 "filling are each kept only if they raise validation Dice")
+
+
+def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, mode: str) -> None:
+    upright = (abs(fingerprint.updown_contrast) >= UPRIGHT_CONTRAST
+               and abs(fingerprint.updown_contrast) >= 3 * abs(fingerprint.leftright_contrast))
+    contrast = (f"top/bottom contrast {fingerprint.updown_contrast:+.2f} std vs left/right "
+                f"{fingerprint.leftright_contrast:+.2f}")
+    if upright:
+        choices.add("augment.vflip", False, f"images have an up/down orientation ({contrast}): horizontal flips only")
+        choices.add("augment.rotate90", False, "no 90-degree rotations for upright images")
+    else:
+        choices.add("augment.vflip", True, f"no up/down orientation ({contrast}): all flips and 90-degree rotations")
+        choices.add("augment.rotate90", True, "rotation-invariant content")
+    elastic = 0.3 if mode == "patch" else 0.1
+    choices.add("augment.elastic_p", elastic, "elastic deformation (U-Net paper) for thin deformable structures"
+                if mode == "patch" else "light elastic deformation for whole-image inputs")
+    choices.add("inference.tta", True, "flip test-time augmentation (the flips training used): 4x (or 2x) "
+                                       "prediction time for a steadier mask")
+    choices.add("inference.tta_vflip", not upright, "vertical flips only where training used them")

@@ -55,3 +55,46 @@ def test_argparse_errors_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+@pytest.fixture
+def weights(tmp_path):
+    from medseg.models import create_model
+    from tests.helpers import save_model
+
+    return save_model(tmp_path / "w.safetensors", create_model("unet", 1, 1, widths=(4, 8)))
+
+
+def test_predict_with_weights_predicts_every_input(capsys, tmp_path, weights):
+    """Bug: `predict --weights W a.png b.png` took a.png for the run folder and never predicted it."""
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / f"{name}.png")
+    assert main(["predict", "--weights", str(weights), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize("verb", ["predict", "evaluate", "export"])
+def test_run_folder_or_weights_never_both_nor_neither(capsys, tmp_path, weights, verb):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best_model.safetensors").write_bytes(weights.read_bytes())
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(image)
+    tail = {"predict": [str(image), "--out", str(tmp_path / "o")],
+            "evaluate": ["--data", str(tmp_path), "--out", str(tmp_path / "o")],
+            "export": ["--format", "onnx", "--out", str(tmp_path / "m.onnx")]}[verb]
+    assert main([verb, str(run), "--weights", str(weights), *tail]) == 2
+    line = _error_line(capsys)
+    assert "give a run folder" in line and "or --weights, not both" in line
+    if verb != "predict":
+        assert main([verb, *tail]) == 2
+        assert "give a run folder or --weights FILE" in _error_line(capsys)
+
+
+def test_config_typos_stop_before_any_data_is_read(capsys, tmp_path):
+    """Bug: typos in enumerated options surfaced only after decoding the dataset (or never, for normalize)."""
+    code = main(["train", "--data", str(tmp_path / "not-even-there"), "--out", str(tmp_path / "r"),
+                 "--set", "data.normalize=unitt"])
+    assert code == 2
+    assert _error_line(capsys).endswith("data.normalize: 'unitt' is not one of zscore, unit (did you mean 'unit'?)")

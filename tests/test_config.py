@@ -28,3 +28,31 @@ def test_yaml_round_trip_and_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("optim:\n  lrate: 3\n")
     with pytest.raises(MedsegError, match="bad.yaml: unknown key 'optim.lrate'"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(("key", "typo", "suggestion"), [
+    ("optim.name", "adamm", "adam"), ("optim.schedule", "cosin", "cosine"), ("data.normalize", "z-score", "zscore"),
+    ("loss.name", "bce-dice", "bce_dice"), ("data.format", "tiff_stack", "tiff-stack"),
+    ("train.select", "fianl", "final"),
+])
+def test_enumerated_options_are_checked_at_load_time_with_a_suggestion(key, typo, suggestion):
+    with pytest.raises(MedsegError, match=f"{key}: '{typo}' is not one of .*did you mean '{suggestion}'"):
+        load_config(None, [f"{key}={typo}"])
+
+
+def test_out_of_range_values_name_the_key():
+    with pytest.raises(MedsegError, match="data.val_fraction: input should be less than 1"):
+        load_config(None, ["data.val_fraction=1.5"])
+    with pytest.raises(MedsegError, match="data.fold: 'al' is not one of all"):
+        load_config(None, ["data.fold=al"])
+    assert load_config(None, ["data.fold=all"]).data.fold == "all"
+    assert load_config(None, ["data.fold=2"]).data.fold == 2
+
+
+def test_every_dataset_format_has_an_adapter():
+    from typing import get_args
+
+    from medseg.config import DatasetFormat
+    from medseg.data.datasets import ADAPTERS
+
+    assert set(get_args(DatasetFormat)) == {"auto", *ADAPTERS}

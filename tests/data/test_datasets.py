@@ -144,3 +144,42 @@ def test_convert_keeps_16_bit_images_lossless(tmp_path):
     convert(root, "folder", tmp_path / "out")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "images" / "case1.png")), deep)
     assert np.asarray(Image.open(tmp_path / "out" / "images" / "case0.png")).dtype == np.uint8
+
+
+def test_split_csv_as_excel_saves_it(tmp_path):
+    """Bug: a split.csv with a UTF-8 byte-order mark and CRLF line ends was refused."""
+    root = fixtures.make_folder(tmp_path, n=3, split=False)
+    (root / "split.csv").write_bytes("id,split\r\ncase0,train\r\ncase1,val\r\ncase2,test\r\n".encode("utf-8-sig"))
+    assert [item.split for item in load_items(root)] == ["train", "val", "test"]
+
+
+@pytest.mark.parametrize("suffix", ["_mask", "_segmentation", "_label"])
+def test_masks_named_by_common_conventions(tmp_path, suffix):
+    """Bug: masks named <id>_mask.png (BUSI, Kaggle), <id>_segmentation.png (ISIC), <id>_label.png were not found."""
+    root = fixtures.make_folder(tmp_path, n=2, split=False)
+    for mask in (root / "masks").iterdir():
+        mask.rename(mask.with_name(f"{mask.stem}{suffix}.png"))
+    items = load_items(root)
+    assert [item.masks[0].name for item in items] == [f"case0{suffix}.png", f"case1{suffix}.png"]
+    (root / "masks" / f"case1{suffix}.png").rename(root / "masks" / "other.png")
+    with pytest.raises(MedsegError, match=r"no mask found for id 'case1' .*\(tried case1.<ext>, case1_mask.<ext>"):
+        load_items(root)
+
+
+def test_mask_errors_say_what_the_values_suggest(tmp_path):
+    """Bug: multi-class and lossy masks got a bare 'unexpected mask values' (with 256 values for a JPEG)."""
+    from PIL import Image
+
+    from medseg.data.readers import read_mask
+
+    three = tmp_path / "three.png"
+    Image.fromarray(np.array([[0, 1, 2]], np.uint8)).save(three)
+    with pytest.raises(MedsegError, match=r"if these are 3 classes, use --set data.n_classes=3"):
+        read_mask(three)
+    lossy = tmp_path / "lossy.jpg"
+    ys, xs = np.mgrid[:64, :64]
+    disc = np.where((ys - 30) ** 2 + (xs - 33) ** 2 < 15**2, 255, 0).astype(np.uint8)
+    Image.fromarray(disc).save(lossy, quality=50)
+    with pytest.raises(MedsegError, match=r"lossy JPEG file .* saved losslessly \(PNG or TIFF\)") as info:
+        read_mask(lossy)
+    assert "[" not in str(info.value)  # no list of 256 values

@@ -87,3 +87,29 @@ def test_write_array_round_trip(tmp_path):
     write_array(tmp_path / "x.png", pixels)
     assert (np.asarray(Image.open(tmp_path / "x.png")) == pixels).all()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_stack_frames_are_counted_from_metadata_and_read_one_page_each(tmp_path, monkeypatch):
+    """Bug: every frame read decoded the whole image and label stacks again, and counting frames decoded every
+    pixel. Reading all frames of an image/label stack pair must read each page once, and counting none."""
+    from tests.data import fixtures
+
+    from medseg.data.datasets import load_items, load_sample
+    from medseg.data.readers import Reader
+
+    root = fixtures.make_tiff_stack(tmp_path, frames=6)
+    reads = {"pages": 0}
+    real_asarray = tifffile.TiffPageSeries.asarray
+
+    def counting(self, *args, **kwargs):
+        pixels = real_asarray(self, *args, **kwargs)
+        reads["pages"] += pixels.shape[0] if "key" not in kwargs and pixels.ndim == 3 else 1
+        return pixels
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", counting)
+    items = load_items(root, "tiff-stack")
+    assert len(items) == 6 and reads["pages"] == 0  # frame counts from the metadata
+    reader = Reader()
+    samples = [load_sample(item, None, 2, reader) for item in items]
+    assert reads["pages"] == 12  # 6 image pages + 6 label pages
+    assert [s.mask.sum() for s in samples] == [80] * 6

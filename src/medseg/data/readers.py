@@ -214,7 +214,7 @@ def _bad_mask_values(values: np.ndarray, n_classes: int, fmt: str) -> str:
     expected = "{0, 1} or {0, 255}" if n_classes == 2 else f"0..{n_classes - 1}"
     message = f"unexpected mask values [{shown}]; expected {expected}"
     top = int(values.max(initial=0))
-    if values.min(initial=0) >= 0 and np.issubdtype(values.dtype, np.integer) and top < 256 and values.size <= 32:
+    if values.min(initial=0) >= 0 and np.issubdtype(values.dtype, np.integer) and top < 32:
         return f"{message}; if these are {top + 1} classes, use --set data.n_classes={top + 1}"
     if values.size > 32:
         return f"{message}; {values.size} distinct values look like a lossy or anti-aliased mask: save masks losslessly"

@@ -17,6 +17,7 @@ def tiny_config(data: Path, epochs: int = 3, steps: int = 2) -> Config:
     config.train.steps_per_epoch = steps
     config.train.batch_size = 2
     config.train.val_time_share = None  # validate after every epoch
+    config.train.tensorboard = False
     config.optim.warmup_steps = 0
     return config
 

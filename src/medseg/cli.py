@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from medseg.errors import MedsegError
 
@@ -86,25 +86,45 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
+    from medseg.claims import parse_shard
     from medseg.config import load_config
+    from medseg.engine.crossval import train_folds
     from medseg.engine.train import train
     from medseg.engine.workflow import run_planned
 
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args.nproc, args.argv)
     overrides = _train_overrides(args)
+    cross_validate, shard = args.folds is not None and args.fold is None, parse_shard(args.shard)
+    if shard and not cross_validate:
+        raise MedsegError("--shard", "shards split the folds of a cross-validation (--folds K without --fold)")
     if args.resume:
-        result = train(None, args.resume, resume=True)
+        _print_result(train(None, args.resume, resume=True))
     elif args.budget or args.plan:
         budget = parse_duration(args.budget) if args.budget else None
-        result = run_planned(args.config, overrides, budget, args.plan, args.out).train
+        run = run_planned(args.config, overrides, budget, args.plan, args.out, cross_validate, shard)
+        _print_result(run.train or run.cross_validation, run.run_dir)
+    elif not args.out:
+        raise MedsegError("--out", "give the run folder to write (or --resume RUN_DIR, or --budget to plan)")
+    elif cross_validate:
+        _print_result(train_folds(load_config(args.config, overrides), args.out, shard), Path(args.out))
     else:
-        if not args.out:
-            raise MedsegError("--out", "give the run folder to write (or --resume RUN_DIR, or --budget to plan)")
-        result = train(load_config(args.config, overrides), args.out)
-    print(f"{result.steps_run} steps in {result.seconds / 60:.1f} min; using the {result.selected} weights; "
-          f"run folder {result.run_dir}")
+        _print_result(train(load_config(args.config, overrides), args.out))
     return 0
+
+
+def _print_result(result: Any, run_dir: Path | None = None) -> None:
+    from medseg.engine.crossval import CrossValidationSummary
+
+    if result is None:
+        print(f"not every fold is finished; run the command again without --shard to summarise {run_dir}")
+    elif isinstance(result, CrossValidationSummary):
+        dice = result.metrics["dice"]
+        print(f"cross-validation over {result.folds} folds: out-of-fold Dice {dice['mean']:.4f} +/- "
+              f"{dice['std']:.4f} (pooled {dice['pooled']:.4f}); run folder {run_dir}")
+    else:
+        print(f"{result.steps_run} steps in {result.seconds / 60:.1f} min; using the {result.selected} weights; "
+              f"run folder {result.run_dir}")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -196,6 +216,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from medseg.claims import parse_shard
     from medseg.config import load_config
     from medseg.study.compare import StudySpec, parse_models, run_study
 
@@ -212,7 +233,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         seeds = list(preset.seeds) if preset else [0]
     spec = StudySpec(data=args.data, models=models, seeds=seeds, config=args.config,
                      overrides=list(args.set or []), budget_minutes=args.budget_minutes, epochs=args.epochs)
-    rows = run_study(spec, args.out)
+    rows = run_study(spec, args.out, parse_shard(args.shard))
+    if rows is None:
+        print(f"this shard is done; run the command again without --shard to finish and report {args.out}")
+        return 0
     print((Path(args.out) / "results.md").read_text())
     print(f"{len(rows)} models; report: {Path(args.out) / 'report.html'}")
     return 0
@@ -261,14 +285,7 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-depth", type=int, help="UNet++ only: run the sub-network of depth 1..4")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medseg", description="2D medical image segmentation with the U-Net family")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    models = commands.add_parser("models", help="list the model zoo with parameters and GFLOPs")
-    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    models.set_defaults(handler=_cmd_models)
-
+def _add_plan_parser(commands: Any) -> None:
     plan = commands.add_parser("plan", help="fingerprint a dataset and plan a training recipe for a time budget")
     plan.add_argument("dir", help="dataset folder (folder format or a supported layout)")
     plan.add_argument("--budget", default="15m", help="training time, e.g. 90s, 15m, 1.5h (default 15m)")
@@ -278,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. data.n_classes=3")
     plan.set_defaults(handler=_cmd_plan)
 
+
+def _add_train_parser(commands: Any) -> None:
     train = commands.add_parser("train", help="train a model on a dataset folder")
     train.add_argument("--config", help="YAML config (see configs/)")
     train.add_argument("--data", help="dataset folder (folder format or a supported layout)")
@@ -293,14 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument("--val-fraction", type=float)
-    train.add_argument("--fold", type=_fold, help="validate on fold i of --folds k; 'all': no validation split")
-    train.add_argument("--folds", type=int)
+    train.add_argument("--folds", type=int, help="cross-validation: train every one of K folds into --out")
+    train.add_argument("--fold", type=_fold, help="train only fold i of --folds K; 'all': no validation split")
+    train.add_argument("--shard", help="with --folds: this process's share i/N of the folds (others run the rest)")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--deterministic", action="store_true", help="reproducible run to run (CPU)")
     train.add_argument("--nproc", type=int, help="launch N processes with torchrun (DDP) on this machine")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.name=sgd")
     train.set_defaults(handler=_cmd_train)
 
+
+def _add_inference_parsers(commands: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="score a trained run on a dataset split")
     evaluate.add_argument("run", nargs="?", help="run folder (its selected weights)")
     evaluate.add_argument("--data", required=True)
@@ -322,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_flags(predict)
     predict.set_defaults(handler=_cmd_predict)
 
+    export = commands.add_parser("export", help="export a trained model to ONNX or TorchScript")
+    export.add_argument("run", nargs="?", help="run folder (its selected weights)")
+    export.add_argument("--weights", help="a weights file instead of a run folder")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    export.add_argument("--out", required=True)
+    export.set_defaults(handler=_cmd_export)
+
+
+def _add_compare_parser(commands: Any) -> None:
     compare = commands.add_parser("compare", help="train, evaluate and compare several models with one protocol")
     compare.add_argument("--data", required=True)
     compare.add_argument("--models", help="comma-separated, options as name:key=value (default: study.models)")
@@ -332,20 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget-minutes", type=float, help="training time per run (the schedule follows it)")
     budget.add_argument("--epochs", type=int)
     compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the base config")
+    compare.add_argument("--shard", help="this process's share i/N of the runs (a GPU, machine or Slurm task); "
+                                         "a final call without --shard reports")
     compare.set_defaults(handler=_cmd_compare)
 
-    export = commands.add_parser("export", help="export a trained model to ONNX or TorchScript")
-    export.add_argument("run", nargs="?", help="run folder (its selected weights)")
-    export.add_argument("--weights", help="a weights file instead of a run folder")
-    export.add_argument("--format", required=True, choices=["onnx", "torchscript"])
-    export.add_argument("--out", required=True)
-    export.set_defaults(handler=_cmd_export)
 
-    demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--minutes", type=float, default=1.5, help="training time budget")
-    demo.set_defaults(handler=_cmd_demo)
-
+def _add_data_parsers(commands: Any) -> None:
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate a dataset and print its statistics")
     check.add_argument("dir")
@@ -358,6 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True)
     conv.add_argument("--n-classes", type=int, default=2)
     conv.set_defaults(handler=_cmd_data_convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg", description="2D medical image segmentation with the U-Net family")
+    commands = parser.add_subparsers(dest="command", required=True)
+    models = commands.add_parser("models", help="list the model zoo with parameters and GFLOPs")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=_cmd_models)
+    _add_plan_parser(commands)
+    _add_train_parser(commands)
+    _add_inference_parsers(commands)
+    _add_compare_parser(commands)
+    demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--minutes", type=float, default=1.5, help="training time budget")
+    demo.set_defaults(handler=_cmd_demo)
+    _add_data_parsers(commands)
     return parser
 
 

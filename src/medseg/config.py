@@ -95,7 +95,7 @@ class TrainConfig(Section):
     val_smoothing: float = Field(0.5, ge=0, lt=1)  # best_model follows an EMA of validation Dice (weight of the past)
     select: Selection = "auto"  # weights predict/evaluate use: final, best (EMA of val Dice), auto (see README)
     log_every: int = Field(20, ge=1)
-    tensorboard: bool = False  # also log to RUN_DIR/tensorboard when the tensorboard package is installed
+    tensorboard: bool | None = None  # log to RUN_DIR/tensorboard; None: when the tensorboard package is installed
 
 
 class InferenceConfig(Section):

@@ -30,5 +30,6 @@ def first_error(exc: Any) -> str:
     """The first problem of a pydantic ``ValidationError`` as ``key: message`` (missing and unknown keys named)."""
     error = exc.errors()[0]
     key = ".".join(str(part) for part in error["loc"])
-    kind = {"missing": "missing key", "extra_forbidden": "unknown key"}.get(error["type"])
+    kind = {"missing": "missing key", "missing_argument": "missing key", "extra_forbidden": "unknown key",
+            "unexpected_keyword_argument": "unknown key"}.get(error["type"])
     return f"{kind} {key!r}" if kind else f"{key}: {error['msg']}"

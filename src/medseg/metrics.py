@@ -26,7 +26,6 @@ from scipy import ndimage
 
 EmptyRule = Literal["perfect", "nan"]
 OVERLAP_METRICS = ("dice", "iou", "accuracy", "precision", "recall", "specificity")
-ALL_METRICS = (*OVERLAP_METRICS, "hd95")
 
 
 def confusion_counts(

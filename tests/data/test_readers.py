@@ -113,3 +113,14 @@ def test_stack_frames_are_counted_from_metadata_and_read_one_page_each(tmp_path,
     samples = [load_sample(item, None, 2, reader) for item in items]
     assert reads["pages"] == 12  # 6 image pages + 6 label pages
     assert [s.mask.sum() for s in samples] == [80] * 6
+
+
+def test_a_stack_written_page_by_page_has_all_its_frames(tmp_path):
+    """Tools that write each page as its own series (tifffile's own page-by-page writer among them): every page
+    is a frame, not just the first."""
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for value in (10, 20, 30):
+            writer.write(np.full((4, 6), value, np.uint8), photometric="minisblack", contiguous=False)
+    assert stack_length(path) == 3
+    assert read_image(path, frame=2)[0, 0, 0] == pytest.approx(30 / 255)

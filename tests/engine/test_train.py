@@ -192,3 +192,17 @@ def test_fold_all_trains_on_every_labelled_image_without_validation(tiny_config,
     contract = json.loads((tmp_path / "run" / "contract.json").read_text())
     assert contract["data"]["splits"]["val"] == [] and len(contract["data"]["splits"]["train"]) == 10
     assert result.selected == "final_model" and not any(row.validated for row in result.history)
+
+
+def test_tensorboard_logs_scalars_and_validation_overlays(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_config.train.tensorboard, tiny_config.train.log_every = True, 1
+    train(tiny_config, tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "val/dice", "val/iou"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert len(events.Scalars("val/dice")) == 3 and len(tags["images"]) == 2  # the 2 validation images

@@ -17,6 +17,9 @@ class PageCheck:
     console_errors: list[str]
     table_rows: int
     image_widths: list[int]
+    pair_rows: int
+    significant_marks: list[str]  # the last cell of each row marked significant, as rendered
+    significant_weights: list[str]  # their computed font weights
 
 
 def find_chromium() -> str:
@@ -40,6 +43,11 @@ def render(page_path: Path, screenshot: Path) -> PageCheck:
             page.screenshot(path=str(screenshot), full_page=True)
             rows = page.locator("#results tbody tr").count()
             widths = page.evaluate("Array.from(document.images).map(img => img.complete ? img.naturalWidth : 0)")
+            pairs = page.locator("#pairs tbody tr").count()
+            marked = page.locator("#pairs tbody tr.significant td:last-child")
+            marks = [marked.nth(i).inner_text() for i in range(marked.count())]
+            weights = [marked.nth(i).evaluate("cell => getComputedStyle(cell).fontWeight")
+                       for i in range(marked.count())]
         finally:
             browser.close()
-    return PageCheck(errors, rows, widths)
+    return PageCheck(errors, rows, widths, pairs, marks, weights)

@@ -47,8 +47,8 @@ def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
     # unet was not retrained; usegnet resumed from its checkpoint
     assert calls == [(str(out / "runs" / "usegnet__skips=1" / "seed0"), True)]
     assert [r["model"] for r in rows] == ["unet", "usegnet:skips=1"]
-    for name in ("results.csv", "results.json", "results.md", "dice_vs_params.png", "dice_vs_latency.png",
-                 "val_dice_curves.png", "dice_boxplot.png", "gallery.png", "report.html"):
+    for name in ("results.csv", "results.json", "results.md", "pairs.csv", "dice_intervals.png", "dice_vs_params.png",
+                 "dice_vs_latency.png", "val_dice_curves.png", "dice_boxplot.png", "gallery.png", "report.html"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert {r["epochs"] for r in results["runs"]} == {2}
@@ -59,8 +59,8 @@ def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
 
     check = render(out / "report.html", tmp_path / "report.png")
     assert check.console_errors == []
-    assert check.table_rows == 2
-    assert len(check.image_widths) == 5 and all(width > 0 for width in check.image_widths)
+    assert check.table_rows == 2 and check.pair_rows == 1
+    assert len(check.image_widths) == 6 and all(width > 0 for width in check.image_widths)
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
     with pytest.raises(MedsegError, match="different protocol"):
@@ -79,3 +79,37 @@ def test_pruned_unetpp_is_evaluated_from_the_trained_network(tmp_path, monkeypat
     assert trained == [str(tmp_path / "study" / "runs" / "unetpp" / "seed0")]
     full, pruned = rows
     assert pruned["gflops"] < full["gflops"] and pruned["train_seconds"] == full["train_seconds"]
+
+
+def test_two_shards_share_a_study_and_merge_to_the_single_process_result(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = make_synthetic_dataset(tmp_path / "data", n_images=10, size=40)
+    base = [sys.executable, "-m", "medseg", "compare", "--data", str(data), "--models", "unet,usegnet:skips=1",
+            "--seeds", "0,1", "--epochs", "2", "--set", "data.patch_size=32", "--set", "model.width_scale=0.125",
+            "--set", "train.steps_per_epoch=2", "--set", "train.batch_size=2", "--set", "train.val_time_share=null",
+            "--set", "train.deterministic=true", "--set", "train.tensorboard=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    shards = [subprocess.Popen([*base, "--out", str(tmp_path / "sharded"), "--shard", f"{i}/2"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [shard.communicate(timeout=600)[0] for shard in shards]
+    assert [shard.returncode for shard in shards] == [0, 0], outputs
+    runs = sorted((tmp_path / "sharded" / "runs").glob("*/seed*"))
+    assert len(runs) == 4
+    for run in runs:  # trained exactly once, by one of the shards
+        assert (run / "train.log").read_text().count("parameters on cpu") == 1, run
+    trained_by = [output.count("study: training ") for output in outputs]
+    assert sum(trained_by) == 4
+    merged = subprocess.run([*base, "--out", str(tmp_path / "sharded")], env=env, capture_output=True, text=True)
+    single = subprocess.run([*base, "--out", str(tmp_path / "single")], env=env, capture_output=True, text=True)
+    assert merged.returncode == single.returncode == 0, merged.stderr[-2000:] + single.stderr[-2000:]
+    assert "training" not in merged.stdout  # the merge trains nothing
+    a = json.loads((tmp_path / "sharded" / "results.json").read_text())
+    b = json.loads((tmp_path / "single" / "results.json").read_text())
+    for left, right in zip(a["runs"], b["runs"]):
+        assert (left["model"], left["seed"]) == (right["model"], right["seed"])
+        for metric in ("dice", "iou", "hd95", "dice_pooled"):
+            assert left[metric] == pytest.approx(right[metric], abs=1e-6)
+    print(f"shards trained {trained_by} of 4 runs; merged results equal the single-process study")

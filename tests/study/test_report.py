@@ -72,3 +72,27 @@ def test_gallery_layout_and_error_colours():
     colours = {tuple(c) for c in pixels.reshape(-1, 3)}
     assert any(c[0] > 100 and c[1] < 60 for c in colours)  # false positives in red
     assert any(c[0] > 100 and c[1] > 90 and c[2] < 60 for c in colours)  # false negatives in yellow
+
+
+def test_significance_marks_render_in_the_browser(tmp_path):
+    from dataclasses import replace
+
+    from medseg.stats import PairedComparison
+    from medseg.study.compare import StudySpec
+    from medseg.study.report import pairs_markdown, render_html
+    from tests.study.browser import render
+
+    rows = aggregate(RECORDS, ["unet", "segnet"])
+    for row, (low, high, rank) in zip(rows, [(0.8, 0.9, 1), (0.6, 0.75, 2)]):
+        row.update(dice_ci_low=low, dice_ci_high=high, rank=rank)
+    pairs = [PairedComparison("unet", "segnet", 16, 0.15, 0.08, 0.22, 0.0004, 0.0008),
+             PairedComparison("unet", "unet", 16, 0.0, -0.01, 0.01, 0.9, 1.0)]
+    assert pairs_markdown(pairs).count("| * |") == 1
+    spec = StudySpec(data="d", models=["unet", "segnet"], seeds=[0, 1])
+    (tmp_path / "report.html").write_text(render_html(spec, spec.base_config(), rows, pairs, "note", {}))
+    check = render(tmp_path / "report.html", tmp_path / "report.png")
+    assert check.console_errors == [] and check.pair_rows == 2
+    assert check.significant_marks == ["*"] and int(check.significant_weights[0]) >= 600
+    headers, body = table_cells(rows)
+    assert body[0][headers.index("Dice 95% CI")][0] == "[0.8000, 0.9000]" and body[1][headers.index("Rank")][0] == "2"
+    assert replace(pairs[1], p_holm=0.01).significant

@@ -16,7 +16,7 @@ from medseg.data.datasets import Item, Sample
 from medseg.errors import MedsegError, first_error
 from medseg.files import atomic_write_json, read_json
 
-MAX_SAMPLES = 64  # the fingerprint measures at most this many images, spread over the dataset
+MAX_SAMPLES = 32  # the fingerprint measures at most this many images, spread over the dataset
 
 
 @dataclass(frozen=True)

@@ -40,23 +40,28 @@ class Plane:
 
 
 class _OpenTiff:
-    """An open TIFF file: its first series, and how many 2D frames it holds."""
+    """An open TIFF file and how many 2D frames it holds: the frames of its one series (an ImageJ or shaped
+    stack, contiguous or not), or, when a tool wrote every page as its own series, its pages."""
 
     def __init__(self, path: Path) -> None:
         self.handle = tifffile.TiffFile(path)
         try:
-            self.series = self.handle.series[0]
+            series = self.handle.series
+            self.series = series[0]
             frame_shape = self.series.keyframe.shape
             if int(np.prod(frame_shape[:2])) > MAX_PIXELS:
                 raise MedsegError(path, f"declared size {frame_shape} is too large (decompression bomb?)")
+            self.by_page = len(series) > 1 and all(s.shape == frame_shape and len(s.pages) == 1 for s in series)
             extra = self.series.shape[: len(self.series.shape) - len(frame_shape)]
-            self.frames = int(np.prod(extra)) if extra else 1
-            self.is_stack = bool(extra)
+            self.frames = len(series) if self.by_page else int(np.prod(extra)) if extra else 1
+            self.is_stack = self.frames > 1 or bool(extra)
         except BaseException:
             self.handle.close()
             raise
 
     def read(self, frame: int) -> np.ndarray:
+        if self.by_page:
+            return self.handle.series[frame].asarray()
         if not self.is_stack:
             return self.series.asarray()
         return self.series.asarray(key=frame).reshape(self.series.keyframe.shape)

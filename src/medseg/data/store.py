@@ -23,17 +23,17 @@ class _Compact:
     """A sample as stored in the cache: 8-bit sources as uint8 (exact), masks as uint8 class ids."""
 
     image: np.ndarray
-    scale: float
+    divisor: float  # the image in reader scale is image / divisor
     mask: np.ndarray
     region: np.ndarray | None
 
     @classmethod
     def of(cls, sample: Sample) -> "_Compact":
-        image, scale = sample.image, 1.0
+        image, divisor = sample.image, 1.0
         as_8_bit = np.rint(image * 255)
-        if image.min(initial=0) >= 0 and np.abs(image * 255 - as_8_bit).max(initial=0) < 1e-3:
-            image, scale = as_8_bit.astype(np.uint8), 1 / 255
-        return cls(image, scale, sample.mask.astype(np.uint8), sample.region)
+        if image.min(initial=0) >= 0 and np.array_equal(as_8_bit.astype(np.float32) / 255, image):
+            image, divisor = as_8_bit.astype(np.uint8), 255.0
+        return cls(image, divisor, sample.mask.astype(np.uint8), sample.region)
 
     @property
     def nbytes(self) -> int:
@@ -41,8 +41,8 @@ class _Compact:
 
     def sample(self, item_id: str) -> Sample:
         image = self.image.astype(np.float32)
-        if self.scale != 1.0:
-            image *= np.float32(self.scale)
+        if self.divisor != 1.0:
+            image /= np.float32(self.divisor)
         return Sample(item_id, image, self.mask.astype(np.int64), self.region)
 
 

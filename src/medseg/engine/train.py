@@ -8,6 +8,7 @@ learning rate follows the elapsed share of the budget and the run ends, annealed
 
 from __future__ import annotations
 
+import itertools
 import math
 import signal
 from dataclasses import dataclass, field
@@ -62,9 +63,9 @@ def prepare_data(config: Config, fingerprint: Fingerprint | None = None) -> Trai
     train_store = SampleStore(splits.train, data.channels, data.n_classes, data.cache_gb)
     channels = data.channels or train_store[0].image.shape[2]
     val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb)
-    if fingerprint is None:
-        labelled = [train_store[i] for i in spread(len(train_store))]
-        labelled += [val_store[i] for i in spread(len(val_store), MAX_SAMPLES // 4)]
+    if fingerprint is None:  # streamed: one decoded sample at a time
+        labelled = itertools.chain((train_store[i] for i in spread(len(train_store))),
+                                   (val_store[i] for i in spread(len(val_store), MAX_SAMPLES // 4)))
         fingerprint = compute_fingerprint(labelled, data.n_classes)
     ids = SplitIds(*(tuple(i.id for i in part) for part in (splits.train, splits.val, splits.test)))
     record = DataRecord(str(data.root), data.format, dataset_hash(splits.train + splits.val + splits.test), ids,
@@ -325,10 +326,16 @@ class Trainer:
             raise RuntimeError(f"DDP ranks diverged: parameter checksums {checksums}")
 
 
+def tensorboard_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def default_callbacks(config: Config, on_epoch_end: Callable[[int, HistoryRow], None] | None = None) -> list[Callback]:
     """Validation, checkpoints, history, progress; TensorBoard when asked for; the user's function; the test hook."""
     callbacks: list[Callback] = [ValidationCallback(), CheckpointCallback(), HistoryCallback(), ProgressCallback()]
-    if config.train.tensorboard:
+    if config.train.tensorboard or (config.train.tensorboard is None and tensorboard_installed()):
         callbacks.append(TensorBoardCallback())
     if on_epoch_end is not None:
         callbacks.append(EpochFunction(on_epoch_end))
@@ -344,12 +351,8 @@ def _check_config(config: Config) -> None:
         raise MedsegError("data.root", "no dataset given (--data DIR)")
     get_entry(config.model.name)
     model_options(config.model)
-    if config.train.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise MedsegError("train.tensorboard", "needs the tensorboard package (pip install "
-                                                   "'medseg[tensorboard]')") from None
+    if config.train.tensorboard and not tensorboard_installed():
+        raise MedsegError("train.tensorboard", "needs the tensorboard package (pip install 'medseg[tensorboard]')")
 
 
 def train(config: Config | None, run_dir: str | Path, resume: bool = False,

@@ -12,7 +12,9 @@ from medseg.config import Config, load_config, parse_overrides, read_yaml_mappin
 from medseg.data.datasets import load_items, load_sample, split_items
 from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread
 from medseg.data.readers import Reader
+from medseg.engine.checkpoint import CONTRACT_FILE, run_contract
 from medseg.engine.components import select_device
+from medseg.engine.crossval import CrossValidationSummary, train_folds
 from medseg.engine.evaluate import EvaluationSummary, evaluate
 from medseg.engine.train import TrainResult, train
 from medseg.errors import MedsegError
@@ -25,7 +27,9 @@ FINGERPRINT_FILE = "fingerprint.json"
 @dataclass
 class PlannedRun:
     plan: Plan
-    train: TrainResult
+    run_dir: Path
+    train: TrainResult | None  # a single run
+    cross_validation: CrossValidationSummary | None  # every fold (None while a sharded run is unfinished)
     test: EvaluationSummary | None
 
 
@@ -90,9 +94,11 @@ def default_run_dir(data: str | Path) -> Path:
 
 
 def run_planned(config_path: str | Path | None, overrides: list[str], budget_minutes: float | None,
-                plan_path: str | Path | None, out: str | Path | None) -> PlannedRun:
-    """Plan (or read ``plan_path``), train to the deadline, evaluate on the test split when there is one.
-    ``overrides`` and the config file override the plan's choices."""
+                plan_path: str | Path | None, out: str | Path | None, cross_validate: bool = False,
+                shard: tuple[int, int] | None = None) -> PlannedRun:
+    """Plan (or read ``plan_path``), train to the deadline (every fold, sharing the budget, with
+    ``cross_validate``), evaluate on the test split when there is one. ``overrides`` and the config file override
+    the plan's choices."""
     log = get_logger()
     fingerprint = None
     if plan_path is not None:
@@ -106,15 +112,16 @@ def run_planned(config_path: str | Path | None, overrides: list[str], budget_min
     log.info("%s", plan.table())
     config = load_config(config_path, overrides, base=plan.mapping())
     run_dir = Path(out) if out else default_run_dir(config.data.root)
-    result = train(config, run_dir, plan=plan, fingerprint=fingerprint)
+    result = summary = None
+    if cross_validate:
+        config.train.budget_minutes = round(config.train.budget_minutes / config.data.folds, 4)
+        summary = train_folds(config, run_dir, shard, plan)
+    else:
+        result = train(config, run_dir, plan=plan, fingerprint=fingerprint)
     test = None
-    if not result.run_dir.joinpath("contract.json").is_file():
-        return PlannedRun(plan, result, None)
-    from medseg.engine.checkpoint import run_contract
-
-    if run_contract(run_dir).data.splits.test:
+    if (run_dir / CONTRACT_FILE).is_file() and run_contract(run_dir).data.splits.test:
         test = evaluate(run_dir, config.data.root, run_dir / "eval", split="test")
-    return PlannedRun(plan, result, test)
+    return PlannedRun(plan, run_dir, result, summary, test)
 
 
 def _device(overrides: list[str]) -> str:

@@ -1,11 +1,13 @@
 """`medseg compare`: train every model with one protocol on one split, select each on validation, evaluate each on
-the test split only, and aggregate over seeds. Resumable: finished runs are kept, interrupted ones resumed.
+the test split only, and aggregate over seeds with confidence intervals and paired tests. Resumable: finished
+runs are kept, interrupted ones resumed. Shardable: ``--shard i/N`` processes share one study folder, each run
+claimed by one process at a time (:mod:`medseg.claims`); a final call without a shard finishes and reports.
 
 STUDY_DIR layout::
 
     study.json                   the protocol (models, seeds, base config); a different protocol is refused
     runs/<model>/seed<k>/        a normal run folder, plus eval/ (test-split report) and record.json (done marker)
-    results.csv/.json/.md, *.png, report.html   (see medseg.study.report)
+    results.csv/.json/.md, pairs.csv, *.png, report.html   (see medseg.study.report)
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import numpy as np
 import torch
 import yaml
 
+from medseg.claims import CLAIM_FILE, shard_order, try_claim
 from medseg.config import Config, load_config
-from medseg.engine.checkpoint import load_checkpoint, load_model
+from medseg.engine.checkpoint import CONTRACT_FILE, load_checkpoint, load_model
 from medseg.engine.evaluate import EvaluationSummary, evaluate
 from medseg.engine.train import train
 from medseg.errors import MedsegError
-from medseg.files import atomic_write_json
+from medseg.files import atomic_write_json, read_csv, read_json
 from medseg.log import get_logger
 from medseg.models import count_gflops, count_parameters, measure_latency
+from medseg.stats import PairedComparison, all_pairs, bootstrap_mean_ci, rank_with_ties
 
 REPORTED_METRICS = ("dice", "iou", "accuracy", "precision", "recall", "hd95")
 EVAL_ONLY_OPTIONS = ("prune_depth",)  # change how a trained network runs, not what is trained
@@ -120,59 +124,96 @@ def _record(train_dir: Path, choice: ModelChoice, seed: int, config: Config,
     return record
 
 
-def run_study(spec: StudySpec, out: str | Path) -> list[dict[str, Any]]:
-    """Run (or resume) the study into ``out`` and write its report; returns one aggregated row per model."""
+def _check_protocol(spec: StudySpec, out: Path) -> None:
+    """Write ``study.json``, or check that the folder's study has the same protocol."""
+    protocol = asdict(spec)
+    spec_path = out / "study.json"
+    if spec_path.is_file():
+        if read_json(spec_path, "study protocol") != protocol:
+            raise MedsegError(spec_path, "this folder holds a study with a different protocol; choose another --out")
+        return
+    spec.base_config()  # validate before writing anything
+    try:
+        with open(spec_path, "x", encoding="utf-8") as handle:  # two shards starting together: one writes
+            json.dump(protocol, handle, indent=2)
+    except FileExistsError:
+        _check_protocol(spec, out)
+
+
+def run_study(spec: StudySpec, out: str | Path, shard: tuple[int, int] | None = None) -> list[dict[str, Any]] | None:
+    """Run (or resume) the study into ``out``; returns one aggregated row per model once every run is done and
+    reported. With ``shard``, only train and evaluate what no other process holds (no report; None)."""
     from medseg.study.report import write_report
 
-    log = get_logger()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     choices = [ModelChoice.parse(m) for m in spec.models]
     if len({c.folder for c in choices}) != len(choices):
         raise MedsegError("--models", "the same model is listed twice")
-    protocol = asdict(spec)
-    spec_path = out / "study.json"
-    if spec_path.is_file():
-        previous = json.loads(spec_path.read_text())
-        if previous != protocol:
-            raise MedsegError(spec_path, "this folder holds a study with a different protocol; choose another --out")
-    else:
-        spec.base_config()  # validate before writing anything
-        atomic_write_json(spec_path, protocol)
-    records = []
-    for choice in choices:
-        for seed in spec.seeds:
-            records.append(_run_one(spec, choice, seed, out / "runs" / choice.folder / f"seed{seed}", log))
+    _check_protocol(spec, out)
+    trainings = list({(c.trained_as().folder, seed): (c.trained_as(), seed)
+                      for c in choices for seed in spec.seeds}.values())
+    evaluations = [(c, seed) for c in choices for seed in spec.seeds]
+    for index in shard_order(len(trainings), shard):
+        trained, seed = trainings[index]
+        _train_one(spec, trained, seed, out)
+        for choice, _ in [e for e in evaluations if e[1] == seed and e[0].trained_as().folder == trained.folder]:
+            _evaluate_one(spec, choice, seed, out)
+    for index in shard_order(len(evaluations), shard):  # what other shards trained
+        _evaluate_one(spec, *evaluations[index], out)
+    records = [_read_record(out, c, seed) for c, seed in evaluations]
+    if shard is not None or any(r is None for r in records):
+        get_logger().info("study: %d of %d runs done; run again without --shard to finish and report",
+                          sum(r is not None for r in records), len(records))
+        return None
     rows = aggregate(records, [c.label for c in choices])
-    write_report(out, spec, rows, records, choices)
+    pairs = add_statistics(rows, {c.label: test_scores(out, c, spec.seeds) for c in choices})
+    write_report(out, spec, rows, records, choices, pairs)
     return rows
 
 
-def _run_one(spec: StudySpec, choice: ModelChoice, seed: int, run_dir: Path, log) -> dict[str, Any]:
-    record_path = run_dir / "record.json"
-    if record_path.is_file():
-        log.info("study: %s seed %d already done", choice.label, seed)
-        return json.loads(record_path.read_text())
-    trained = choice.trained_as()
-    train_dir = run_dir.parent.parent / trained.folder / f"seed{seed}"
-    config = spec.run_config(trained, seed)
-    if (train_dir / "final_model.safetensors").is_file():
-        log.info("study: %s seed %d uses the trained %s", choice.label, seed, trained.label)
-    elif (train_dir / "checkpoint.safetensors").is_file():
-        log.info("study: resuming %s seed %d", trained.label, seed)
-        train(None, train_dir, resume=True)
-    else:
-        log.info("study: training %s seed %d", trained.label, seed)
-        if train_dir.exists():
-            for leftover in train_dir.iterdir():
-                if leftover.is_file():
-                    leftover.unlink()
-        train(config, train_dir)
-    summary = evaluate(train_dir, spec.data, run_dir / "eval", split="test", max_overlays=0,
-                       prune_depth=choice.prune_depth)
-    record = _record(train_dir, choice, seed, config, summary)
-    atomic_write_json(record_path, record)
-    return record
+def _train_one(spec: StudySpec, trained: ModelChoice, seed: int, out: Path) -> None:
+    """Train (or resume) one network, unless it is done or another process holds it."""
+    train_dir = out / "runs" / trained.folder / f"seed{seed}"
+    claim = try_claim(train_dir, f"{trained.label} seed {seed}")
+    if claim is None:
+        get_logger().info("study: %s seed %d is being trained by another process", trained.label, seed)
+        return
+    with claim:
+        if (train_dir / CONTRACT_FILE).is_file():
+            return
+        if (train_dir / "checkpoint.safetensors").is_file():
+            get_logger().info("study: resuming %s seed %d", trained.label, seed)
+            train(None, train_dir, resume=True)
+            return
+        get_logger().info("study: training %s seed %d", trained.label, seed)
+        for leftover in train_dir.iterdir():  # a run that died before its first checkpoint
+            if leftover.is_file() and leftover.name != CLAIM_FILE:
+                leftover.unlink()
+        train(spec.run_config(trained, seed), train_dir)
+
+
+def _evaluate_one(spec: StudySpec, choice: ModelChoice, seed: int, out: Path) -> None:
+    """Evaluate one (model, seed) on the test split once its network is trained."""
+    run_dir = out / "runs" / choice.folder / f"seed{seed}"
+    train_dir = out / "runs" / choice.trained_as().folder / f"seed{seed}"
+    if (run_dir / "record.json").is_file() or not (train_dir / CONTRACT_FILE).is_file():
+        return
+    claim = try_claim(run_dir / "eval", f"{choice.label} seed {seed} evaluation")
+    if claim is None:
+        return
+    with claim:
+        if (run_dir / "record.json").is_file():
+            return
+        summary = evaluate(train_dir, spec.data, run_dir / "eval", split="test", max_overlays=0,
+                           prune_depth=choice.prune_depth)
+        record = _record(train_dir, choice, seed, spec.run_config(choice.trained_as(), seed), summary)
+        atomic_write_json(run_dir / "record.json", record)
+
+
+def _read_record(out: Path, choice: ModelChoice, seed: int) -> dict[str, Any] | None:
+    path = out / "runs" / choice.folder / f"seed{seed}" / "record.json"
+    return read_json(path, "study record") if path.is_file() else None
 
 
 def aggregate(records: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
@@ -191,6 +232,28 @@ def aggregate(records: list[dict[str, Any]], labels: list[str]) -> list[dict[str
                                  if mine[0].get("gpu_latency_ms") is not None else None)
         rows.append(row)
     return rows
+
+
+def test_scores(out: Path, choice: ModelChoice, seeds: list[int], metric: str = "dice") -> np.ndarray:
+    """``seeds x images`` per-image test scores of a model (images in id order)."""
+    rows = []
+    for seed in seeds:
+        per_image = {r["id"]: float(r[metric] or "nan")
+                     for r in read_csv(out / "runs" / choice.folder / f"seed{seed}" / "eval" / "per_image.csv")}
+        rows.append([per_image[i] for i in sorted(per_image)])
+    return np.array(rows, dtype=np.float64)
+
+
+def add_statistics(rows: list[dict[str, Any]], scores: dict[str, np.ndarray]) -> list[PairedComparison]:
+    """Add each model's bootstrap 95% interval of test Dice (over images, and seeds when several) and its rank
+    (tied where intervals overlap) to ``rows``; return every paired comparison, Holm-corrected."""
+    intervals = {label: bootstrap_mean_ci(matrix) for label, matrix in scores.items()}
+    means = {label: float(np.nanmean(matrix)) for label, matrix in scores.items()}
+    ranks = rank_with_ties(means, intervals)
+    for row in rows:
+        row["dice_ci_low"], row["dice_ci_high"] = intervals[row["model"]]
+        row["rank"] = ranks[row["model"]]
+    return all_pairs(scores)
 
 
 def parse_models(text: str) -> list[str]:

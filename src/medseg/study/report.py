@@ -1,9 +1,11 @@
-"""Study outputs: results.csv/.json/.md, plots, a prediction gallery and a self-contained report.html."""
+"""Study outputs: results and pairwise-comparison tables (csv/json/md), plots, a prediction gallery and a
+self-contained report.html."""
 
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import asdict
 import math
 import platform
 from pathlib import Path
@@ -18,10 +20,11 @@ from medseg.engine.state import read_history
 from medseg.engine.visualize import (ERROR_LEGEND, GridRow, figure_png, image_grid, overlay, png_bytes, pyplot,
                                      to_display)
 from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
+from medseg.stats import PairedComparison
 
 # (column, header, higher is better)
 TABLE_COLUMNS = [
-    ("dice", "Dice", True), ("iou", "IoU", True), ("accuracy", "Accuracy", True), ("precision", "Precision", True),
+    ("rank", "Rank", None), ("dice", "Dice", True), ("dice_ci", "Dice 95% CI", None), ("iou", "IoU", True), ("accuracy", "Accuracy", True), ("precision", "Precision", True),
     ("recall", "Recall", True), ("hd95", "HD95 (px)", False), ("dice_pooled", "Dice (pooled)", True),
     ("params", "Params", False), ("gflops", "GFLOPs", False), ("cpu_latency_ms", "CPU ms", False),
     ("gpu_latency_ms", "GPU ms", False), ("train_seconds", "Train s", False), ("epochs", "Epochs", None),
@@ -31,11 +34,13 @@ TABLE_COLUMNS = [
 def _format(column: str, value: Any, std: Any = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if column == "dice_ci":
+        return f"[{value[0]:.4f}, {value[1]:.4f}]"
     if column == "params":
         text = f"{int(round(value)):,}"
     elif column in ("dice", "iou", "accuracy", "precision", "recall", "dice_pooled"):
         text = f"{value:.4f}"
-    elif column in ("epochs",):
+    elif column in ("epochs", "rank"):
         text = f"{value:.0f}"
     elif column == "gflops":
         text = f"{value:.3g}"
@@ -56,6 +61,8 @@ def _best(rows: list[dict], column: str, higher: bool | None) -> float | None:
 
 def table_cells(rows: list[dict]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Headers and, per row, ``(text, is_best)`` cells; shared by the Markdown and HTML tables."""
+    rows = [{**row, "dice_ci": (row["dice_ci_low"], row["dice_ci_high"])} if "dice_ci_low" in row else row
+            for row in rows]
     columns = [c for c in TABLE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     headers = ["Model"] + [header for _, header, _ in columns]
     body = []
@@ -78,10 +85,49 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(out: Path, rows: list[dict], records: list[dict], note: str) -> None:
+PAIR_HEADERS = ["A", "B", "images", "mean Dice A - B", "95% CI", "Wilcoxon p", "Holm p", "significant"]
+
+
+def pair_cells(pairs: Sequence[PairedComparison]) -> list[list[str]]:
+    """One row of text per pair; ``*`` marks differences significant at 5% after Holm's correction."""
+    return [[p.a, p.b, str(p.n_images), f"{p.mean_difference:+.4f}", f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]",
+             f"{p.p_value:.3g}", f"{p.p_holm:.3g}", "*" if p.significant else ""] for p in pairs]
+
+
+def pairs_markdown(pairs: Sequence[PairedComparison]) -> str:
+    lines = ["| " + " | ".join(PAIR_HEADERS) + " |", "|" + "---|" * len(PAIR_HEADERS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in pair_cells(pairs)]
+    return "\n".join(lines) + "\n"
+
+
+STATISTICS_NOTE = ("Rank: 1 + the number of models whose 95% interval lies wholly above this model's (overlapping "
+                   "intervals share a rank). Intervals: percentile bootstrap (10,000 resamples) of mean per-image "
+                   "test Dice over test images, and over seeds when there are several. Pairs: per-image Dice "
+                   "differences (seeds averaged), bootstrap 95% CI, two-sided Wilcoxon signed-rank p, Holm-corrected "
+                   "over all pairs; * = significant at 5%.")
+
+
+def write_tables(out: Path, rows: list[dict], records: list[dict], pairs: Sequence[PairedComparison],
+                 note: str) -> None:
     atomic_write_csv(out / "results.csv", rows)
-    atomic_write_json(out / "results.json", {"models": rows, "runs": records})
-    atomic_write_text(out / "results.md", markdown_table(rows) + "\n" + note + "\n")
+    atomic_write_csv(out / "pairs.csv", [asdict(p) | {"significant": p.significant} for p in pairs])
+    atomic_write_json(out / "results.json", {"models": rows, "pairs": [asdict(p) for p in pairs], "runs": records})
+    atomic_write_text(out / "results.md", markdown_table(rows) + "\n" + note + "\n\n" + pairs_markdown(pairs)
+                      + "\n" + STATISTICS_NOTE + "\n")
+
+
+def interval_plot(rows: list[dict]) -> bytes:
+    """Each model's mean test Dice with its 95% interval, best first."""
+    plt = pyplot()
+    ordered = sorted(rows, key=lambda r: r["dice"])
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.2))
+    for y, row in enumerate(ordered):
+        ax.errorbar(row["dice"], y, xerr=[[row["dice"] - row["dice_ci_low"]], [row["dice_ci_high"] - row["dice"]]],
+                    fmt="o", capsize=3, color="tab:blue")
+    ax.set_yticks(range(len(ordered)), [f"{r['model']} (rank {r['rank']})" for r in ordered], fontsize=8)
+    ax.set(xlabel="test Dice (mean per image) with 95% bootstrap interval", title="Model Dice with intervals")
+    ax.grid(alpha=0.3, axis="x")
+    return figure_png(fig)
 
 
 def scatter_plot(rows: list[dict], x_key: str, x_label: str, log_x: bool) -> bytes:
@@ -161,7 +207,8 @@ def build_gallery(out: Path, spec, choices) -> Image.Image:
     return gallery(entries)
 
 
-def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices: Sequence) -> None:
+def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices: Sequence,
+                 pairs: Sequence[PairedComparison]) -> None:
     """All study outputs from finished runs."""
     config = spec.base_config()
     seeds_note = (f"mean ± std over seeds {spec.seeds}" if len(spec.seeds) > 1
@@ -173,8 +220,9 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
             f"{seeds_note}. Metrics are per-image means "
             f"(pooled Dice over all test pixels also shown); HD95 in pixels. Input {size}x{size}, {widths}. "
             f"Latency: batch 1, {size}x{size}, median of 10 runs, {platform.processor() or platform.machine()}.")
-    write_tables(out, rows, records, note)
+    write_tables(out, rows, records, pairs, note)
     plots = {
+        "dice_intervals.png": interval_plot(rows),
         "dice_vs_params.png": scatter_plot(rows, "params", "parameters", log_x=True),
         "dice_vs_latency.png": scatter_plot(rows, "cpu_latency_ms", "CPU latency (ms)", log_x=False),
     }
@@ -190,11 +238,17 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     plots["gallery.png"] = png_bytes(build_gallery(out, spec, choices))
     for name, data in plots.items():
         atomic_write_bytes(out / name, data)
-    atomic_write_text(out / "report.html", render_html(spec, config, rows, note, plots))
+    atomic_write_text(out / "report.html", render_html(spec, config, rows, pairs, note, plots))
 
 
-def render_html(spec, config, rows: list[dict], note: str, plots: dict[str, bytes]) -> str:
+def render_html(spec, config, rows: list[dict], pairs: Sequence[PairedComparison], note: str,
+                plots: dict[str, bytes]) -> str:
     headers, body = table_cells(rows)
+    pair_head = "".join(f"<th>{html.escape(h)}</th>" for h in PAIR_HEADERS)
+    pair_rows = "".join(
+        f"<tr{' class=significant' if pair.significant else ''}>"
+        + "".join(f"<td>{html.escape(text)}</td>" for text in cells) + "</tr>"
+        for pair, cells in zip(pairs, pair_cells(pairs)))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     table_rows = "".join(
         "<tr>" + "".join(f"<td{' class=best' if best else ''}>{html.escape(text)}</td>" for text, best in cells)
@@ -220,6 +274,7 @@ table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
 td.best {{ font-weight: bold; background: #e8f6e8; }}
+tr.significant td {{ background: #fff4d6; font-weight: bold; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
 img {{ max-width: 100%; border: 1px solid #ddd; }}
 </style></head><body>
@@ -227,6 +282,8 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 <h2>Protocol</h2><table id="protocol">{protocol_rows}</table>
 <h2>Results</h2><p>{html.escape(note)}</p>
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{table_rows}</tbody></table>
+<h2>Which differences are real</h2><p>{html.escape(STATISTICS_NOTE)}</p>
+<table id="pairs"><thead><tr>{pair_head}</tr></thead><tbody>{pair_rows}</tbody></table>
 <h2>Plots and gallery</h2>{images}
 </body></html>
 """

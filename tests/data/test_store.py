@@ -1,0 +1,31 @@
+"""The sample store and the per-epoch keys: order, determinism, the cache bound, exact compact storage."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.data.datasets import load_items, load_sample
+from medseg.data.store import SampleStore, epoch_keys
+from tests.data import fixtures
+
+
+def test_epoch_keys_are_seeded_reshuffled_passes():
+    keys = epoch_keys(5, steps=4, batch_size=3, seed=7, epoch=2)
+    assert len(keys) == 12 and keys == epoch_keys(5, 4, 3, 7, 2)
+    indices = [index for index, _ in keys]
+    assert sorted(indices[:5]) == list(range(5)) and sorted(indices[5:10]) == list(range(5))  # whole passes
+    assert keys != epoch_keys(5, 4, 3, 7, 3) and keys != epoch_keys(5, 4, 3, 8, 2)
+    assert len({seed for _, seed in keys}) == 12
+
+
+def test_cache_holds_what_fits_and_reads_the_rest(tmp_path):
+    root = fixtures.make_folder(tmp_path, n=6, split=False)
+    items = load_items(root)
+    one = 20 * 24 * 2  # uint8 image + uint8 mask of a 20 x 24 fixture
+    store = SampleStore(items, None, 2, cache_gb=3.5 * one / 2**30)
+    assert store.cached == 3 and len(store) == 6 and store.shapes == [(20, 24)] * 6
+    for index, item in enumerate(items):
+        expected = load_sample(item, None, 2)
+        np.testing.assert_array_equal(store[index].image, expected.image)  # 8-bit kept exactly
+        np.testing.assert_array_equal(store[index].mask, expected.mask)
+    assert store[0].image.dtype == np.float32 and store[0].mask.dtype == np.int64

@@ -86,7 +86,7 @@ def main() -> None:
             write_stack(folder, frames)
         out = subprocess.run([sys.executable, __file__, "--child", str(folder), "--cache-gb", str(args.cache_gb)],
                              capture_output=True, text=True)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((text for text in out.stdout.splitlines() if text.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(f"{frames} frames failed:\n{out.stderr[-2000:]}")
         row = json.loads(line[len("RESULT "):])

@@ -74,8 +74,10 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(ddp_runs):
 
 def test_validation_metrics_equal_single_process(ddp_runs):
     root, _ = ddp_runs
-    read = lambda run: [float(r["val_dice"]) for r in csv.DictReader((root / run / "history.csv").open())]
-    ddp, single = read("ddp"), read("single")
+    def val_dice(run: str) -> list[float]:
+        return [float(r["val_dice"]) for r in csv.DictReader((root / run / "history.csv").open())]
+
+    ddp, single = val_dice("ddp"), val_dice("single")
     assert len(ddp) == 2 and ddp == pytest.approx(single, abs=1e-4)
 
 

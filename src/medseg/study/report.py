@@ -25,7 +25,8 @@ from medseg.stats import PairedComparison
 # (column, header, higher is better)
 TABLE_COLUMNS = [
     ("rank", "Rank", None), ("dice", "Dice", True), ("dice_ci", "Dice 95% CI", None), ("iou", "IoU", True),
-    ("accuracy", "Accuracy", True), ("precision", "Precision", True), ("recall", "Recall", True), ("hd95", "HD95 (px)", False), ("dice_pooled", "Dice (pooled)", True),
+    ("accuracy", "Accuracy", True), ("precision", "Precision", True), ("recall", "Recall", True),
+    ("hd95", "HD95 (px)", False), ("dice_pooled", "Dice (pooled)", True),
     ("params", "Params", False), ("gflops", "GFLOPs", False), ("cpu_latency_ms", "CPU ms", False),
     ("gpu_latency_ms", "GPU ms", False), ("train_seconds", "Train s", False), ("epochs", "Epochs", None),
 ]

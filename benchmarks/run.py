@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from medseg.engine.checkpoint import WeightsInfo, save_checkpoint
-from medseg.engine.contract import (DataRecord, InferenceSpec, ModelSpec, PostprocessSpec, SplitIds,
-                                    default_class_names, new_contract)
+from medseg.engine.contract import (DataRecord, InferenceSpec, PostprocessSpec, SplitIds, default_class_names,
+                                    new_contract)
 from medseg.engine.export import export_model
 from medseg.engine.inference import OnnxBackend, Predictor, prepare_for_inference
 from medseg.engine.sliding_window import tile_starts
@@ -105,12 +105,11 @@ def forward_section(repeats: int, workdir: Path) -> list[dict[str, Any]]:
 
 def save_weights(path: Path, model: torch.nn.Module, patch_size: int = 256) -> None:
     """A weights file with the contract training would write (binary, z-score, 256 tiles)."""
-    spec = model.spec
-    inference = InferenceSpec(n_classes=2, channels=spec["in_channels"], normalize="zscore", patch_size=patch_size,
+    inference = InferenceSpec(n_classes=2, channels=model.spec.in_channels, normalize="zscore", patch_size=patch_size,
                               resize=None, threshold=0.5, tta=False, tta_vflip=True, overlap=0.5,
                               postprocess=PostprocessSpec(), class_names=tuple(default_class_names(2)))
-    contract = new_contract(ModelSpec(spec["name"], spec["in_channels"], spec["out_channels"], spec["options"]),
-                            inference, DataRecord("", "folder", "", SplitIds((), (), ()), None), None, "best_model")
+    contract = new_contract(model.spec, inference, DataRecord("", "folder", "", SplitIds((), (), ()), None), None,
+                            "best_model")
     save_checkpoint(path, model.state_dict(), contract, WeightsInfo(0, 0, 0.0, 0.0))
 
 

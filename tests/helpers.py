@@ -24,17 +24,15 @@ def tiny_config(data: Path, epochs: int = 3, steps: int = 2) -> Config:
 
 def contract_for(model, n_classes: int = 2, patch_size: int | None = 32, class_names=None):
     """A run contract for a bare model, as training would write it."""
-    from medseg.engine.contract import (DataRecord, InferenceSpec, ModelSpec, PostprocessSpec, SplitIds,
-                                        default_class_names, new_contract)
+    from medseg.engine.contract import (DataRecord, InferenceSpec, PostprocessSpec, SplitIds, default_class_names,
+                                        new_contract)
 
-    spec = model.spec
-    inference = InferenceSpec(n_classes=n_classes, channels=spec["in_channels"], normalize="zscore",
+    inference = InferenceSpec(n_classes=n_classes, channels=model.spec.in_channels, normalize="zscore",
                               patch_size=patch_size, resize=None, threshold=0.5, tta=False, tta_vflip=True,
                               overlap=0.5, postprocess=PostprocessSpec(),
                               class_names=tuple(class_names or default_class_names(n_classes)))
     data = DataRecord("", "folder", "", SplitIds((), (), ()), None)
-    return new_contract(ModelSpec(spec["name"], spec["in_channels"], spec["out_channels"], spec["options"]),
-                        inference, data, None, "best_model")
+    return new_contract(model.spec, inference, data, None, "best_model")
 
 
 def save_model(path, model, **contract_options):

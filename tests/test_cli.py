@@ -98,3 +98,17 @@ def test_config_typos_stop_before_any_data_is_read(capsys, tmp_path):
                  "--set", "data.normalize=unitt"])
     assert code == 2
     assert _error_line(capsys).endswith("data.normalize: 'unitt' is not one of zscore, unit (did you mean 'unit'?)")
+
+
+def test_cross_validation_is_not_launched_under_ddp(capsys, tmp_path):
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "cv"), "--folds", "3", "--nproc", "2"])
+    assert code == 2 and "DDP trains one run at a time" in _error_line(capsys)
+
+
+def test_inputs_whose_masks_would_collide_are_refused(capsys, tmp_path, weights):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / folder / "x.png")
+    code = main(["predict", "--weights", str(weights), str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and "has the same name as" in _error_line(capsys)

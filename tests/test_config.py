@@ -56,3 +56,10 @@ def test_every_dataset_format_has_an_adapter():
     from medseg.data.datasets import ADAPTERS
 
     assert set(get_args(DatasetFormat)) == {"auto", *ADAPTERS}
+
+
+def test_fields_that_must_agree():
+    with pytest.raises(MedsegError, match="data.class_names: 2 names for data.n_classes=3"):
+        load_config(None, ["data.n_classes=3", "data.class_names=[bg,cell]"])
+    with pytest.raises(MedsegError, match="must leave images for training"):
+        load_config(None, ["data.val_fraction=0.5", "data.test_fraction=0.5"])

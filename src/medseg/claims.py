@@ -36,8 +36,11 @@ class Claim:
 def try_claim(folder: Path, owner: str = "") -> Claim | None:
     """Claim ``folder`` (created if needed), or None when another process holds it."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / CLAIM_FILE, "a+", encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / CLAIM_FILE, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise MedsegError(folder, f"cannot create {CLAIM_FILE} ({exc.strerror})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

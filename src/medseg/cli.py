@@ -92,10 +92,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from medseg.engine.train import train
     from medseg.engine.workflow import run_planned
 
+    cross_validate, shard = args.folds is not None and args.fold is None, parse_shard(args.shard)
+    if args.nproc and args.nproc > 1 and cross_validate:
+        raise MedsegError("--nproc", "DDP trains one run at a time: with --folds, run one fold per command "
+                                     "(--fold i) or shard the folds across processes (--shard i/N)")
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args.nproc, args.argv)
     overrides = _train_overrides(args)
-    cross_validate, shard = args.folds is not None and args.fold is None, parse_shard(args.shard)
     if shard and not cross_validate:
         raise MedsegError("--shard", "shards split the folds of a cross-validation (--folds K without --fold)")
     if args.resume:
@@ -208,6 +211,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from medseg.serve.app import ServeSettings, create_app
+    except ImportError as exc:
+        raise MedsegError("serve", f"needs the serving packages ({exc.name} is missing): "
+                                   "pip install 'medseg[serve]'") from None
+    from medseg.engine.inference import Predictor
+
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise MedsegError(args.token_file, f"cannot read the token file ({exc.strerror})") from None
+        if len(token) < 16:
+            raise MedsegError(args.token_file, "the token is shorter than 16 characters")
+    predictor = Predictor.from_run(args.run, args.backend, args.device, _folds(args.folds))
+    settings = ServeSettings(max_queue=args.max_queue, timeout_s=args.timeout,
+                             max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+                             batch_size=args.batch_size or (8 if args.device.startswith("cuda") else 1),
+                             batch_wait_ms=args.batch_wait_ms, token=token)
+    uvicorn.run(create_app(predictor, settings), host=args.host, port=args.port, log_level="info",
+                timeout_graceful_shutdown=int(args.timeout) + 5, proxy_headers=args.proxy_headers)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from medseg.demo import run_demo
 
@@ -228,7 +259,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         raise MedsegError("--models", "give --models or a --config with study.models")
     if args.seeds:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise MedsegError("--seeds", f"expected comma-separated integers, got {args.seeds!r}") from None
     else:
         seeds = list(preset.seeds) if preset else [0]
     spec = StudySpec(data=args.data, models=models, seeds=seeds, config=args.config,
@@ -352,6 +386,26 @@ def _add_inference_parsers(commands: Any) -> None:
     export.set_defaults(handler=_cmd_export)
 
 
+def _add_serve_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="serve a trained run over HTTP (API and a web page)")
+    serve.add_argument("run", help="run folder (a cross-validation run serves its fold ensemble)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    serve.add_argument("--folds", help="cross-validation runs: the folds to ensemble (default: all)")
+    serve.add_argument("--token-file", help="require 'Authorization: Bearer <token>' with the token in this file")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting for the model; more get 503")
+    serve.add_argument("--timeout", type=float, default=60.0, help="seconds per request (504 after)")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest upload (413 above)")
+    serve.add_argument("--max-megapixels", type=float, default=64.0, help="largest declared image size (413 above)")
+    serve.add_argument("--batch-size", type=int, help="same-size requests per forward pass (default: 1 on CPU, "
+                                                      "8 on CUDA)")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
+    serve.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* from a reverse proxy")
+    serve.set_defaults(handler=_cmd_serve)
+
+
 def _add_compare_parser(commands: Any) -> None:
     compare = commands.add_parser("compare", help="train, evaluate and compare several models with one protocol")
     compare.add_argument("--data", required=True)
@@ -393,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_inference_parsers(commands)
     _add_compare_parser(commands)
+    _add_serve_parser(commands)
     demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--minutes", type=float, default=1.5, help="training time budget")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_text
@@ -43,7 +43,7 @@ class DataConfig(Section):
     fold: int | Literal["all"] | None = None  # validate on fold i of `folds`; "all": train on every labelled image
     folds: int = Field(5, ge=2)
     patch_size: int | None = Field(256, ge=8)  # random crops for training; tiles of this size for inference
-    resize: int | None = Field(None, ge=8)  # alternative to patches: resize every image to resize x resize
+    resize: int | None = Field(None, ge=8)  # whole images resized to resize x resize (then patch_size is unused)
     foreground_p: float = Field(0.33, ge=0, le=1)
     normalize: Normalization = "zscore"
     cache_gb: float = Field(4.0, ge=0)  # keep decoded samples in memory up to this many GB
@@ -146,6 +146,15 @@ class Config(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     study: StudyConfig = Field(default_factory=StudyConfig)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        data = self.data
+        if data.class_names is not None and len(data.class_names) != data.n_classes:
+            raise ValueError(f"data.class_names: {len(data.class_names)} names for data.n_classes={data.n_classes}")
+        if data.val_fraction + data.test_fraction >= 1:
+            raise ValueError("data.val_fraction + data.test_fraction must leave images for training")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -202,6 +211,8 @@ def _message(error: Mapping[str, Any]) -> str:
     for prefix, name in _EXPECTED.items():
         if kind.startswith(prefix):
             return f"{key}: expected {name}, got {value!r}"
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
     return f"{key}: {error['msg']} (got {value!r})"
 
 

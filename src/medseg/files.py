@@ -16,9 +16,9 @@ from medseg.errors import MedsegError
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename (and fsync the folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -46,6 +46,21 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
 
 
+def atomic_create_json(path: Path, obj: Any) -> bool:
+    """Create ``path`` with ``obj`` as JSON, complete or not at all, unless it exists (then False): the file
+    another process sees is never half-written, and two creators cannot both win."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    atomic_write_json(tmp, obj)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fieldnames: Iterable[str] | None = None) -> None:
     """Rows as CSV with a header (the union of the rows' keys, in first-seen order, unless given)."""
     names = list(fieldnames) if fieldnames is not None else list(dict.fromkeys(k for row in rows for k in row))
@@ -62,6 +77,11 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MedsegError(path, f"cannot read the {what} ({exc})") from None
+
+
+def csv_float(text: str | None) -> float:
+    """A number from a CSV cell; an empty cell is NaN."""
+    return float(text) if text not in (None, "") else float("nan")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

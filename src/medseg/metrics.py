@@ -25,7 +25,6 @@ import numpy as np
 from scipy import ndimage
 
 EmptyRule = Literal["perfect", "nan"]
-OVERLAP_METRICS = ("dice", "iou", "accuracy", "precision", "recall", "specificity")
 
 
 def confusion_counts(

@@ -210,15 +210,19 @@ def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs
         if probes and time.perf_counter() - started > PROBE_SHARE * inputs.budget_minutes * 60 / 2:
             break
         seconds = probe_step(widths, size, batch_size, channels, inputs.n_classes, inputs.device)
-        probes.append(Probe(f"unet {widths[0]}..{widths[-1]}", size, batch_size, round(seconds, 4)))
+        probes.append(Probe(_label(widths), size, batch_size, round(seconds, 4)))
         if train_seconds / seconds < MIN_STEPS and widths != WIDTHS[0]:
             break
         chosen = widths
-    step = next(p.seconds_per_step for p in probes if p.label == f"unet {chosen[0]}..{chosen[-1]}")
+    step = next(p.seconds_per_step for p in probes if p.label == _label(chosen))
     steps = int(train_seconds / step)
     reason = (f"widest U-Net with >= {MIN_STEPS} steps in the budget: {step:.2f} s/step measured, ~{steps} steps"
               if steps >= MIN_STEPS else f"narrowest U-Net: {step:.2f} s/step measured, only ~{steps} steps fit")
     return chosen, probes, reason
+
+
+def _label(widths: tuple[int, ...]) -> str:
+    return f"unet {widths[0]}..{widths[-1]}"
 
 
 def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float = 0.0) -> Plan:
@@ -243,7 +247,8 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
     choices.add("model.name", "unet", "U-Net: the fastest zoo network per step on CPU (benchmarks/run.py)")
     choices.add("model.widths", list(widths), network_reason)
     _add_optimisation(choices, inputs)
-    _add_validation(choices, fingerprint, inputs, mode, size, probes[0].seconds_per_step / batch_size / size**2)
+    step = next(p.seconds_per_step for p in probes if p.label == _label(widths))
+    _add_validation(choices, fingerprint, inputs, mode, size, step / batch_size / size**2)
     _add_augmentation(choices, fingerprint, mode)
     loss = "bce_dice" if inputs.n_classes == 2 else "ce_dice"
     choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "

@@ -23,6 +23,8 @@ def bootstrap_mean_ci(scores: np.ndarray, resamples: int = RESAMPLES, seed: int 
     matrix = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     rng = np.random.default_rng(seed)
     n_seeds, n_images = matrix.shape
+    if n_images == 0 or np.all(np.isnan(matrix)):
+        return float("nan"), float("nan")
     means = np.empty(resamples)
     for start in range(0, resamples, 1000):
         count = min(1000, resamples - start)
@@ -68,6 +70,8 @@ def paired_comparison(a: str, b: str, scores_a: np.ndarray, scores_b: np.ndarray
     per_image_b = np.nanmean(np.atleast_2d(scores_b), axis=0)
     keep = ~(np.isnan(per_image_a) | np.isnan(per_image_b))
     differences = per_image_a[keep] - per_image_b[keep]
+    if differences.size == 0:
+        return PairedComparison(a, b, 0, float("nan"), float("nan"), float("nan"), float("nan"))
     low, high = bootstrap_mean_ci(differences, seed=seed)
     return PairedComparison(a, b, int(keep.sum()), float(differences.mean()), low, high, wilcoxon_p(differences))
 

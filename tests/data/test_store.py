@@ -29,3 +29,25 @@ def test_cache_holds_what_fits_and_reads_the_rest(tmp_path):
         np.testing.assert_array_equal(store[index].image, expected.image)  # 8-bit kept exactly
         np.testing.assert_array_equal(store[index].mask, expected.mask)
     assert store[0].image.dtype == np.float32 and store[0].mask.dtype == np.int64
+
+
+def test_a_patch_is_normalised_with_its_whole_image_statistics(tmp_path):
+    """A crop is scaled as the same pixels are at inference, where the whole image is normalised."""
+    from PIL import Image
+
+    from medseg.config import AugmentConfig, DataConfig
+    from medseg.data.store import PatchDataset
+
+    image = np.zeros((32, 64), np.uint8)
+    image[:, 32:] = 200  # dark left half, bright right half
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(tmp_path / "masks" / "a.png")
+    store = SampleStore(load_items(tmp_path), None, 2, cache_gb=1)
+    off = AugmentConfig(flip=False, vflip=False, rotate90=False, affine_p=0, elastic_p=0, intensity_p=0, gamma_p=0,
+                        blur_p=0, noise_p=0)
+    patches = PatchDataset(store, DataConfig(patch_size=16, foreground_p=0), off, [(0, seed) for seed in range(20)])
+    crops = [patches[i]["image"][0].numpy() for i in range(20)]
+    bright = [c for c in crops if c.min() > 0]  # crops wholly inside the bright half
+    assert bright and all(np.allclose(c, 1.0) for c in bright)  # (200/255 - mean) / std of the whole image = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -50,8 +51,8 @@ def test_a_schema_0_checkpoint_is_migrated(tmp_path):
     from safetensors.torch import save_file
 
     model = create_model("unet", 1, 1, widths=(4, 8))
-    legacy = {"model": model.spec, "data": {"n_classes": 2, "normalize": "unit", "patch_size": 64, "resize": None,
-                                            "channels": 1},
+    legacy = {"model": asdict(model.spec),
+              "data": {"n_classes": 2, "normalize": "unit", "patch_size": 64, "resize": None, "channels": 1},
               "threshold": 0.4, "class_names": ["bg", "cell"], "epoch": 7, "step": 70, "val_dice": 0.8,
               "training_data": {"root": "/data", "fingerprint": "abc", "train_ids": ["a"], "val_ids": ["b"],
                                 "test_ids": ["c"]}}

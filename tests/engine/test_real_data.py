@@ -19,12 +19,14 @@ def test_isbi_validation_dice_rises_well_above_its_start(tmp_path):
     config.train.epochs = 12
     config.train.steps_per_epoch = 10
     config.train.deterministic = True
+    config.train.val_time_share = None  # validate after every epoch, to see the curve
     config.train.batch_size = 4
     config.optim.lr = 2e-3
     result = train(config, tmp_path / "run")
-    first = result.history[0]["val_dice"]
+    dice = [row.val_dice for row in result.history]
+    first, best = dice[0], max(dice)
     # 255 (cell interior) covers ~78% of pixels: predicting all-foreground already gives Dice ~0.87, so the bar
     # is set above that trivial answer. Measured here: 0.0 after epoch 1, 0.78 for a few epochs (near the trivial
     # answer), then 0.88 -> 0.92 by epoch 10.
-    assert result.best_val_dice > 0.90
-    assert result.best_val_dice > first + 0.3
+    assert best > 0.90
+    assert best > first + 0.3

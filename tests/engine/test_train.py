@@ -90,9 +90,8 @@ def _budget_callbacks(config, clock, kill_at=None):
 
 
 def test_budgeted_schedule_anneals_at_the_deadline_and_resumes_exactly(tiny_config, tmp_path):
-    tiny_config.train.budget_minutes = 0.2  # 12 fake seconds = 12 steps
+    tiny_config.train.budget_minutes = 0.2  # 12 fake seconds = 12 steps (fake validation takes no time)
     tiny_config.train.steps_per_epoch = 5
-    tiny_config.train.val_time_share = 0.5
     clock = FakeClock()
     lrs = []
 
@@ -206,3 +205,19 @@ def test_tensorboard_logs_scalars_and_validation_overlays(tiny_config, tmp_path)
     assert {"train/loss", "train/lr", "val/dice", "val/iou"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
     assert len(events.Scalars("val/dice")) == 3 and len(tags["images"]) == 2  # the 2 validation images
+
+
+def test_resuming_on_data_whose_split_changed_is_refused(tiny_config, tmp_path, synthetic_data):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    tiny_config.data.root = str(data)
+    with pytest.raises(Killed):
+        train(tiny_config, tmp_path / "run", on_epoch_end=_kill_after(1))
+    lines = (data / "split.csv").read_text().splitlines()
+    first_train = next(i for i, line in enumerate(lines) if line.endswith(",train"))
+    lines[first_train] = lines[first_train].replace(",train", ",test")  # a training image becomes a test image
+    (data / "split.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MedsegError, match="split differs from the one this run started with"):
+        train(None, tmp_path / "run", resume=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medseg.errors import MedsegError
-from medseg.models import count_parameters, create_model, create_model_from_spec, list_models
+from medseg.models import ModelSpec, count_parameters, create_model, list_models
 
 # (name, options, parameters) with in_channels=3, out_channels=1, from the source projects' tables and code.
 SOURCE_COUNTS = [
@@ -89,9 +89,8 @@ def test_conv_bias_false_removes_biases_of_3x3_convs():
 
 def test_spec_rebuilds_identical_architecture():
     model = create_model("usegnet", 2, 3, widths=[4, 8, 8], skips=1)
-    rebuilt = create_model_from_spec(model.spec)
-    assert model.spec == {"name": "usegnet", "in_channels": 2, "out_channels": 3,
-                          "options": {"widths": [4, 8, 8], "skips": 1}}
+    rebuilt = model.spec.build()
+    assert model.spec == ModelSpec("usegnet", 2, 3, {"widths": [4, 8, 8], "skips": 1})
     assert [p.shape for p in model.parameters()] == [p.shape for p in rebuilt.parameters()]
 
 

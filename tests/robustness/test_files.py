@@ -10,8 +10,7 @@ import pytest
 from medseg.cli import main
 from medseg.errors import MedsegError
 from medseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
-from medseg.engine.contract import ModelSpec
-from medseg.models import create_model
+from medseg.models import ModelSpec, create_model
 from tests.helpers import save_model
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import tifffile
@@ -31,6 +31,11 @@ MAX_PIXELS = 2**30  # 1 gigapixel per plane: larger declared sizes are refused a
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
+class ImageTooLarge(MedsegError):
+    """An image declares more pixels than allowed (a decompression bomb, or just too large): refused before
+    decoding."""
+
+
 @dataclass
 class Plane:
     """Raw pixels of one 2D plane (``H x W [x C]``, file dtype) and the format they were stored in."""
@@ -43,14 +48,15 @@ class _OpenTiff:
     """An open TIFF file and how many 2D frames it holds: the frames of its one series (an ImageJ or shaped
     stack, contiguous or not), or, when a tool wrote every page as its own series, its pages."""
 
-    def __init__(self, path: Path) -> None:
-        self.handle = tifffile.TiffFile(path)
+    def __init__(self, source: Path | IO[bytes], where: str | Path, max_pixels: int = MAX_PIXELS) -> None:
+        self.handle = tifffile.TiffFile(source)
         try:
             series = self.handle.series
             self.series = series[0]
             frame_shape = self.series.keyframe.shape
-            if int(np.prod(frame_shape[:2])) > MAX_PIXELS:
-                raise MedsegError(path, f"declared size {frame_shape} is too large (decompression bomb?)")
+            if int(np.prod(frame_shape[:2])) > max_pixels:
+                raise ImageTooLarge(where, f"declared size {frame_shape} is too large (decompression bomb?); the "
+                                           f"limit is {max_pixels:,} pixels")
             self.by_page = len(series) > 1 and all(s.shape == frame_shape and len(s.pages) == 1 for s in series)
             extra = self.series.shape[: len(self.series.shape) - len(frame_shape)]
             self.frames = len(series) if self.by_page else int(np.prod(extra)) if extra else 1
@@ -142,7 +148,8 @@ class Reader:
         if not _is_tiff(path):
             if frame not in (None, 0):
                 raise MedsegError(path, f"has 1 frame, frame {frame} requested")
-            return _decode_pillow(path)
+            _check_file(path)
+            return _decode_pillow(path, path)
         tiff = self._tiff(path)
         if frame is None and tiff.is_stack:
             raise MedsegError(path, f"is a stack of {tiff.frames} {kind}; read it with the tiff-stack adapter")
@@ -165,7 +172,7 @@ class Reader:
             self._tiffs.move_to_end(key)
             return self._tiffs[key]
         try:
-            tiff = _OpenTiff(path)
+            tiff = _OpenTiff(path, path)
         except MedsegError:
             raise
         except Exception as exc:
@@ -187,27 +194,30 @@ def _check_file(path: Path) -> None:
         raise MedsegError(path, "empty file (0 bytes)")
 
 
-def _decode_pillow(path: Path) -> Plane:
-    """PNG, JPEG, BMP, GIF (and anything else Pillow reads by content)."""
-    _check_file(path)
+def _decode_pillow(source: Path | IO[bytes], where: str | Path, max_pixels: int = MAX_PIXELS) -> Plane:
+    """PNG, JPEG, BMP, GIF (and anything else Pillow reads by content); the declared size is checked against
+    ``max_pixels`` before decoding."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                fmt = img.format or "unknown"
-                if img.mode == "P":
-                    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-                    rgb = np.asarray(img)
-                    if _identical_channels(rgb[..., :3]):
-                        return Plane(np.ascontiguousarray(rgb[..., 0]), fmt)
-                elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-                    img = img.convert("L" if img.mode == "1" else "RGB")
-                return Plane(np.asarray(img), fmt)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MedsegError(path, f"image too large (decompression bomb?): {exc}") from None
+        with Image.open(source) as img:  # reads the header only: the size is known before decoding
+            if img.width * img.height > max_pixels:
+                raise ImageTooLarge(where, f"image of {img.width} x {img.height} pixels exceeds the limit of "
+                                           f"{max_pixels:,} pixels (decompression bomb?)")
+            img.load()
+            fmt = img.format or "unknown"
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                rgb = np.asarray(img)
+                if _identical_channels(rgb[..., :3]):
+                    return Plane(np.ascontiguousarray(rgb[..., 0]), fmt)
+            elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("L" if img.mode == "1" else "RGB")
+            return Plane(np.asarray(img), fmt)
+    except MedsegError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(where, f"image too large (decompression bomb?): {exc}") from None
     except Exception as exc:  # Pillow raises many types for corrupt files
-        raise MedsegError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        raise MedsegError(where, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _bad_mask_values(values: np.ndarray, n_classes: int, fmt: str) -> str:
@@ -273,6 +283,37 @@ def _identical_channels(pixels: np.ndarray) -> bool:
     return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all())
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def decode_image_bytes(data: bytes, channels: int | None, max_pixels: int = MAX_PIXELS,
+                       where: str = "upload") -> np.ndarray:
+    """An image file's bytes (PNG, JPEG, TIFF, BMP, GIF; one frame) as float32 ``H x W x C`` in [0, 1], decoded
+    in memory; more than ``max_pixels`` declared pixels is an :class:`ImageTooLarge` before any decoding."""
+    if not data:
+        raise MedsegError(where, "empty body (0 bytes)")
+    if data[:4] in TIFF_MAGIC:
+        try:
+            tiff = _OpenTiff(io.BytesIO(data), where, max_pixels)
+        except MedsegError:
+            raise
+        except Exception as exc:
+            raise MedsegError(where, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        try:
+            if tiff.is_stack:
+                raise MedsegError(where, f"is a stack of {tiff.frames} frames; send one image")
+            pixels = tiff.read(0)
+        except MedsegError:
+            raise
+        except Exception as exc:
+            raise MedsegError(where, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        finally:
+            tiff.close()
+    else:
+        pixels = _decode_pillow(io.BytesIO(data), where, max_pixels).pixels
+    return as_unit_image(pixels, channels, where)
+
+
 def read_image(path: str | Path, channels: int | None = None, frame: int | None = None) -> np.ndarray:
     """Decode one image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack)."""
     with Reader() as reader:
@@ -291,10 +332,14 @@ def stack_length(path: str | Path) -> int:
         return reader.frames(path)
 
 
+def mask_pixels(mask: np.ndarray, n_classes: int = 2) -> np.ndarray:
+    """Class ids as the 8-bit pixels medseg writes: binary masks as {0, 255}, label maps as their ids."""
+    return (mask.astype(np.uint8) * 255) if n_classes == 2 else mask.astype(np.uint8)
+
+
 def write_mask(path: str | Path, mask: np.ndarray, n_classes: int = 2) -> None:
-    """Write class ids as an 8-bit PNG/TIFF: binary masks as {0, 255}, label maps as their ids."""
-    values = (mask.astype(np.uint8) * 255) if n_classes == 2 else mask.astype(np.uint8)
-    write_array(path, values)
+    """Write class ids as an 8-bit PNG/TIFF (see :func:`mask_pixels`)."""
+    write_array(path, mask_pixels(mask, n_classes))
 
 
 def encode_array(array: np.ndarray, suffix: str, stack: bool = False) -> bytes:

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from medseg.config import AugmentConfig, DataConfig
 from medseg.data.datasets import Item, Sample, load_sample
 from medseg.data.readers import Reader
-from medseg.data.transforms import augment, build_augmentation, normalize, random_patch, resize_sample
+from medseg.data.transforms import (augment, build_augmentation, image_statistics, normalize, random_patch,
+                                    resize_sample)
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 
@@ -60,10 +61,12 @@ class SampleStore:
         self.reader = Reader()
         self._cache: dict[int, _Compact] = {}
         self.shapes: list[tuple[int, int]] = []  # H x W of every sample
+        self.statistics: list[tuple[np.ndarray, np.ndarray]] = []  # per-channel mean and std of every image
         budget, used = cache_gb * 2**30, 0
         for index, item in enumerate(items):
             sample = self.load(index)
             self.shapes.append(sample.mask.shape)
+            self.statistics.append(image_statistics(sample.image))
             compact = _Compact.of(sample)
             if used + compact.nbytes <= budget:
                 self._cache[index] = compact
@@ -123,7 +126,7 @@ class PatchDataset(Dataset):
         elif self.data.patch_size:
             sample = random_patch(sample, self.data.patch_size, rng, self.data.foreground_p)
         sample = augment(self.pipeline, sample, int(rng.integers(2**31)))
-        image = normalize(sample.image, self.data.normalize)
+        image = normalize(sample.image, self.data.normalize, self.store.statistics[index])
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "mask": torch.from_numpy(sample.mask),

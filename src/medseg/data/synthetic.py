@@ -4,13 +4,13 @@ threshold alone does not segment it. Used by the demo and the tests."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from medseg.data.readers import write_array, write_mask
+from medseg.files import atomic_write_csv
 
 
 def synthetic_cell_image(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +54,6 @@ def make_synthetic_dataset(out: str | Path, n_images: int = 48, size: int = 128,
         write_array(out / "images" / f"{item_id}.png", image)
         write_mask(out / "masks" / f"{item_id}.png", mask)
         split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
-        rows.append((item_id, split))
-    with (out / "split.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "split"])
-        writer.writerows(rows)
+        rows.append({"id": item_id, "split": split})
+    atomic_write_csv(out / "split.csv", rows)
     return out

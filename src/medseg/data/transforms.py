@@ -128,11 +128,17 @@ def resize_sample(sample: Sample, size: int) -> Sample:
     return Sample(sample.id, image.astype(np.float32), mask.astype(np.int64), region)
 
 
-def normalize(image: np.ndarray, mode: Normalization) -> np.ndarray:
-    """``zscore``: per image and channel, zero mean and unit variance (nnU-Net's default for non-CT images);
+def image_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of an ``H x W x C`` image (shapes ``1 x 1 x C``)."""
+    return image.mean(axis=(0, 1), keepdims=True), image.std(axis=(0, 1), keepdims=True)
+
+
+def normalize(image: np.ndarray, mode: Normalization,
+              statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``zscore``: zero mean and unit variance per channel, with the statistics of the whole image (given, for a
+    crop of it; as nnU-Net, so a patch seen in training is scaled as the same pixels are at inference);
     ``unit``: keep the [0, 1] scaling of the reader."""
     if mode == "unit":
         return image.astype(np.float32)
-    mean = image.mean(axis=(0, 1), keepdims=True)
-    std = image.std(axis=(0, 1), keepdims=True)
+    mean, std = statistics if statistics is not None else image_statistics(image)
     return ((image - mean) / np.maximum(std, 1e-6)).astype(np.float32)

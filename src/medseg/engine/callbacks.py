@@ -9,6 +9,7 @@ before checkpoints and history see it.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -16,17 +17,18 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from medseg.data.store import SampleStore
-from medseg.engine.checkpoint import CONTRACT_FILE, WeightsInfo, load_checkpoint, save_checkpoint
-from medseg.engine.contract import InferenceSpec, PostprocessSpec
+from medseg.engine.checkpoint import CONTRACT_FILE, WeightsInfo, load_checkpoint, load_weights_into, save_checkpoint
+from medseg.engine.contract import InferenceSpec, PostprocessSpec, WeightsName
 from medseg.engine.distributed import DistributedContext
 from medseg.engine.inference import Predictor, TorchBackend
 from medseg.engine.postprocess import ValidationCase, choose_postprocessing, to_labels
+from medseg.engine.sliding_window import tile_starts
 from medseg.engine.state import HistoryRow
 from medseg.engine.visualize import figure_png, overlay, pyplot
-from medseg.files import atomic_write_bytes, atomic_write_csv
+from medseg.errors import MedsegError
+from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from medseg.log import get_logger, is_interactive
 from medseg.metrics import MetricAccumulator
 
@@ -50,7 +52,7 @@ def validate(predictor: Predictor, store: SampleStore, indices: list[int], conte
              keep_cases: bool = False) -> tuple[dict[str, float], list[ValidationCase]]:
     """Mean per-image Dice, IoU and accuracy of whole validation images (predicted as ``medseg predict`` does).
     Under DDP each rank scores a shard and the scores are gathered, so every rank gets the single-process result.
-    ``keep_cases`` also returns each image's probabilities (this rank's shard)."""
+    ``keep_cases`` also returns each image's probabilities (this rank's shard; float16 to halve the memory)."""
     accumulator = MetricAccumulator(n_classes=predictor.spec.n_classes, with_hd95=False)
     scores, cases = [], []
     for index in indices[context.rank :: context.world_size]:
@@ -59,7 +61,7 @@ def validate(predictor: Predictor, store: SampleStore, indices: list[int], conte
         labels = predictor.labels(probabilities)
         scores.append((index, accumulator.add(sample.id, labels, sample.mask, sample.region)))
         if keep_cases:
-            cases.append(ValidationCase(probabilities, sample.mask, sample.region))
+            cases.append(ValidationCase(probabilities.astype(np.float16), sample.mask, sample.region))
     rows = [row for _, row in sorted(s for shard in context.all_gather(scores) for s in shard)]
     return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}, cases
 
@@ -67,6 +69,9 @@ def validate(predictor: Predictor, store: SampleStore, indices: list[int], conte
 def validation_spec(trainer: "Trainer") -> InferenceSpec:
     """How validation predicts: as inference does, without TTA (cheaper) and before post-processing is chosen."""
     return replace(trainer.contract.inference, tta=False, postprocess=PostprocessSpec())
+
+
+RESERVE_FACTOR = 1.5  # the end of a budget keeps 1.5 validations: the final one and the choices after it
 
 
 class ValidationCallback(Callback):
@@ -79,18 +84,25 @@ class ValidationCallback(Callback):
     def __init__(self) -> None:
         self.last_cases: list[ValidationCase] = []
 
+    def cost(self, trainer: "Trainer") -> float:
+        """Seconds the next validation should take: the last one's, or an estimate from the training speed."""
+        return trainer.state.val_cost if not math.isnan(trainer.state.val_cost) else estimated_cost(trainer)
+
     def due(self, trainer: "Trainer") -> bool:
         share, state = trainer.config.train.val_time_share, trainer.state
         if not trainer.val_indices:
             return False
         if share is None or trainer.finishing:
             return True
-        cost = trainer.estimated_val_cost() if math.isnan(state.val_cost) else state.val_cost
-        return state.val_seconds + 2 * cost <= share * state.elapsed
+        return state.val_seconds + 2 * self.cost(trainer) <= share * state.elapsed
 
     def on_epoch_end(self, trainer: "Trainer", row: HistoryRow) -> None:
-        if not trainer.context.agree(self.due(trainer)):
-            return
+        if trainer.context.agree(self.due(trainer)):
+            self._validate(trainer, row)
+        if trainer.val_indices:
+            trainer.reserve = RESERVE_FACTOR * self.cost(trainer)
+
+    def _validate(self, trainer: "Trainer", row: HistoryRow) -> None:
         started = trainer.clock.now()
         trainer.components.model.eval()
         predictor = Predictor([TorchBackend(trainer.components.model, trainer.device)], validation_spec(trainer),
@@ -99,7 +111,7 @@ class ValidationCallback(Callback):
                                             keep_cases=trainer.finishing and trainer.context.is_main)
         trainer.components.model.train()
         state = trainer.state
-        state.val_cost = trainer.clock.now() - started
+        state.val_cost = trainer.context.maximum(trainer.clock.now() - started)
         state.val_seconds += state.val_cost
         trainer.tick()
         row.val_dice, row.val_iou, row.val_accuracy = metrics["dice"], metrics["iou"], metrics["accuracy"]
@@ -115,17 +127,20 @@ class ValidationCallback(Callback):
 
     def on_fit_end(self, trainer: "Trainer") -> None:
         """Choose final or best weights, then threshold and post-processing on validation predictions."""
-        selected = trainer.selected_weights()
+        selected = selected_weights(trainer)
         trainer.contract = replace(trainer.contract, selected=selected)
         if not trainer.context.is_main or not trainer.val_indices:
             return
         if trainer.config.inference.postprocess != "auto":
             return
-        cases = self.last_cases
-        if selected == "best_model" or not cases:
+        cases = self.last_cases  # the final weights' validation predictions (this rank's shard under DDP)
+        if selected == "best_model" or not cases or trainer.context.enabled:
             cases = self._cases_of(trainer, selected)
         choice = choose_postprocessing(cases, trainer.config.data.n_classes, trainer.config.inference.threshold)
-        trainer.postprocess_report = choice.steps
+        atomic_write_json(trainer.run_dir / "postprocess.json", {
+            "images": len(cases), "weights": selected, "threshold": choice.threshold,
+            "postprocess": asdict(choice.postprocess), "dice_before": choice.dice_before,
+            "dice_after": choice.dice_after, "steps": list(choice.steps)})
         trainer.contract = trainer.contract.with_inference(threshold=choice.threshold,
                                                            postprocess=choice.postprocess)
         get_logger().info("post-processing chosen on %d validation images: threshold %.2f, %s (Dice %.4f -> %.4f)",
@@ -134,19 +149,45 @@ class ValidationCallback(Callback):
 
     def _cases_of(self, trainer: "Trainer", selected: str) -> list[ValidationCase]:
         """Validation predictions of the weights in ``RUN_DIR/<selected>.safetensors``."""
-        model = _copy_with_weights(trainer, selected) if selected == "best_model" else trainer.components.model
+        model = trainer.components.model
+        if selected == "best_model":
+            path = trainer.run_dir / "best_model.safetensors"
+            model = copy.deepcopy(model)
+            load_weights_into(model, load_checkpoint(path).weights, path)
         predictor = Predictor([TorchBackend(model.eval(), trainer.device)], validation_spec(trainer),
                               batch_size=trainer.config.train.batch_size)
         _, cases = validate(predictor, trainer.data.val, trainer.val_indices, DistributedContext(), keep_cases=True)
         return cases
 
 
-def _copy_with_weights(trainer: "Trainer", name: str) -> torch.nn.Module:
-    import copy
+def estimated_cost(trainer: "Trainer") -> float:
+    """Seconds one validation pass should take: its pixels (tiles included) at a third of the training time per
+    pixel (a forward pass without backward). NaN before the first epoch."""
+    spec = trainer.contract.inference
+    pixels = 0
+    for index in trainer.val_indices:
+        height, width = trainer.data.val.shapes[index]
+        if spec.resize:
+            pixels += spec.resize**2
+        elif spec.patch_size:
+            tile_h, tile_w = min(spec.patch_size, height), min(spec.patch_size, width)
+            pixels += (len(tile_starts(height, tile_h, spec.overlap)) * tile_h
+                       * len(tile_starts(width, tile_w, spec.overlap)) * tile_w)
+        else:
+            pixels += height * width
+    return pixels * trainer.seconds_per_pixel / 3
 
-    model = copy.deepcopy(trainer.components.model)
-    model.load_state_dict(load_checkpoint(trainer.run_dir / f"{name}.safetensors").weights)
-    return model
+
+def selected_weights(trainer: "Trainer") -> WeightsName:
+    """``train.select``; ``auto`` keeps the final weights when the schedule anneals (or there is no validation),
+    else the best by smoothed validation Dice."""
+    choice = trainer.config.train.select
+    has_best = (trainer.run_dir / "best_model.safetensors").is_file() if trainer.context.is_main else True
+    if choice == "auto":
+        choice = "final" if trainer.components.schedule.anneals or not trainer.val_indices or not has_best else "best"
+    if choice == "best" and not has_best:
+        raise MedsegError("train.select", "best weights were requested, but no validation ever ran")
+    return "final_model" if choice == "final" else "best_model"
 
 
 class CheckpointCallback(Callback):

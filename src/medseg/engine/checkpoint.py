@@ -91,19 +91,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise MedsegError(path, "checkpoint not found")
-    data = path.read_bytes()
     try:
+        data = path.read_bytes()
         tensors = load_safetensors_bytes(data)
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"][_META_KEY])
+        if not isinstance(header, dict):
+            raise TypeError("the header is not a mapping")
+        info = WeightsInfo(**header["weights"]) if "contract" in header else None
     except (SafetensorError, ValueError, KeyError, TypeError, OSError) as exc:
         raise MedsegError(path, f"not a readable medseg checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(header, dict):
-        raise MedsegError(path, "not a readable medseg checkpoint (bad header)")
     weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    if "contract" in header:
+    if info is not None:
         contract = contract_from_dict(header["contract"], path)
-        info = WeightsInfo(**header["weights"])
     else:  # schema 0: the whole header was untyped metadata
         contract = contract_from_dict(header, path)
         info = WeightsInfo(int(header.get("epoch", 0)), int(header.get("step", 0)), math.nan,
@@ -120,20 +120,17 @@ def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], 
         model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise MedsegError(path, f"weights do not fit model {model.spec['name']!r}: {first}") from None
+        raise MedsegError(path, f"weights do not fit model {model.spec.name!r}: {first}") from None
 
 
 def build_model(checkpoint: Checkpoint, path: Path, prune_depth: int | None = None) -> torch.nn.Module:
     """The network a checkpoint describes, with its weights, in eval mode; ``prune_depth`` runs a UNet++ at that
     depth."""
-    from medseg.models import create_model
-
-    spec = checkpoint.contract.model
-    model = create_model(spec.name, spec.in_channels, spec.out_channels, **spec.options)
+    model = checkpoint.contract.model.build()
     load_weights_into(model, checkpoint.weights, path)
     if prune_depth is not None:
         if not hasattr(model, "prune_depth"):
-            raise MedsegError(path, f"model {spec.name!r} cannot be pruned (only unetpp)")
+            raise MedsegError(path, f"model {model.spec.name!r} cannot be pruned (only unetpp)")
         try:
             model.prune_depth = prune_depth
         except ValueError as exc:

@@ -1,8 +1,10 @@
-"""What a training run is built from, made from the config: device, model (wrapped for DDP), loss, optimizer,
-learning-rate schedule, gradient scaler, and the per-epoch data loaders."""
+"""What a training run is built from, made from the config: the data (splits, decoded stores, the data record),
+device, model (wrapped for DDP), loss, optimizer, learning-rate schedule, gradient scaler, and the per-epoch
+data loaders."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +17,57 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from medseg.config import Config, ModelConfig, OptimConfig
+from medseg.data.datasets import Splits, load_items, load_sample, split_items
+from medseg.data.fingerprint import MAX_SAMPLES, Fingerprint, compute_fingerprint, dataset_hash, spread
 from medseg.data.store import PatchDataset, SampleStore, epoch_keys
+from medseg.engine.contract import DataRecord, SplitIds
 from medseg.engine.distributed import DistributedContext
 from medseg.engine.schedule import LearningRateSchedule
 from medseg.errors import MedsegError
+from medseg.log import get_logger
 from medseg.losses import build_loss
 from medseg.models import create_model, scaled_widths
+
+
+@dataclass
+class TrainingData:
+    splits: Splits
+    channels: int
+    train: SampleStore
+    val: SampleStore
+    record: DataRecord
+
+
+def input_channels(config: Config, splits: Splits) -> int:
+    """``data.channels``, else the first training image's channel count (every image is converted to it)."""
+    if config.data.channels:
+        return config.data.channels
+    return load_sample(splits.train[0], None, config.data.n_classes).image.shape[2]
+
+
+def prepare_data(config: Config, fingerprint: Fingerprint | None = None) -> TrainingData:
+    """Items, splits and decoded stores; the data record (hash, split ids and fingerprint) for the contract."""
+    data = config.data
+    items = load_items(data.root, data.format)
+    splits = split_items(items, data.val_fraction, data.test_fraction, data.split_seed, data.fold, data.folds)
+    if not splits.train:
+        raise MedsegError(data.root, "the train split is empty (check split.csv)")
+    if not splits.val and data.fold != "all":
+        raise MedsegError(data.root, "the val split is empty (check split.csv or data.val_fraction; "
+                                     "--fold all trains on every labelled image without validation)")
+    channels = input_channels(config, splits)
+    train_store = SampleStore(splits.train, channels, data.n_classes, data.cache_gb)
+    val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb)
+    if fingerprint is None:  # streamed: one decoded sample at a time
+        labelled = itertools.chain((train_store[i] for i in spread(len(train_store))),
+                                   (val_store[i] for i in spread(len(val_store), MAX_SAMPLES // 4)))
+        fingerprint = compute_fingerprint(labelled, data.n_classes)
+    ids = SplitIds(*(tuple(i.id for i in part) for part in (splits.train, splits.val, splits.test)))
+    record = DataRecord(str(data.root), data.format, dataset_hash(splits.train + splits.val + splits.test), ids,
+                        fingerprint)
+    get_logger().info("data %s: %d train, %d val, %d test images, %d channel(s), %d classes", data.root,
+                      len(splits.train), len(splits.val), len(splits.test), channels, data.n_classes)
+    return TrainingData(splits, channels, train_store, val_store, record)
 
 
 def select_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -46,11 +93,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def model_options(model: ModelConfig) -> dict[str, Any]:
-    """The zoo options of a model config, with ``width_scale`` resolved to widths."""
+    """The zoo options of a model config: ``model.widths``, else widths in ``model.options`` (a study's per-model
+    choice), else the default widths scaled by ``width_scale``."""
     options = dict(model.options)
     if model.widths is not None:
         options["widths"] = list(model.widths)
-    elif model.width_scale is not None:
+    elif model.width_scale is not None and "widths" not in options:
         options["widths"] = scaled_widths(model.name, model.width_scale)
     return options
 

@@ -8,33 +8,23 @@ dict) are migrated; a newer schema is refused.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 import medseg
-from medseg.config import Normalization
+from medseg.config import Config, Normalization
 from medseg.data.fingerprint import Fingerprint
 from medseg.errors import MedsegError, first_error
 from medseg.files import atomic_write_json, read_json
+from medseg.models import ModelSpec
 from medseg.plan import Plan
 
 SCHEMA_VERSION = 1
 STRICT = ConfigDict(extra="forbid", strict=False)
 WeightsName = Literal["final_model", "best_model"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Rebuilds the network: ``create_model(name, in_channels, out_channels, **options)``."""
-
-    __pydantic_config__ = STRICT
-    name: str
-    in_channels: int
-    out_channels: int
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,3 +165,15 @@ def default_class_names(n_classes: int) -> list[str]:
 def new_contract(model: ModelSpec, inference: InferenceSpec, data: DataRecord, plan: Plan | None,
                  selected: WeightsName) -> RunContract:
     return RunContract(SCHEMA_VERSION, medseg.__version__, model, inference, data, plan, selected)
+
+
+def training_contract(config: Config, model: ModelSpec, channels: int, data: DataRecord,
+                      plan: Plan | None) -> RunContract:
+    """The contract a run starts with: inference as the config says, no post-processing yet, best weights."""
+    c = config
+    inference = InferenceSpec(
+        n_classes=c.data.n_classes, channels=channels, normalize=c.data.normalize, patch_size=c.data.patch_size,
+        resize=c.data.resize, threshold=c.inference.threshold, tta=c.inference.tta, tta_vflip=c.inference.tta_vflip,
+        overlap=c.inference.overlap, postprocess=PostprocessSpec(),
+        class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)))
+    return new_contract(model, inference, data, plan, "best_model")

@@ -122,9 +122,14 @@ def _out_of_fold_cases(run_dir: Path, config: Config) -> tuple[list[ValidationCa
         for fold in range(config.data.folds):
             folder = run_dir / f"fold_{fold}"
             predictor = Predictor.from_run(folder, postprocess=PostprocessSpec())
+            missing = [i for i in predictor.contract.data.splits.val if i not in items]
+            if missing:
+                raise MedsegError(config.data.root, f"fold {fold} validated on ids the dataset no longer has "
+                                                    f"(e.g. {missing[0]!r})")
             for item_id in predictor.contract.data.splits.val:
                 sample = load_sample(items[item_id], predictor.spec.channels, predictor.spec.n_classes, reader)
-                cases.append(ValidationCase(predictor.probabilities(sample.image), sample.mask, sample.region))
+                probabilities = predictor.probabilities(sample.image).astype(np.float16)
+                cases.append(ValidationCase(probabilities, sample.mask, sample.region))
                 ids.append(item_id)
                 fold_of.append(fold)
     return cases, ids, fold_of

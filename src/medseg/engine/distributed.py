@@ -66,8 +66,10 @@ class DistributedContext:
 SINGLE_PROCESS = DistributedContext()
 
 
-def init_distributed(timeout_s: float = 300.0) -> DistributedContext:
-    """Join the process group torchrun describes (idempotent); a single-process context otherwise."""
+def init_distributed(timeout_s: float = 1800.0) -> DistributedContext:
+    """Join the process group torchrun describes (idempotent); a single-process context otherwise. The collective
+    timeout is long because rank 0 alone chooses post-processing at the end while the others wait; a dead rank
+    still ends the job at once (torchrun watches its workers)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return SINGLE_PROCESS

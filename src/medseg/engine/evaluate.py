@@ -82,6 +82,9 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "t
     ``overrides`` replace inference settings (``threshold``, ``tta``, ``postprocess``, ...)."""
     predictor = Predictor.from_run(run, backend, device, folds, prune_depth, **overrides)
     data = Path(data)
+    recorded = predictor.contract.data
+    if fmt == "auto" and recorded.root and Path(recorded.root).resolve() == data.resolve():
+        fmt = recorded.format  # the format the run was trained with, on the same folder
     chosen, note = select_items(load_items(data, fmt), predictor.contract, split, data)
     if not chosen:
         raise MedsegError(data, f"the {split!r} split is empty")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def export_model(weights: str | Path, fmt: str, out: str | Path, opset: int = 17
     example = torch.randn(1, contract.model.in_channels, 2 * model.stride, 2 * model.stride)
     metadata = export_metadata(contract, model)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.export")
+    tmp = out.with_name(f".{out.name}.export{os.getpid()}")
     try:
         with warnings.catch_warnings():
             # torch >= 2.9 marks TorchScript and the TorchScript-based ONNX exporter deprecated; both still work

@@ -21,9 +21,9 @@ from torch import nn
 from medseg.data.readers import as_unit_image
 from medseg.data.transforms import normalize
 from medseg.engine.checkpoint import fold_dirs, load_checkpoint, build_model, resolve_weights, run_contract
-from medseg.engine.contract import InferenceSpec, RunContract
+from medseg.engine.contract import InferenceSpec, RunContract, contract_from_dict
 from medseg.engine.postprocess import postprocess, to_labels
-from medseg.engine.sliding_window import sliding_window_logits
+from medseg.engine.sliding_window import sliding_window_batch
 from medseg.errors import MedsegError
 from medseg.models.blocks import pad_to_multiple
 
@@ -92,9 +92,11 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.meta: dict[str, Any] = json.loads(self.session.get_modelmeta().custom_metadata_map["medseg"])
+            self.stride = int(self.meta["stride"])
+            self.contract = self.meta["contract"]
         except Exception as exc:
-            raise MedsegError(path, f"not a medseg ONNX export ({type(exc).__name__})") from None
-        self.stride = int(self.meta["stride"])
+            raise MedsegError(path, f"not a medseg ONNX export, or one from before medseg 0.2 (re-export it) "
+                                    f"({type(exc).__name__})") from None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         padded, (height, width) = pad_to_multiple(batch.float().cpu(), self.stride)
@@ -164,6 +166,10 @@ class Predictor:
             backends.append(loaded)
             contract = contract or member_contract
         spec = replace(contract.inference, **{k: v for k, v in overrides.items() if v is not None})
+        if not 0 < spec.threshold < 1:
+            raise MedsegError("--threshold", f"must be between 0 and 1, got {spec.threshold}")
+        if not 0 <= spec.overlap <= 0.9:
+            raise MedsegError("--overlap", f"must be between 0 and 0.9, got {spec.overlap}")
         return cls(backends, spec, contract, batch_size)
 
     def forward_for(self, backend: Backend):
@@ -172,23 +178,34 @@ class Predictor:
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Foreground probability ``H x W`` (binary) or class probabilities ``K x H x W`` (float32) of an
         ``H x W x C`` image in reader scale [0, 1]."""
+        return self.probabilities_batch([image])[0]
+
+    def probabilities_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`probabilities` of same-size images, their tiles sharing forward batches (dynamic batching)."""
         spec = self.spec
-        height, width = image.shape[:2]
-        x = normalize(image, spec.normalize)
-        if spec.resize:
-            x = cv2.resize(x, (spec.resize, spec.resize), interpolation=cv2.INTER_LINEAR).reshape(
-                spec.resize, spec.resize, -1)
+        height, width = images[0].shape[:2]
+        x = np.stack([self._network_input(image) for image in images])
         total: np.ndarray | None = None
         for backend in self.backends:
-            logits = sliding_window_logits(self.forward_for(backend), x, None if spec.resize else spec.patch_size,
-                                           spec.overlap, self.batch_size, backend.device)
+            logits = sliding_window_batch(self.forward_for(backend), x, None if spec.resize else spec.patch_size,
+                                          spec.overlap, self.batch_size, backend.device)
             if spec.resize:
-                logits = np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_LINEAR) for c in logits])
-            probabilities = logits_to_probabilities(logits)
-            total = probabilities if total is None else np.add(total, probabilities, out=total)
+                logits = np.stack([np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_LINEAR)
+                                             for c in scores]) for scores in logits])
+            for scores in logits:
+                logits_to_probabilities(scores)
+            total = logits if total is None else np.add(total, logits, out=total)
         if len(self.backends) > 1:
             total /= len(self.backends)
-        return total[0] if total.shape[0] == 1 else total
+        return [scores[0] if scores.shape[0] == 1 else scores for scores in total]
+
+    def _network_input(self, image: np.ndarray) -> np.ndarray:
+        """Normalised (and, for whole-image models, resized) ``H x W x C``."""
+        x = normalize(image, self.spec.normalize)
+        if self.spec.resize:
+            size = self.spec.resize
+            x = cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR).reshape(size, size, -1)
+        return x
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         """Class ids ``H x W`` (uint8) from probabilities: threshold or argmax, then post-processing."""
@@ -222,6 +239,4 @@ def _load_backend(path: Path, backend: str, device: str,
             export_model(path, "onnx", onnx_path)
         return OnnxBackend(onnx_path), checkpoint.contract
     onnx = OnnxBackend(path)
-    from medseg.engine.contract import contract_from_dict
-
-    return onnx, contract_from_dict(onnx.meta["contract"], path)
+    return onnx, contract_from_dict(onnx.contract, path)

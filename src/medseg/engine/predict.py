@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from medseg.data.readers import IMAGE_EXTENSIONS, Reader, write_array, write_mask
+from medseg.data.readers import IMAGE_EXTENSIONS, Reader, mask_pixels, write_array, write_mask
 from medseg.engine.inference import Predictor
 from medseg.engine.visualize import overlay
 from medseg.errors import MedsegError
@@ -44,11 +44,17 @@ def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str |
                   save_probabilities: bool = False, save_overlays: bool = False) -> list[Path]:
     """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths."""
     spec = predictor.spec
+    files = expand_inputs(inputs)
+    stems: dict[str, Path] = {}
+    for path in files:
+        if stems.setdefault(path.stem, path) != path:
+            raise MedsegError(path, f"has the same name as {stems[path.stem]}, so their masks would overwrite each "
+                                    "other in --out; predict them into separate folders")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with Reader() as reader:
-        for path in progress(expand_inputs(inputs), desc="predict", unit="img"):
+        for path in progress(files, desc="predict", unit="img"):
             labels_stack, prob_stack, overlays = [], [], []
             for image in frames(reader, path, spec.channels):
                 probabilities = predictor.probabilities(image)
@@ -69,8 +75,7 @@ def _write(out: Path, source: Path, n_classes: int, labels: list[np.ndarray], pr
     is_stack = len(labels) > 1
     mask_path = out / f"{source.stem}{'.tif' if is_stack else '.png'}"
     if is_stack:
-        scale = 255 if n_classes == 2 else 1
-        write_array(mask_path, (np.stack(labels) * scale).astype(np.uint8), stack=True)
+        write_array(mask_path, np.stack([mask_pixels(frame, n_classes) for frame in labels]), stack=True)
     else:
         write_mask(mask_path, labels[0], n_classes)
     if probabilities:

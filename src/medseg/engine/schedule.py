@@ -27,8 +27,8 @@ class WallClock:
 
 
 class LearningRateSchedule:
-    """Warm-up, then the configured shape of progress in [0, 1]; ``plateau`` halves (``plateau_factor``) when
-    validation Dice has not improved for ``plateau_patience`` validations."""
+    """Warm-up, then the configured shape of progress in [0, 1]; ``plateau`` multiplies the rate by
+    ``plateau_factor`` after more than ``plateau_patience`` validations in a row without a better Dice."""
 
     def __init__(self, optim: OptimConfig) -> None:
         self.optim = optim

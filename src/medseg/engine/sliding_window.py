@@ -42,30 +42,38 @@ def _weights_1d(length: int, tile: int, starts: list[int]) -> tuple[torch.Tensor
     return g, total
 
 
-@torch.inference_mode()
 def sliding_window_logits(forward: Forward, image: np.ndarray, tile: int | None, overlap: float = 0.5,
                           batch_size: int = 4, device: str | torch.device = "cpu") -> np.ndarray:
     """Logits ``K x H x W`` (float32) of a normalised ``H x W x C`` image, by Gaussian-blended tiles of
     ``tile x tile`` (the whole image in one pass if it fits in one tile or ``tile`` is None)."""
-    height, width = image.shape[:2]
-    chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return sliding_window_batch(forward, image[None], tile, overlap, batch_size, device)[0]
+
+
+@torch.inference_mode()
+def sliding_window_batch(forward: Forward, images: np.ndarray, tile: int | None, overlap: float = 0.5,
+                         batch_size: int = 4, device: str | torch.device = "cpu") -> np.ndarray:
+    """Logits ``N x K x H x W`` of ``N x H x W x C`` same-size images; tiles of every image share forward
+    batches of ``batch_size``."""
+    count, height, width = images.shape[:3]
+    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     if tile is None or (height <= tile and width <= tile):
-        return forward(chw[None].to(device))[0].float().cpu().numpy()
+        parts = [forward(nchw[i : i + batch_size].to(device)).float().cpu() for i in range(0, count, batch_size)]
+        return torch.cat(parts).numpy()
     tile_h, tile_w = min(tile, height), min(tile, width)
     starts_y, starts_x = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     gy, total_y = _weights_1d(height, tile_h, starts_y)
     gx, total_x = _weights_1d(width, tile_w, starts_x)
     weights = gy[:, None] * gx[None, :]
     scores: np.ndarray | None = None
-    windows = [(y, x) for y in starts_y for x in starts_x]
+    windows = [(n, y, x) for n in range(count) for y in starts_y for x in starts_x]
     for start in range(0, len(windows), batch_size):
         group = windows[start : start + batch_size]
-        batch = torch.stack([chw[:, y : y + tile_h, x : x + tile_w] for y, x in group]).to(device)
+        batch = torch.stack([nchw[n, :, y : y + tile_h, x : x + tile_w] for n, y, x in group]).to(device)
         logits = (forward(batch).float().cpu() * weights).numpy()
         if scores is None:
-            scores = np.zeros((logits.shape[1], height, width), np.float32)
-        for (y, x), tile_logits in zip(group, logits):
-            scores[:, y : y + tile_h, x : x + tile_w] += tile_logits
-    scores /= total_y[None, :, None]
-    scores /= total_x[None, None, :]
+            scores = np.zeros((count, logits.shape[1], height, width), np.float32)
+        for (n, y, x), tile_logits in zip(group, logits):
+            scores[n, :, y : y + tile_h, x : x + tile_w] += tile_logits
+    scores /= total_y[None, None, :, None]
+    scores /= total_x[None, None, None, :]
     return scores

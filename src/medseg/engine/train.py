@@ -8,9 +8,9 @@ learning rate follows the elapsed share of the budget and the run ends, annealed
 
 from __future__ import annotations
 
-import itertools
 import math
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,19 +19,15 @@ import numpy as np
 import torch
 
 from medseg.config import Config, load_config, save_config
-from medseg.data.datasets import Splits, load_items, split_items
-from medseg.data.fingerprint import MAX_SAMPLES, Fingerprint, compute_fingerprint, dataset_hash, spread
-from medseg.data.store import SampleStore
+from medseg.data.fingerprint import Fingerprint
 from medseg.engine.callbacks import (Callback, CheckpointCallback, EpochFunction, HistoryCallback, ProgressCallback,
                                      SignalAtStep, TensorBoardCallback, ValidationCallback)
 from medseg.engine.checkpoint import load_checkpoint, load_weights_into
-from medseg.engine.components import (Components, build_components, epoch_loader, model_options, seed_everything,
-                                      select_device)
-from medseg.engine.contract import (DataRecord, InferenceSpec, ModelSpec, PostprocessSpec, RunContract, SplitIds,
-                                    WeightsName, default_class_names, new_contract)
+from medseg.engine.components import (Components, build_components, epoch_loader, model_options, prepare_data,
+                                      seed_everything, select_device)
+from medseg.engine.contract import RunContract, WeightsName, training_contract
 from medseg.engine.distributed import DistributedContext, init_distributed, parameter_checksum, shutdown_distributed
 from medseg.engine.schedule import Clock, WallClock
-from medseg.engine.sliding_window import tile_starts
 from medseg.engine.state import HistoryRow, RunState
 from medseg.errors import MedsegError
 from medseg.log import get_logger, log_to_file
@@ -39,40 +35,6 @@ from medseg.models import count_parameters, get_entry
 from medseg.plan import Plan
 
 MIN_STEPS_PER_EPOCH = 250  # as nnU-Net: an epoch is never a handful of steps, whatever the dataset size
-
-
-@dataclass
-class TrainingData:
-    splits: Splits
-    channels: int
-    train: SampleStore
-    val: SampleStore
-    record: DataRecord
-
-
-def prepare_data(config: Config, fingerprint: Fingerprint | None = None) -> TrainingData:
-    """Items, splits and decoded stores; the data record (hash, split ids and fingerprint) for the contract."""
-    data = config.data
-    items = load_items(data.root, data.format)
-    splits = split_items(items, data.val_fraction, data.test_fraction, data.split_seed, data.fold, data.folds)
-    if not splits.train:
-        raise MedsegError(data.root, "the train split is empty (check split.csv)")
-    if not splits.val and data.fold != "all":
-        raise MedsegError(data.root, "the val split is empty (check split.csv or data.val_fraction; "
-                                     "--fold all trains on every labelled image without validation)")
-    train_store = SampleStore(splits.train, data.channels, data.n_classes, data.cache_gb)
-    channels = data.channels or train_store[0].image.shape[2]
-    val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb)
-    if fingerprint is None:  # streamed: one decoded sample at a time
-        labelled = itertools.chain((train_store[i] for i in spread(len(train_store))),
-                                   (val_store[i] for i in spread(len(val_store), MAX_SAMPLES // 4)))
-        fingerprint = compute_fingerprint(labelled, data.n_classes)
-    ids = SplitIds(*(tuple(i.id for i in part) for part in (splits.train, splits.val, splits.test)))
-    record = DataRecord(str(data.root), data.format, dataset_hash(splits.train + splits.val + splits.test), ids,
-                        fingerprint)
-    get_logger().info("data %s: %d train, %d val, %d test images, %d channel(s), %d classes", data.root,
-                      len(splits.train), len(splits.val), len(splits.test), channels, data.n_classes)
-    return TrainingData(splits, channels, train_store, val_store, record)
 
 
 @dataclass
@@ -89,20 +51,25 @@ class TrainResult:
 
 class StopRequest:
     """SIGINT/SIGTERM handler: the first signal asks the loop to stop at the next step boundary (so the saved
-    state is consistent); a second one interrupts at once."""
+    state is consistent); a second one interrupts at once, and then nothing is saved (the state may be torn)."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested = self.forced = False
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.requested:
+            self.forced = True
             raise KeyboardInterrupt(f"signal {signum}")
         self.requested = True
         get_logger().warning("stop requested (signal %d): finishing the current step", signum)
 
 
 class Trainer:
-    """One training run in ``run_dir``: components, data, state and callbacks, and the loop. Use :func:`train`."""
+    """One training run in ``run_dir``: components, data, state and callbacks, and the loop. Use :func:`train`.
+
+    Callbacks read and write a few attributes: ``improved`` (the epoch's smoothed validation Dice is the best so
+    far), ``finishing`` (the epoch is the last), ``reserve`` (seconds kept at the end of a budget for the final
+    validation), ``current_lr``, ``seconds_per_pixel`` (training time per input pixel, measured every epoch)."""
 
     def __init__(self, config: Config, run_dir: Path, context: DistributedContext, clock: Clock,
                  callbacks: Sequence[Callback], plan: Plan | None = None, fingerprint: Fingerprint | None = None,
@@ -112,14 +79,14 @@ class Trainer:
         seed_everything(config.train.seed, config.train.deterministic)
         self.data = prepare_data(config, fingerprint)
         self.components: Components = build_components(config, self.data.channels, self.device, context)
-        self.contract: RunContract = self._initial_contract(plan)
+        self.contract: RunContract = training_contract(config, self.components.model.spec, self.data.channels,
+                                                       self.data.record, plan)
         self.callbacks = list(callbacks)
         self.state = RunState()
         self.stop = StopRequest()
         self.improved = self.finishing = False
         self.current_lr = config.optim.lr
-        self.seconds_per_pixel = math.nan  # training time per input pixel, measured each epoch
-        self.postprocess_report: tuple[str, ...] = ()
+        self.seconds_per_pixel = self.reserve = math.nan
         self.val_indices = self._val_indices()
         global_batch = config.train.batch_size * context.world_size
         self.steps_per_epoch = config.train.steps_per_epoch or max(
@@ -130,17 +97,6 @@ class Trainer:
         self._last_tick = clock.now()
         if resume:
             self.restore()
-
-    def _initial_contract(self, plan: Plan | None) -> RunContract:
-        c, model = self.config, self.components.model
-        inference = InferenceSpec(
-            n_classes=c.data.n_classes, channels=self.data.channels, normalize=c.data.normalize,
-            patch_size=c.data.patch_size, resize=c.data.resize, threshold=c.inference.threshold, tta=c.inference.tta,
-            tta_vflip=c.inference.tta_vflip, overlap=c.inference.overlap, postprocess=PostprocessSpec(),
-            class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)))
-        spec = ModelSpec(model.spec["name"], model.spec["in_channels"], model.spec["out_channels"],
-                         model.spec["options"])
-        return new_contract(spec, inference, self.data.record, plan, "best_model")
 
     def _val_indices(self) -> list[int]:
         """All validation images, or a fixed seeded subset of ``train.val_images``."""
@@ -164,6 +120,7 @@ class Trainer:
         if checkpoint.contract.model.name != self.contract.model.name:
             raise MedsegError(path, f"was written for model {checkpoint.contract.model.name!r}, the config says "
                                     f"{self.contract.model.name!r}")
+        self._check_same_data(checkpoint.contract, path)
         load_weights_into(self.components.model, checkpoint.weights, path)
         self.state = RunState.from_checkpoint(checkpoint.train_state, path)
         self.components.optimizer.load_state_dict(self.state.optimizer)
@@ -172,6 +129,19 @@ class Trainer:
         torch.set_rng_state(self.state.torch_rng)
         get_logger().info("resuming %s at epoch %d (step %d, %.0fs of training done)", self.run_dir,
                           self.state.epoch, self.state.step, self.state.elapsed)
+
+    def _check_same_data(self, recorded: RunContract, path: Path) -> None:
+        """Resuming on other data: other split ids would mix validation or test images into training (an error);
+        the same ids with other files get a warning."""
+        now, then = self.data.record, recorded.data
+        if now.splits != then.splits:
+            moved = len(set(now.splits.train) ^ set(then.splits.train))
+            raise MedsegError(path, f"the data's split differs from the one this run started with ({moved} training "
+                                    "ids differ); resuming would train on other images. Restore the data or start "
+                                    "a new run")
+        if now.hash != then.hash:
+            get_logger().warning("%s: the data has the recorded ids but other files (hash %s, recorded %s)",
+                                 self.config.data.root, now.hash, then.hash)
 
     # -- time and progress ---------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -183,11 +153,11 @@ class Trainer:
             self.state.elapsed = self.context.maximum(self.state.elapsed)
 
     def progress(self) -> float:
-        """The share of the run done: of the steps, or of the budget less the last validation's cost (so the
-        final validation also fits in the budget)."""
+        """The share of the run done: of the steps, or of the budget less ``reserve`` (so the final validation
+        and the choices after it also fit in the budget). Every input is the same on every rank."""
         if not self.budget:
             return self.state.step / self.total_steps
-        reserve = 0.0 if math.isnan(self.state.val_cost) else min(self.state.val_cost, 0.2 * self.budget)
+        reserve = 0.0 if math.isnan(self.reserve) else min(self.reserve, 0.2 * self.budget)
         return self.state.elapsed / (self.budget - reserve)
 
     def done(self) -> bool:
@@ -199,34 +169,6 @@ class Trainer:
     def epoch_total_text(self) -> str:
         return f"/{math.ceil(self.total_steps / self.steps_per_epoch)}" if self.total_steps else ""
 
-    def estimated_val_cost(self) -> float:
-        """Seconds one validation pass should take: its pixels (tiles included) at a third of the training time
-        per pixel (a forward pass without backward)."""
-        spec = self.contract.inference
-        pixels = 0
-        for index in self.val_indices:
-            height, width = self.data.val.shapes[index]
-            if spec.resize:
-                pixels += spec.resize**2
-            elif spec.patch_size:
-                tile_h, tile_w = min(spec.patch_size, height), min(spec.patch_size, width)
-                pixels += (len(tile_starts(height, tile_h, spec.overlap)) * tile_h
-                           * len(tile_starts(width, tile_w, spec.overlap)) * tile_w)
-            else:
-                pixels += height * width
-        return pixels * self.seconds_per_pixel / 3
-
-    def selected_weights(self) -> WeightsName:
-        """``train.select``; ``auto`` keeps the final weights when the schedule anneals (or there is no
-        validation), else the best by smoothed validation Dice."""
-        choice = self.config.train.select
-        has_best = (self.run_dir / "best_model.safetensors").is_file()
-        if choice == "auto":
-            choice = "final" if self.components.schedule.anneals or not has_best else "best"
-        if choice == "best" and not has_best:
-            raise MedsegError("train.select", "best weights were requested, but no validation ever ran")
-        return "final_model" if choice == "final" else "best_model"
-
     # -- the loop ------------------------------------------------------------------------------------------------
     def call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -235,7 +177,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         parts = self.components
         get_logger().info("model %s: %s parameters on %s; %s, batch %d, %d steps per epoch",
-                          parts.model.spec["name"], f"{count_parameters(parts.model):,}", self.device,
+                          parts.model.spec.name, f"{count_parameters(parts.model):,}", self.device,
                           f"{self.budget / 60:g} min budget" if self.budget else f"{self.total_steps} steps",
                           self.config.train.batch_size, self.steps_per_epoch)
         self.call("on_fit_start")
@@ -244,7 +186,7 @@ class Trainer:
             try:
                 row = self.train_epoch()
             except KeyboardInterrupt:
-                if self.stop.requested:  # stopped cleanly at a step boundary: the state is consistent
+                if self.stop.requested and not self.stop.forced:  # stopped at a step boundary: consistent state
                     self.call("on_interrupt")
                 raise
             self.improved, self.finishing = False, self.done()
@@ -264,13 +206,13 @@ class Trainer:
 
     def train_epoch(self) -> HistoryRow:
         """Train until the epoch's steps are done or the budget is spent; returns the epoch's history row."""
-        state, parts = self.state, self.components
+        state = self.state
         steps = self.steps_per_epoch
         if self.total_steps:
             steps = min(steps, self.total_steps - state.step + state.epoch_step)
         loader = epoch_loader(self.data.train, self.config, state.epoch, steps, state.epoch_step, self.context,
                               self.device)
-        parts.model.train()
+        self.components.model.train()
         losses, waiting, started = [], 0.0, self.clock.now()
         fetch_started = started
         for batch in loader:
@@ -286,15 +228,19 @@ class Trainer:
                 break
             fetch_started = self.clock.now()
         total = self.clock.now() - started
-        input_side = self.config.data.resize or self.config.data.patch_size or max(self.data.train.shapes[0])
-        if losses and total > 0:
-            self.seconds_per_pixel = total / (len(losses) * self.config.train.batch_size * input_side**2)
+        self._measure_speed(total, len(losses))
         state.epoch += 1
         state.epoch_step = 0
         return HistoryRow(epoch=state.epoch, step=state.step, lr=self.current_lr,
                           train_loss=float(np.mean(losses)) if losses else math.nan,
                           data_wait=round(waiting / total, 4) if total > 0 else 0.0,
                           seconds=round(state.elapsed, 2))
+
+    def _measure_speed(self, seconds: float, steps: int) -> None:
+        """Training seconds per input pixel of the epoch (the slowest rank's, so every rank agrees)."""
+        if steps and seconds > 0:
+            side = self.config.data.resize or self.config.data.patch_size or max(self.data.train.shapes[0])
+            self.seconds_per_pixel = self.context.maximum(seconds / (steps * self.config.train.batch_size * side**2))
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         parts = self.components
@@ -333,7 +279,8 @@ def tensorboard_installed() -> bool:
 
 
 def default_callbacks(config: Config, on_epoch_end: Callable[[int, HistoryRow], None] | None = None) -> list[Callback]:
-    """Validation, checkpoints, history, progress; TensorBoard when asked for; the user's function; the test hook."""
+    """Validation, checkpoints, history, progress; TensorBoard when asked for (or installed); the user's
+    function; the test hook."""
     callbacks: list[Callback] = [ValidationCallback(), CheckpointCallback(), HistoryCallback(), ProgressCallback()]
     if config.train.tensorboard or (config.train.tensorboard is None and tensorboard_installed()):
         callbacks.append(TensorBoardCallback())
@@ -353,6 +300,15 @@ def _check_config(config: Config) -> None:
     model_options(config.model)
     if config.train.tensorboard and not tensorboard_installed():
         raise MedsegError("train.tensorboard", "needs the tensorboard package (pip install 'medseg[tensorboard]')")
+    if config.train.select == "best" and config.data.fold == "all":
+        raise MedsegError("train.select", "'best' needs validation images; --fold all has none")
+
+
+def _install_stop_handlers(stop: StopRequest) -> dict[int, Any]:
+    """SIGINT/SIGTERM -> ``stop``, when training runs in the main thread (signals only reach that thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def train(config: Config | None, run_dir: str | Path, resume: bool = False,
@@ -384,7 +340,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = log_to_file(run_dir / "train.log")
-    previous = {}
+    previous: dict[int, Any] = {}
     try:
         if context.is_main and not resume:
             save_config(config, run_dir / "config.yaml")
@@ -395,7 +351,7 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
                           plan, fingerprint, resume)
         if context.is_main:
             trainer.data.record.fingerprint.save(run_dir / "fingerprint.json")
-        previous = {sig: signal.signal(sig, trainer.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = _install_stop_handlers(trainer.stop)
         return trainer.fit()
     finally:
         for sig, previous_handler in previous.items():

@@ -13,7 +13,7 @@ from medseg.data.datasets import load_items, load_sample, split_items
 from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread
 from medseg.data.readers import Reader
 from medseg.engine.checkpoint import CONTRACT_FILE, run_contract
-from medseg.engine.components import select_device
+from medseg.engine.components import input_channels, select_device
 from medseg.engine.crossval import CrossValidationSummary, train_folds
 from medseg.engine.evaluate import EvaluationSummary, evaluate
 from medseg.engine.train import TrainResult, train
@@ -58,9 +58,9 @@ def fingerprint_dataset(config: Config) -> tuple[Fingerprint, int, int]:
     labelled = splits.train + splits.val
     if not labelled:
         raise MedsegError(data.root, "no labelled training images to plan from")
+    channels = input_channels(config, splits)
     with Reader() as reader:
-        samples = (load_sample(labelled[i], data.channels, data.n_classes, reader)
-                   for i in spread(len(labelled)))
+        samples = (load_sample(labelled[i], channels, data.n_classes, reader) for i in spread(len(labelled)))
         fingerprint = compute_fingerprint(samples, data.n_classes)
     return fingerprint, len(splits.train), len(splits.val)
 
@@ -96,10 +96,16 @@ def default_run_dir(data: str | Path) -> Path:
 def run_planned(config_path: str | Path | None, overrides: list[str], budget_minutes: float | None,
                 plan_path: str | Path | None, out: str | Path | None, cross_validate: bool = False,
                 shard: tuple[int, int] | None = None) -> PlannedRun:
-    """Plan (or read ``plan_path``), train to the deadline (every fold, sharing the budget, with
-    ``cross_validate``), evaluate on the test split when there is one. ``overrides`` and the config file override
-    the plan's choices."""
+    """Plan (or read ``plan_path``), train to the deadline, evaluate on the test split when there is one.
+    ``overrides`` and the config file override the plan's choices. With ``cross_validate`` the budget covers
+    every fold (the plan is made for one fold's share), and a folder that already holds the cross-validation
+    keeps its config and plan, so shards, resumes and the final summary agree."""
     log = get_logger()
+    run_dir = Path(out) if out else None
+    if cross_validate and run_dir is not None and (run_dir / "config.yaml").is_file():
+        config = load_config(run_dir / "config.yaml")
+        plan = Plan.load(run_dir / "plan.yaml")
+        return _finish(plan, run_dir, config, None, train_folds(config, run_dir, shard, plan))
     fingerprint = None
     if plan_path is not None:
         plan = Plan.load(Path(plan_path))
@@ -108,16 +114,22 @@ def run_planned(config_path: str | Path | None, overrides: list[str], budget_min
         if budget_minutes is not None:
             overrides = overrides + [f"train.budget_minutes={budget_minutes}"]
     else:
-        plan, fingerprint = plan_dataset(config_path, overrides, budget_minutes, _device(overrides))
+        if budget_minutes is None:
+            raise MedsegError("--budget", "give a time budget (or a --plan)")
+        folds = load_config(config_path, overrides).data.folds if cross_validate else 1
+        plan, fingerprint = plan_dataset(config_path, overrides, budget_minutes / folds, _device(overrides))
     log.info("%s", plan.table())
     config = load_config(config_path, overrides, base=plan.mapping())
-    run_dir = Path(out) if out else default_run_dir(config.data.root)
-    result = summary = None
+    run_dir = run_dir or default_run_dir(config.data.root)
     if cross_validate:
-        config.train.budget_minutes = round(config.train.budget_minutes / config.data.folds, 4)
-        summary = train_folds(config, run_dir, shard, plan)
-    else:
-        result = train(config, run_dir, plan=plan, fingerprint=fingerprint)
+        plan.save(run_dir / "plan.yaml")
+        return _finish(plan, run_dir, config, None, train_folds(config, run_dir, shard, plan))
+    return _finish(plan, run_dir, config, train(config, run_dir, plan=plan, fingerprint=fingerprint), None)
+
+
+def _finish(plan: Plan, run_dir: Path, config: Config, result: TrainResult | None,
+            summary: CrossValidationSummary | None) -> PlannedRun:
+    """Evaluate a finished run (or cross-validation) on its test split, when there is one."""
     test = None
     if (run_dir / CONTRACT_FILE).is_file() and run_contract(run_dir).data.splits.test:
         test = evaluate(run_dir, config.data.root, run_dir / "eval", split="test")

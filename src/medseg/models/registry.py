@@ -1,23 +1,37 @@
 """The model zoo registry: ``create_model(name, in_channels, out_channels, **options)`` and ``list_models()``.
 
-A model is rebuilt from ``{name, in_channels, out_channels, options}`` alone; :func:`create_model` stores that spec
-on the module as ``model.spec`` so checkpoints can record it.
+A model is rebuilt from its :class:`ModelSpec` alone; :func:`create_model` stores it on the module as
+``model.spec`` so run contracts can record it.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pydantic import ConfigDict
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, did_you_mean
 from medseg.models.resunet import ResUNet
 from medseg.models.segnet import SegNet
 from medseg.models.unet import UNet
 from medseg.models.unetpp import UNetPlusPlus
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Rebuilds a network: ``create_model(name, in_channels, out_channels, **options)``."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    name: str
+    in_channels: int
+    out_channels: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        return create_model(self.name, self.in_channels, self.out_channels, **self.options)
 
 
 @dataclass(frozen=True)
@@ -55,8 +69,7 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(_REGISTRY)}"
+        hint = did_you_mean(name, _REGISTRY, cutoff=0.6) or f"; known: {', '.join(_REGISTRY)}"
         raise MedsegError("model", f"unknown model {name!r}{hint}") from None
 
 
@@ -69,9 +82,8 @@ def create_model(name: str, in_channels: int = 1, out_channels: int = 1, **optio
     valid = entry.option_names()
     for key in options:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise MedsegError("model", f"{name} has no option {key!r}{hint}; options: {', '.join(valid)}")
+            raise MedsegError("model", f"{name} has no option {key!r}{did_you_mean(key, valid, cutoff=0.6)}; "
+                                       f"options: {', '.join(valid)}")
     kwargs = {**entry.presets, **options}
     if "widths" in kwargs:
         kwargs["widths"] = tuple(int(w) for w in kwargs["widths"])
@@ -79,12 +91,8 @@ def create_model(name: str, in_channels: int = 1, out_channels: int = 1, **optio
         model = entry.builder(int(in_channels), int(out_channels), **kwargs)
     except (ValueError, TypeError) as exc:
         raise MedsegError("model", f"{name}: {exc}") from None
-    model.spec = {
-        "name": name,
-        "in_channels": int(in_channels),
-        "out_channels": int(out_channels),
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-    }
+    model.spec = ModelSpec(name, int(in_channels), int(out_channels),
+                           {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
     return model
 
 
@@ -99,11 +107,6 @@ def default_widths(name: str) -> list[int]:
 def scaled_widths(name: str, scale: float) -> list[int]:
     """Default widths times ``scale``, rounded to multiples of 4 (at least 4), for reduced-size studies."""
     return [max(4, 4 * round(w * scale / 4)) for w in default_widths(name)]
-
-
-def create_model_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from the ``model.spec`` dict stored in checkpoints."""
-    return create_model(spec["name"], spec["in_channels"], spec["out_channels"], **spec.get("options", {}))
 
 
 _U_SEGNET_STUDY = "U-SegNet study (Kumar et al. 2018 U-SegNet; comparison with U-Net, ResUNet, SegNet)"

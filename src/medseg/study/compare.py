@@ -12,7 +12,6 @@ STUDY_DIR layout::
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from medseg.engine.checkpoint import CONTRACT_FILE, load_checkpoint, load_model
 from medseg.engine.evaluate import EvaluationSummary, evaluate
 from medseg.engine.train import train
 from medseg.errors import MedsegError
-from medseg.files import atomic_write_json, read_csv, read_json
+from medseg.files import atomic_create_json, atomic_write_json, csv_float, read_csv, read_json
 from medseg.log import get_logger
 from medseg.models import count_gflops, count_parameters, measure_latency
 from medseg.stats import PairedComparison, all_pairs, bootstrap_mean_ci, rank_with_ties
@@ -133,10 +132,7 @@ def _check_protocol(spec: StudySpec, out: Path) -> None:
             raise MedsegError(spec_path, "this folder holds a study with a different protocol; choose another --out")
         return
     spec.base_config()  # validate before writing anything
-    try:
-        with open(spec_path, "x", encoding="utf-8") as handle:  # two shards starting together: one writes
-            json.dump(protocol, handle, indent=2)
-    except FileExistsError:
+    if not atomic_create_json(spec_path, protocol):  # another shard created it first
         _check_protocol(spec, out)
 
 
@@ -223,13 +219,13 @@ def aggregate(records: list[dict[str, Any]], labels: list[str]) -> list[dict[str
         mine = [r for r in records if r["model"] == label]
         row: dict[str, Any] = {"model": label, "seeds": len(mine)}
         for key in mine[0]:
-            if key in ("model", "seed") or not isinstance(mine[0][key], (int, float)) or mine[0][key] is None:
+            if key in ("model", "seed", "gpu_latency_ms") or not isinstance(mine[0][key], (int, float)):
                 continue
             values = np.array([r[key] for r in mine], dtype=np.float64)
             row[key] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
             row[f"{key}_std"] = float(np.nanstd(values)) if len(mine) > 1 else math.nan
-        row["gpu_latency_ms"] = (float(np.mean([r["gpu_latency_ms"] for r in mine]))
-                                 if mine[0].get("gpu_latency_ms") is not None else None)
+        gpu = [r["gpu_latency_ms"] for r in mine if r.get("gpu_latency_ms") is not None]
+        row["gpu_latency_ms"] = float(np.mean(gpu)) if gpu else None  # shards may run on machines without one
         rows.append(row)
     return rows
 
@@ -238,7 +234,7 @@ def test_scores(out: Path, choice: ModelChoice, seeds: list[int], metric: str = 
     """``seeds x images`` per-image test scores of a model (images in id order)."""
     rows = []
     for seed in seeds:
-        per_image = {r["id"]: float(r[metric] or "nan")
+        per_image = {r["id"]: csv_float(r[metric])
                      for r in read_csv(out / "runs" / choice.folder / f"seed{seed}" / "eval" / "per_image.csv")}
         rows.append([per_image[i] for i in sorted(per_image)])
     return np.array(rows, dtype=np.float64)

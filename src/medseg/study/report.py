@@ -19,7 +19,8 @@ from medseg.engine.inference import Predictor
 from medseg.engine.state import read_history
 from medseg.engine.visualize import (ERROR_LEGEND, GridRow, figure_png, image_grid, overlay, png_bytes, pyplot,
                                      to_display)
-from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, read_csv
+from medseg.files import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, csv_float,
+                          read_csv)
 from medseg.stats import PairedComparison
 
 # (column, header, higher is better)
@@ -187,14 +188,14 @@ def gallery(entries: list[tuple[str, np.ndarray, np.ndarray, dict[str, tuple[np.
 def build_gallery(out: Path, spec, choices) -> Image.Image:
     """Worst, median and best test images by mean Dice over models (first seed), every model's prediction."""
     seed = spec.seeds[0]
-    per_model = {c.label: {r["id"]: float(r["dice"]) for r in
+    per_model = {c.label: {r["id"]: csv_float(r["dice"]) for r in
                            read_csv(out / "runs" / c.folder / f"seed{seed}" / "eval" / "per_image.csv")}
                  for c in choices}
     ids = sorted(set.intersection(*(set(v) for v in per_model.values())))
     mean_dice = {i: float(np.nanmean([per_model[m][i] for m in per_model])) for i in ids}
     ranked = sorted(ids, key=lambda i: mean_dice[i])
     picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
-    items = {item.id: item for item in load_items(spec.data)}
+    items = {item.id: item for item in load_items(spec.data, spec.base_config().data.format)}
     predictors = {c.label: Predictor.from_run(out / "runs" / c.trained_as().folder / f"seed{seed}",
                                               prune_depth=c.prune_depth) for c in choices}
     first = next(iter(predictors.values())).spec
@@ -231,9 +232,9 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     for choice in choices:
         history = read_history(out / "runs" / choice.trained_as().folder / f"seed{spec.seeds[0]}")
         histories[choice.label] = [(row.step, row.val_dice) for row in history if row.validated]
-        per_image[choice.label] = [float(r["dice"]) for s in spec.seeds for r in
-                                   read_csv(out / "runs" / choice.folder / f"seed{s}" / "eval" / "per_image.csv")
-                                   if r["dice"] not in ("", "nan")]
+        scores = [csv_float(r["dice"]) for s in spec.seeds
+                  for r in read_csv(out / "runs" / choice.folder / f"seed{s}" / "eval" / "per_image.csv")]
+        per_image[choice.label] = [d for d in scores if not math.isnan(d)]
     plots["val_dice_curves.png"] = curves_plot(histories)
     plots["dice_boxplot.png"] = box_plot(per_image)
     plots["gallery.png"] = png_bytes(build_gallery(out, spec, choices))

@@ -1,0 +1,264 @@
+"""The HTTP service: a FastAPI app over an :class:`InferenceQueue`.
+
+``POST /v1/segment`` (multipart upload or raw body; ``?format=png|json|tiff``), ``GET /v1/model``, ``GET /healthz``
+and ``GET /`` (a page to try the model in a browser). Every error is JSON ``{"error": "..."}`` without a
+traceback. Limits: body size (413), declared pixel count (413, before decoding), queue length (503 with
+``Retry-After``), request time (504). With a token, every endpoint but ``/healthz`` needs
+``Authorization: Bearer <token>`` (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from scipy import ndimage
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+import medseg
+from medseg.data.readers import ImageTooLarge, decode_image_bytes, encode_array, mask_pixels
+from medseg.engine.inference import Predictor
+from medseg.errors import MedsegError
+from medseg.log import get_logger
+from medseg.serve.queue import InferenceQueue, QueueFull
+
+RAW_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "image/gif", "image/x-ms-bmp",
+             "application/octet-stream")
+FORMATS = ("png", "json", "tiff")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_queue: int = 32  # requests waiting for the model; more get 503
+    timeout_s: float = 60.0  # per request, upload to response
+    max_body_bytes: int = 64 * 2**20
+    max_pixels: int = 64_000_000  # declared pixels of an upload (decompression bombs are refused before decoding)
+    max_side: int = 32_768  # longest image side
+    batch_size: int = 1  # > 1: same-size requests share forward passes (dynamic batching)
+    batch_wait_ms: float = 5.0
+    token: str | None = None
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: a body larger than ``limit`` bytes gets 413, from ``Content-Length`` or while it streams."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _error(413, f"body of {int(declared):,} bytes exceeds the limit of {self.limit:,}")(
+                scope, receive, send)
+        received = 0
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise ServiceError(413, f"body exceeds the limit of {self.limit:,} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def public_contract(predictor: Predictor) -> dict[str, Any]:
+    """What ``GET /v1/model`` tells a client: no paths, no split ids."""
+    contract, spec = predictor.contract, predictor.spec
+    return {
+        "model": contract.model.name, "in_channels": spec.channels, "n_classes": spec.n_classes,
+        "classes": list(spec.class_names), "threshold": spec.threshold, "postprocess": spec.postprocess.describe(),
+        "tta": spec.tta, "input": f"resize {spec.resize}" if spec.resize else f"tiles of {spec.patch_size}",
+        "ensemble_members": len(predictor.backends), "medseg_version": medseg.__version__,
+        "trained_with": contract.medseg_version,
+    }
+
+
+def objects_json(labels: np.ndarray, predictor: Predictor) -> dict[str, Any]:
+    """Per foreground class: area and the bounding boxes (x0, y0, x1, y1; exclusive ends) of its objects."""
+    spec = predictor.spec
+    classes = []
+    for cls in range(1, spec.n_classes):
+        region = labels == cls
+        components, count = ndimage.label(region)
+        areas = np.bincount(components.ravel(), minlength=count + 1)[1:]
+        boxes = ndimage.find_objects(components)
+        classes.append({
+            "id": cls, "name": spec.class_names[cls], "area_px": int(region.sum()),
+            "area_fraction": float(region.mean()),
+            "objects": [{"bbox": [b[1].start, b[0].start, b[1].stop, b[0].stop], "area_px": int(a)}
+                        for b, a in zip(boxes, areas)],
+        })
+    return {"width": int(labels.shape[1]), "height": int(labels.shape[0]), "threshold": spec.threshold,
+            "postprocess": spec.postprocess.describe(), "classes": classes}
+
+
+def render(probabilities: np.ndarray, predictor: Predictor, fmt: str) -> Response:
+    """The response body for a prediction (CPU work: run it in a thread)."""
+    if fmt == "tiff":
+        return Response(encode_array(probabilities.astype(np.float32), ".tif", stack=probabilities.ndim == 3),
+                        media_type="image/tiff")
+    labels = predictor.labels(probabilities)
+    if fmt == "json":
+        return JSONResponse(objects_json(labels, predictor))
+    return Response(encode_array(mask_pixels(labels, predictor.spec.n_classes), ".png"), media_type="image/png")
+
+
+def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
+    """The service for one predictor (one model or a fold ensemble). ``app.state.inference`` is its queue."""
+    inference = InferenceQueue(predictor, settings.max_queue, settings.batch_size, settings.batch_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        inference.start()
+        get_logger().info("serving %s (%s); queue %d, batch %d, timeout %.0f s", predictor.contract.model.name,
+                          public_contract(predictor)["input"], settings.max_queue, settings.batch_size,
+                          settings.timeout_s)
+        yield
+        await run_in_threadpool(inference.stop)  # after the server has drained in-flight requests
+        get_logger().info("stopped: every queued request was answered")
+
+    app = FastAPI(title="medseg", version=medseg.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.inference = inference
+    _add_error_handlers(app, settings)
+    _add_routes(app, predictor, inference, settings)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+    """The token check, and JSON errors for everything that goes wrong."""
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        if settings.token and request.url.path != "/healthz":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {settings.token}".encode()):
+                return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            return await call_next(request)
+        except ServiceError as exc:  # raised while the body streams in (BodyLimit)
+            return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "; ".join(str(e.get("msg")) for e in exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        get_logger().exception("internal error on %s", request.url.path)
+        return _error(500, "internal error (logged on the server)")
+
+
+def _add_routes(app: FastAPI, predictor: Predictor, inference: InferenceQueue, settings: ServeSettings) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "waiting": inference.waiting}
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        return public_contract(predictor)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("medseg.serve").joinpath("page.html").read_text(encoding="utf-8"))
+
+    @app.post("/v1/segment")
+    async def segment(request: Request, format: str = "png") -> Response:
+        """Admission (503 when full) comes before the body is read, so waiting requests hold no images; the
+        timeout covers upload, queue and inference, and cancels a request the worker has not reached."""
+        if format not in FORMATS:
+            raise ServiceError(422, f"format {format!r} is not one of {', '.join(FORMATS)}")
+        try:
+            inference.admit()
+        except QueueFull as exc:
+            raise ServiceError(503, f"busy: {exc}", {"Retry-After": "1"}) from None
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                probabilities = await _infer(request, predictor, inference, settings)
+                return await run_in_threadpool(render, probabilities, predictor, format)
+        except TimeoutError:
+            raise ServiceError(504, f"the request took longer than {settings.timeout_s:g} s") from None
+        finally:
+            inference.leave()
+
+
+async def _infer(request: Request, predictor: Predictor, inference: InferenceQueue,
+                 settings: ServeSettings) -> np.ndarray:
+    """Upload -> decode -> the queue -> probabilities."""
+    data = await _upload(request)
+    if not data:
+        raise ServiceError(400, "empty body: send an image")
+    try:
+        image = await run_in_threadpool(decode_image_bytes, data, predictor.spec.channels, settings.max_pixels)
+    except ImageTooLarge as exc:
+        raise ServiceError(413, exc.reason) from None
+    except MedsegError as exc:
+        raise ServiceError(422, exc.reason) from None
+    if max(image.shape[:2]) > settings.max_side:
+        raise ServiceError(413, f"image of {image.shape[1]} x {image.shape[0]} pixels has a side longer than "
+                                f"{settings.max_side:,}")
+    try:
+        return await asyncio.wrap_future(inference.submit(image))  # cancelling this cancels a queued job
+    except QueueFull as exc:
+        raise ServiceError(503, f"busy: {exc}", {"Retry-After": "1"}) from None
+
+
+async def _upload(request: Request) -> bytes:
+    """The image bytes of a multipart upload (first file field) or of a raw body."""
+    try:
+        return await _read_upload(request)
+    except ClientDisconnect:
+        raise ServiceError(400, "the client disconnected during the upload") from None
+
+
+async def _read_upload(request: Request) -> bytes:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except (ServiceError, ClientDisconnect):
+            raise
+        except Exception as exc:
+            raise ServiceError(400, f"malformed multipart body ({exc})") from None
+        files = [value for value in form.values() if hasattr(value, "read")]
+        if not files:
+            raise ServiceError(400, "the multipart body has no file field (send the image as 'image')")
+        return await files[0].read()
+    if content_type not in RAW_TYPES:
+        raise ServiceError(415, f"content type {content_type or '(none)'!r} is not an image; send PNG, JPEG, TIFF, "
+                                "BMP or GIF as the body or as a multipart upload")
+    return await request.body()
+

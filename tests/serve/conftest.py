@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The demo's run (synthetic cells), trained for a few seconds."""
+    from medseg.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    run_demo(out, minutes=0.1)
+    return out / "run"

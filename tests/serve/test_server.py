@@ -1,0 +1,144 @@
+"""The service as a real server on loopback: a client that disconnects mid-upload, SIGTERM draining in-flight
+requests, and the web page in headless Chromium."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from medseg.engine.inference import Predictor  # noqa: E402
+from medseg.serve.app import ServeSettings, create_app  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ThreadServer(uvicorn.Server):
+    """uvicorn in a thread, with an event set once it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@pytest.fixture(scope="module")
+def server(demo_run):
+    port = free_port()
+    config = uvicorn.Config(create_app(Predictor.from_run(demo_run), ServeSettings()), host="127.0.0.1", port=port,
+                            log_level="warning")
+    instance = ThreadServer(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    assert instance.ready.wait(timeout=60)
+    yield f"127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(timeout=30)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post(address: str, body: bytes) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(address, timeout=60)
+    connection.request("POST", "/v1/segment", body=body, headers={"Content-Type": "image/png"})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_a_client_that_disconnects_mid_upload_does_not_hurt_the_next(server):
+    image = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    host, port = server.split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + png(image)[:500])
+    status, body = post(server, png(image))
+    assert status == 200 and Image.open(io.BytesIO(body)).size == (64, 64)
+
+
+def test_sigterm_drains_in_flight_requests(demo_run, tmp_path):
+    port = free_port()
+    job = subprocess.Popen([sys.executable, "-m", "medseg", "serve", str(demo_run), "--port", str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        for line in job.stdout:  # the server says when it listens: no polling
+            if "Uvicorn running on" in line:
+                break
+        big = (np.random.default_rng(1).random((2048, 2048)) * 255).astype(np.uint8)  # ~seconds of inference
+        result = {}
+        client = threading.Thread(target=lambda: result.setdefault("response", post(f"127.0.0.1:{port}", png(big))))
+        client.start()
+        for line in job.stdout:
+            if "inference: 1 image(s)" in line:  # the request is being computed
+                break
+        job.send_signal(signal.SIGTERM)
+        client.join(timeout=120)
+        status, body = result["response"]
+        assert status == 200 and Image.open(io.BytesIO(body)).size == (2048, 2048)
+        rest = job.communicate(timeout=60)[0]
+        assert "every queued request was answered" in rest  # the drain finished before the process ended
+        assert job.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+
+def test_the_page_segments_an_image_in_a_browser(server, demo_run, tmp_path):
+    from tests.study.browser import CHROMIUM_FLAGS, find_chromium
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    source = demo_run.parent / "data" / "images" / "cells_001.png"
+    errors: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://{server}/")
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('Model unet')")
+            page.set_input_files("#file", str(source))
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
+            painted = page.evaluate("""() => {
+                const canvas = document.getElementById('overlay');
+                const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                let count = 0;
+                for (let i = 3; i < data.length; i += 4) if (data[i] > 0) count++;
+                return [canvas.width, canvas.height, count];
+            }""")
+            page.fill("#opacity", "100")
+            rows = page.locator("#areas tbody tr").count()
+            with page.expect_download() as download:
+                page.click("#download")
+            saved = tmp_path / "mask.png"
+            download.value.save_as(saved)
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        finally:
+            browser.close()
+    width, height, count = painted
+    assert errors == [] and (width, height) == Image.open(source).size and count > 0 and rows == 1
+    mask = Image.open(saved)
+    assert mask.size == Image.open(source).size and set(np.unique(np.asarray(mask))) <= {0, 255}

@@ -11,6 +11,9 @@ For every dataset and budget B, in one run on one machine:
   validation, every training image used.
 - **medseg**: ``medseg train --data D --budget B`` with nothing else (and ``--out``).
 
+``--variant NAME --set KEY=VALUE ...`` runs medseg once more with overrides, as the system ``medseg:NAME``; such
+cells are listed for diagnosis (e.g. what a wider network would have scored) and never count for the targets.
+
 Both are scored by the same code on the test split: per-image and pooled Dice, inside the field of view where the
 dataset has one. Every (dataset, system, budget) cell is saved under ``--work/cells`` as it finishes, so an
 interrupted run resumes; timings are only meaningful on an otherwise idle machine.
@@ -167,17 +170,20 @@ def score(test: list[dict[str, Any]], predictions: list[np.ndarray]) -> dict[str
             "per_image": {row["id"]: row["dice"] for row in accumulator.rows()}}
 
 
-def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path) -> dict[str, Any]:
-    """`medseg train --data D --budget B` with nothing else; scored from the same test masks."""
+def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path, variant: str = "",
+               overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`medseg train --data D --budget B` (plus ``--set`` overrides for a variant); scored from the same test
+    masks."""
     from medseg.engine.checkpoint import load_checkpoint, run_contract
     from medseg.engine.inference import Predictor
 
-    run = work / "runs" / f"{dataset.name}_{minutes:g}min"
+    run = work / "runs" / f"{dataset.name}_{minutes:g}min{'_' + variant if variant else ''}"
     if run.exists():
         shutil.rmtree(run)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "medseg", "train", "--data", str(data), "--budget", f"{minutes}m",
-                           "--out", str(run)], capture_output=True, text=True)
+                           "--out", str(run), *[arg for o in overrides for arg in ("--set", o)]],
+                          capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"medseg failed on {dataset.name}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -192,15 +198,18 @@ def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path) -> dict
             **score(splits["test"], predictions)}
 
 
-def cell(work: Path, dataset: Dataset, system: str, minutes: float) -> dict[str, Any]:
-    """One measurement, cached in ``work/cells``."""
-    path = work / "cells" / f"{dataset.name}_{system}_{minutes:g}.json"
+def cell(work: Path, dataset: Dataset, system: str, minutes: float,
+         overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One measurement, cached in ``work/cells``; ``system`` is peer, medseg or medseg:VARIANT."""
+    path = work / "cells" / f"{dataset.name}_{system.replace(':', '-')}_{minutes:g}.json"
     if path.is_file():
         return json.loads(path.read_text())
     data = prepare(dataset, work)
     print(f"{time.strftime('%H:%M:%S')} {dataset.name}: {system} for {minutes:g} min", flush=True)
-    result = run_peer(dataset, data, minutes) if system == "peer" else run_medseg(dataset, data, minutes, work)
-    result.update(dataset=dataset.name, system=system, minutes=minutes)
+    variant = system.partition(":")[2]
+    result = (run_peer(dataset, data, minutes) if system == "peer"
+              else run_medseg(dataset, data, minutes, work, variant, overrides))
+    result.update(dataset=dataset.name, system=system, minutes=minutes, overrides=list(overrides))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(f"    pooled Dice {result['dice_pooled']:.4f}, mean {result['dice_mean']:.4f}, {result['steps']} steps",
@@ -216,8 +225,8 @@ def summarise(cells: list[dict[str, Any]], budgets: list[float]) -> tuple[list[d
     for c in sorted(cells, key=lambda c: (c["dataset"], c["minutes"], c["system"])):
         lines.append(f"| {c['dataset']} | {c['minutes']:g} | {c['system']} | {c['dice_pooled']:.4f} | "
                      f"{c['dice_mean']:.4f} | {c['steps']} |")
-    lines += ["", "| dataset | peer's pooled Dice at 15 min | medseg at 15 min | gain | target +0.01 | "
-              "smallest medseg budget reaching the peer's 15-min Dice | target <= 7.5 min |",
+    lines += ["", ("| dataset | peer's pooled Dice at 15 min | medseg at 15 min | gain | target +0.01 | "
+                   "smallest medseg budget reaching the peer's 15-min Dice | target <= 7.5 min |"),
               "|---|---:|---:|---:|---|---:|---|"]
     for name in sorted({c["dataset"] for c in cells}):
         mine = {(c["system"], c["minutes"]): c for c in cells if c["dataset"] == name}
@@ -244,6 +253,8 @@ def main() -> None:
     parser.add_argument("--half", action=argparse.BooleanOptionalAction, default=True,
                         help="also run medseg at half the largest budget (the time-to-reach target)")
     parser.add_argument("--systems", default="peer,medseg", help="which systems to run now (cells are cached)")
+    parser.add_argument("--variant", help="run only medseg, with --set overrides, as the system medseg:VARIANT")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     parser.add_argument("--work", default="/tmp/medseg-accuracy", help="data copies, runs and cached cells")
     parser.add_argument("--out", default="accuracy.json")
     parser.add_argument("--markdown", help="also write the tables here")
@@ -258,6 +269,10 @@ def main() -> None:
         runs = [(system, minutes) for minutes in budgets for system in ("peer", "medseg")]
         if args.half:
             runs.append(("medseg", max(budgets) / 2))
+        if args.variant:
+            cells += [cell(work, dataset, f"medseg:{args.variant}", minutes, tuple(args.overrides))
+                      for minutes in budgets]
+            continue
         cells += [cell(work, dataset, system, minutes) for system, minutes in runs
                   if system in args.systems.split(",")]
     rows, markdown = summarise(cells, budgets)

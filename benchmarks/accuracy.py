@@ -243,7 +243,19 @@ def summarise(cells: list[dict[str, Any]], budgets: list[float]) -> tuple[list[d
         lines.append(f"| {name} | {peer['dice_pooled']:.4f} | {medseg['dice_pooled']:.4f} | {gain:+.4f} | "
                      f"{'met' if gain >= 0.01 else '**missed**'} | {f'{first:g} min' if first else 'not reached'} | "
                      f"{'met' if first is not None and first <= top / 2 else '**missed**'} |")
-    return rows, "\n".join(lines) + "\n"
+    return rows, "\n".join(lines + plans(cells, top)) + "\n"
+
+
+def plans(cells: list[dict[str, Any]], top: float) -> list[str]:
+    """The plan medseg chose for each dataset at the largest budget, every choice with its reason."""
+    lines = []
+    for c in sorted(cells, key=lambda c: c["dataset"]):
+        if c["system"] != "medseg" or c["minutes"] != top:
+            continue
+        lines += ["", f"Plan for {c['dataset']} at {top:g} min (threshold chosen on validation: {c['threshold']}, "
+                  f"post-processing: {c['postprocess']}):", ""]
+        lines += [f"- `{choice['key']}` = `{json.dumps(choice['value'])}`: {choice['reason']}" for choice in c["plan"]]
+    return lines
 
 
 def main() -> None:

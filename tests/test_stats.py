@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from medseg.stats import all_pairs, bootstrap_mean_ci, holm, paired_comparison, rank_with_ties, wilcoxon_p
+from medseg.stats import (all_pairs, bootstrap_mean_ci, holm, paired_comparison, rank_with_ties, smallest_holm_p,
+                          wilcoxon_p)
 
 DICE = np.array([0.91, 0.85, 0.78, 0.95, 0.66, 0.88, 0.72, 0.93, 0.81, 0.87, 0.59, 0.9])
 
@@ -40,6 +41,14 @@ def test_holm_on_a_hand_worked_example():
     # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06, monotone), 0.04 (x1 = 0.04 -> 0.06)
     assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_smallest_holm_p_is_what_scipy_gives_when_every_image_agrees():
+    differences = np.linspace(0.01, 0.06, 6)  # 6 images, all of one sign: scipy's exact minimum
+    assert wilcoxon_p(differences) == pytest.approx(smallest_holm_p(6, 1)) == pytest.approx(2 / 64)
+    assert smallest_holm_p(6, 15) == pytest.approx(15 * 2 / 64)  # > 0.05: no pair can be significant
+    assert smallest_holm_p(16, 15) < 0.05
+    assert smallest_holm_p(2, 3) == 1.0
 
 
 def test_paired_comparison_and_all_pairs():

@@ -95,6 +95,13 @@ def all_pairs(scores: dict[str, np.ndarray], seed: int = 0) -> list[PairedCompar
     return [PairedComparison(**{**pair.__dict__, "p_holm": p}) for pair, p in zip(pairs, adjusted)]
 
 
+def smallest_holm_p(n_images: int, n_pairs: int) -> float:
+    """The smallest Holm-adjusted p-value any of ``n_pairs`` comparisons on ``n_images`` paired differences can
+    reach: ``n_pairs`` times the exact two-sided Wilcoxon minimum ``2 / 2**n_images`` (every difference of one
+    sign)."""
+    return min(1.0, n_pairs * 2.0 / 2.0 ** n_images)
+
+
 def rank_with_ties(means: dict[str, float], intervals: dict[str, tuple[float, float]]) -> dict[str, int]:
     """Rank 1 is best; a model's rank is one more than the number of models whose interval lies wholly above
     its own, so models with overlapping intervals share a rank."""

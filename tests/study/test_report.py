@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image
 
 from medseg.study.compare import ModelChoice, aggregate
-from medseg.study.report import box_plot, curves_plot, gallery, markdown_table, scatter_plot, table_cells
+from medseg.stats import PairedComparison
+from medseg.study.report import (box_plot, curves_plot, gallery, markdown_table, power_note, scatter_plot,
+                                 table_cells)
 
 RECORDS = [
     {"model": "unet", "seed": 0, "dice": 0.80, "hd95": 5.0, "params": 1000, "cpu_latency_ms": 10.0, "epochs": 3,
@@ -35,6 +37,15 @@ def test_aggregate_mean_and_std_over_seeds():
     assert math.isclose(unet["dice"], 0.85) and math.isclose(unet["dice_std"], 0.05) and unet["seeds"] == 2
     single = aggregate(RECORDS[:1], ["unet"])[0]
     assert math.isnan(single["dice_std"])
+
+
+def test_power_note_only_when_no_pair_can_be_significant():
+    def pairs(n_images: int, count: int) -> list[PairedComparison]:
+        return [PairedComparison("a", f"b{i}", n_images, 0.01, 0.0, 0.02, 0.03) for i in range(count)]
+
+    assert "With 6 test images no difference can be significant" in power_note(pairs(6, 15))
+    assert "0.469" in power_note(pairs(6, 15))  # 15 x 2 / 2**6
+    assert power_note(pairs(16, 15)) == "" and power_note([]) == ""
 
 
 def test_tables_mark_the_best_value_per_column():

@@ -21,7 +21,7 @@ from medseg.engine.visualize import (ERROR_LEGEND, GridRow, figure_png, image_gr
                                      to_display)
 from medseg.files import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, csv_float,
                           read_csv)
-from medseg.stats import PairedComparison
+from medseg.stats import PairedComparison, smallest_holm_p
 
 # (column, header, higher is better)
 TABLE_COLUMNS = [
@@ -107,6 +107,16 @@ STATISTICS_NOTE = ("Rank: 1 + the number of models whose 95% interval lies wholl
                    "test Dice over test images, and over seeds when there are several. Pairs: per-image Dice "
                    "differences (seeds averaged), bootstrap 95% CI, two-sided Wilcoxon signed-rank p, Holm-corrected "
                    "over all pairs; * = significant at 5%.")
+
+
+def power_note(pairs: Sequence[PairedComparison], alpha: float = 0.05) -> str:
+    """A sentence when the test set is too small for any pair to reach ``alpha`` after Holm's correction."""
+    n_images = min((pair.n_images for pair in pairs), default=0)
+    if not pairs or smallest_holm_p(n_images, len(pairs)) <= alpha:
+        return ""
+    return (f" With {n_images} test images no difference can be significant: the smallest two-sided Wilcoxon p "
+            f"is {2 / 2 ** n_images:.3g}, and Holm's correction over {len(pairs)} pairs lifts it to "
+            f"{smallest_holm_p(n_images, len(pairs)):.3g}; more test images are needed to tell these models apart.")
 
 
 def write_tables(out: Path, rows: list[dict], records: list[dict], pairs: Sequence[PairedComparison],
@@ -221,7 +231,8 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     note = (f"Test split only; each run's own weight selection and post-processing (chosen on validation). "
             f"{seeds_note}. Metrics are per-image means "
             f"(pooled Dice over all test pixels also shown); HD95 in pixels. Input {size}x{size}, {widths}. "
-            f"Latency: batch 1, {size}x{size}, median of 10 runs, {platform.processor() or platform.machine()}.")
+            f"Latency: batch 1, {size}x{size}, median of 10 runs, {platform.processor() or platform.machine()}."
+            f"{power_note(pairs)}")
     write_tables(out, rows, records, pairs, note)
     plots = {
         "dice_intervals.png": interval_plot(rows),

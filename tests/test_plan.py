@@ -68,6 +68,12 @@ def test_plan_choices_reasons_and_user_keys(inputs):
     assert "model.widths" not in [c.key for c in fixed.choices] and "data.resize" not in [c.key for c in fixed.choices]
 
 
+def test_planning_longer_than_the_budget_still_leaves_training_time(inputs):
+    plan = make_plan(_fingerprint(_blob()), inputs, spent_seconds=60.0)  # the fingerprint alone took 5x the budget
+    assert plan.value("train.budget_minutes") == pytest.approx(0.02)  # 10% of 0.2 min
+    assert "training gets 10% of it anyway" in next(c.reason for c in plan.choices if c.key == "train.budget_minutes")
+
+
 def test_plan_yaml_round_trip_and_edits(inputs, tmp_path):
     plan = make_plan(_fingerprint(_vessels()), inputs)
     plan.save(tmp_path / "plan.yaml")

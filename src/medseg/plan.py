@@ -109,6 +109,7 @@ THIN_PX = 8.0  # structures this thin (or thinner) need native resolution
 MIN_STRUCTURE_PX = 6.0  # resizing may not make the thinnest structures thinner than this
 MIN_STEPS = 1000  # the widest network that still gets this many steps in the budget is chosen
 PROBE_SHARE = 0.05  # probes may use at most this share of the budget
+MIN_TRAIN_SHARE = 0.1  # training keeps at least this share of the budget, however long planning took
 VAL_SHARE = 0.1  # validation may use at most this share of the training time
 WIDTHS = ((8, 16, 32, 64, 128), (16, 32, 64, 128, 256), (32, 64, 128, 256, 512))
 UPRIGHT_CONTRAST = 0.5  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
@@ -253,11 +254,22 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
     loss = "bce_dice" if inputs.n_classes == 2 else "ce_dice"
     choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "
                                    "foreground: Dice keeps the foreground from being ignored)")
-    planning = spent_seconds + time.perf_counter() - started
-    choices.add("train.budget_minutes", round((budget - planning) / 60, 3),
-                f"{inputs.budget_minutes:g} min budget less {planning:.0f} s of planning; the learning rate "
-                "follows elapsed time and reaches ~0 at the deadline")
+    _add_training_time(choices, inputs.budget_minutes, spent_seconds + time.perf_counter() - started)
     return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes))
+
+
+def _add_training_time(choices: _Choices, budget_minutes: float, planning: float) -> None:
+    """The budget less the planning time, but never less than :data:`MIN_TRAIN_SHARE` of it (a tiny budget on a
+    busy machine overruns a little rather than failing)."""
+    budget = budget_minutes * 60
+    if budget - planning >= MIN_TRAIN_SHARE * budget:
+        seconds, reason = budget - planning, f"{budget_minutes:g} min budget less {planning:.0f} s of planning"
+    else:
+        seconds = MIN_TRAIN_SHARE * budget
+        reason = (f"planning took {planning:.0f} s of the {budget_minutes:g} min budget; training gets "
+                  f"{100 * MIN_TRAIN_SHARE:.0f}% of it anyway")
+    choices.add("train.budget_minutes", round(seconds / 60, 3),
+                f"{reason}; the learning rate follows elapsed time and reaches ~0 at the deadline")
 
 
 def _add_optimisation(choices: _Choices, inputs: PlanInputs) -> None:

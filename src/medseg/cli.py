@@ -232,7 +232,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     predictor = Predictor.from_run(args.run, args.backend, args.device, _folds(args.folds))
     settings = ServeSettings(max_queue=args.max_queue, timeout_s=args.timeout,
                              max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-                             batch_size=args.batch_size or (8 if args.device.startswith("cuda") else 4),
+                             batch_size=args.batch_size or (8 if args.device.startswith("cuda") else 1),
                              batch_wait_ms=args.batch_wait_ms, token=token)
     uvicorn.run(create_app(predictor, settings), host=args.host, port=args.port, log_level="info",
                 timeout_graceful_shutdown=int(args.timeout) + 5, proxy_headers=args.proxy_headers)
@@ -399,8 +399,8 @@ def _add_serve_parser(commands: Any) -> None:
     serve.add_argument("--timeout", type=float, default=60.0, help="seconds per request (504 after)")
     serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest upload (413 above)")
     serve.add_argument("--max-megapixels", type=float, default=64.0, help="largest declared image size (413 above)")
-    serve.add_argument("--batch-size", type=int, help="same-size requests per forward pass (default: 4 on CPU, "
-                                                      "8 on CUDA; 1 turns batching off)")
+    serve.add_argument("--batch-size", type=int, help="same-size requests per forward pass (default: 1, no batching, "
+                                                      "on CPU; 8 on CUDA)")
     serve.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     serve.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* from a reverse proxy")
     serve.set_defaults(handler=_cmd_serve)

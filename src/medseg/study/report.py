@@ -112,11 +112,12 @@ STATISTICS_NOTE = ("Rank: 1 + the number of models whose 95% interval lies wholl
 def power_note(pairs: Sequence[PairedComparison], alpha: float = 0.05) -> str:
     """A sentence when the test set is too small for any pair to reach ``alpha`` after Holm's correction."""
     n_images = min((pair.n_images for pair in pairs), default=0)
-    if not pairs or smallest_holm_p(n_images, len(pairs)) <= alpha:
+    smallest = smallest_holm_p(n_images, len(pairs))
+    if not pairs or smallest <= alpha:
         return ""
     return (f" With {n_images} test images no difference can be significant: the smallest two-sided Wilcoxon p "
-            f"is {2 / 2 ** n_images:.3g}, and Holm's correction over {len(pairs)} pairs lifts it to "
-            f"{smallest_holm_p(n_images, len(pairs)):.3g}; more test images are needed to tell these models apart.")
+            f"is {smallest_holm_p(n_images, 1):.3g}, and Holm's correction over {len(pairs)} pairs lifts it to "
+            f"{smallest:.3g}; more test images are needed to tell these models apart.")
 
 
 def write_tables(out: Path, rows: list[dict], records: list[dict], pairs: Sequence[PairedComparison],

@@ -45,13 +45,13 @@ def test_thin_structures_get_native_patches_and_large_objects_get_resizing():
     mode, size, reason = input_geometry(_fingerprint(_blob()))
     assert (mode, size) == ("resize", 256) and "large objects" in reason
     mode, size, _ = input_geometry(_fingerprint(_blob(96)))
-    assert (mode, size) == ("resize", 96)  # small images: whole images at their own size
+    assert (mode, size) == ("patch", 96)  # small images: whole, at native resolution
 
 
 @pytest.fixture
 def inputs():
-    return PlanInputs(data="d", n_classes=2, n_train=20, n_val=5, budget_minutes=0.2, device="cpu",
-                      fixed=frozenset())
+    return PlanInputs(data="d", classes=("background", "foreground"), classes_source="binary masks", n_train=20,
+                      n_val=5, test_fraction=0.0, budget_minutes=0.2, device="cpu", fixed=frozenset())
 
 
 def test_plan_choices_reasons_and_user_keys(inputs):

@@ -280,7 +280,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from medseg.data.datasets import check_dataset
 
     report = check_dataset(args.dir, args.format, args.n_classes)
-    print(f"{report.root} ({report.format}): {report.n_items} images")
+    volumes = f" (slices of {report.n_cases} volumes)" if report.n_cases else ""
+    print(f"{report.root} ({report.format}): {report.n_items} images{volumes}")
+    names = ", ".join(f"{k} {name}" for k, name in enumerate(report.classes.names))
+    print(f"  classes:       {report.classes.count} ({report.classes.source}): {names}")
     print(f"  splits:        {report.splits}")
     print(f"  sizes (WxH):   {dict(list(report.sizes.items())[:8])}{' ...' if len(report.sizes) > 8 else ''}")
     print(f"  channels:      {report.channels}")
@@ -427,7 +430,7 @@ def _add_data_parsers(commands: Any) -> None:
     check = data.add_parser("check", help="validate a dataset and print its statistics")
     check.add_argument("dir")
     check.add_argument("--format", default="auto")
-    check.add_argument("--n-classes", type=int, default=2)
+    check.add_argument("--n-classes", type=int, default=None, help="default: from dataset.json or the mask values")
     check.set_defaults(handler=_cmd_data_check)
     conv = data.add_parser("convert", help="write a supported layout in the folder format")
     conv.add_argument("src")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_text
 
-DatasetFormat = Literal["auto", "folder", "nnunet", "tiff-stack", "drive", "isic", "busi"]
+DatasetFormat = Literal["auto", "folder", "msd", "nnunet", "tiff-stack", "drive", "isic", "busi"]
 Normalization = Literal["zscore", "unit"]
 LossName = Literal["bce", "dice", "bce_dice", "ce", "ce_dice"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
@@ -35,8 +35,9 @@ class DataConfig(Section):
     root: str = ""
     format: DatasetFormat = "auto"
     channels: int | None = None  # None: from the first training image
-    n_classes: int = Field(2, ge=2)  # 2 = binary (one sigmoid output); K > 2 = K-way softmax
-    class_names: list[str] | None = None
+    n_classes: int | None = Field(None, ge=2)  # 2 = binary (sigmoid); K > 2 = K-way softmax; None: from the data
+    class_names: list[str] | None = None  # None: from dataset.json, else class_<k>
+    slice_axis: int | None = Field(None, ge=0, le=2)  # volumes: the voxel axis to slice along; None: the coarsest
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = 0  # seeds the carved val/test split (kept apart from train.seed so studies share one split)
@@ -149,7 +150,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
         data = self.data
-        if data.class_names is not None and len(data.class_names) != data.n_classes:
+        if data.class_names is not None and data.n_classes is not None and len(data.class_names) != data.n_classes:
             raise ValueError(f"data.class_names: {len(data.class_names)} names for data.n_classes={data.n_classes}")
         if data.val_fraction + data.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must leave images for training")

@@ -129,12 +129,16 @@ class MetricAccumulator:
     def classes(self) -> list[int]:
         return list(range(1, self.n_classes))
 
-    def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None) -> dict:
+    def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None,
+            spacing: Sequence[float] | None = None) -> dict:
+        """Score one image or volume (any number of dimensions; HD95 in ``spacing`` units, else the
+        accumulator's)."""
         counts = confusion_counts(pred, truth, self.n_classes, region)
         self._pooled = counts if self._pooled is None else self._pooled + counts
         scores = scores_from_counts(counts[1:], self.empty)
         if self.with_hd95:
-            scores["hd95"] = np.array([self._hd95(pred, truth, region, c) for c in self.classes])
+            spacing = spacing if spacing is not None else self.spacing
+            scores["hd95"] = np.array([self._hd95(pred, truth, region, c, spacing) for c in self.classes])
         row: dict[str, float | str] = {"id": image_id}
         for name, values in scores.items():
             if self.n_classes > 2:
@@ -143,14 +147,15 @@ class MetricAccumulator:
         self._rows.append(row)
         return row
 
-    def _hd95(self, pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None, cls: int) -> float:
+    def _hd95(self, pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None, cls: int,
+              spacing: Sequence[float] | None) -> float:
         p, t = pred == cls, truth == cls
         if region is not None:
             p, t = p & region, t & region
         if p.any() and t.any():
-            forward, backward = surface_distances(p, t, self.spacing)
+            forward, backward = surface_distances(p, t, spacing)
             self._distances.setdefault(cls, []).extend([forward, backward])
-        return hd95(p, t, self.spacing, self.empty)
+        return hd95(p, t, spacing, self.empty)
 
     def rows(self) -> list[dict[str, float | str]]:
         return list(self._rows)

@@ -112,6 +112,10 @@ PROBE_SHARE = 0.05  # probes may use at most this share of the budget
 MIN_TRAIN_SHARE = 0.1  # training keeps at least this share of the budget, however long planning took
 VAL_SHARE = 0.1  # validation may use at most this share of the training time
 WIDTHS = ((8, 16, 32, 64, 128), (16, 32, 64, 128, 256), (32, 64, 128, 256, 512))
+SMALL_PX = 96  # images no larger than this are trained and predicted whole, at native resolution
+STRIDE = 16  # the U-Net's total downsampling: input sizes are multiples of it
+PIXELS_PER_STEP = 4 * 256**2  # small inputs are batched up to this many pixels a step (nnU-Net batches small patches)
+MAX_BATCH = 64
 UPRIGHT_CONTRAST = 0.5  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
 
 
@@ -120,12 +124,18 @@ class PlanInputs:
     """What the planner looks at besides the fingerprint."""
 
     data: str
-    n_classes: int
+    classes: tuple[str, ...]  # class names by id, background first
+    classes_source: str  # where they came from (dataset.json, the mask values)
     n_train: int
     n_val: int
+    test_fraction: float  # the share of cases held out for testing (0: the dataset's own test split, if any)
     budget_minutes: float
     device: str
     fixed: frozenset[str]  # config keys the user set: the plan keeps out of their way
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
 
 
 class _Choices:
@@ -147,6 +157,11 @@ def input_geometry(fingerprint: Fingerprint) -> tuple[str, int, str]:
     which = "foreground" if thin == fingerprint.foreground_width else "background"
     side = min(fingerprint.height[1], fingerprint.width[1])
     share = f"{100 * fingerprint.foreground_fraction:.0f}% foreground"
+    longest = max(fingerprint.height[2], fingerprint.width[2])
+    if longest <= SMALL_PX:
+        size = _round_up(longest, STRIDE)
+        return "patch", size, (f"small images (up to {fingerprint.width[2]}x{fingerprint.height[2]}): whole images at "
+                               f"native resolution in one {size}-px patch (padded, never resized)")
     if thin <= THIN_PX:
         size = 256 if side >= 256 else _round_down(side, 32)
         return "patch", size, (f"thin structures ({which} median width {thin:g} px, {share}): native-resolution "
@@ -158,6 +173,10 @@ def input_geometry(fingerprint: Fingerprint) -> tuple[str, int, str]:
     size = 256 if side * MIN_STRUCTURE_PX / thin <= 256 else 384
     return "resize", size, (f"large objects (median width {thin:g} px, {share}) need context: whole images "
                             f"resized to {size}x{size} (thinnest structures keep ~{thin * size / side:.0f} px)")
+
+
+def _round_up(value: float, multiple: int) -> int:
+    return max(multiple, -(-int(value) // multiple) * multiple)
 
 
 def _round_down(value: float, multiple: int) -> int:
@@ -242,6 +261,8 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
         choices.add("data.resize", size, geometry_reason)
         choices.add("data.patch_size", None, "whole images, not patches")
     batch_size = 8 if size <= 128 else 4
+    if size < 128:
+        batch_size = min(MAX_BATCH, PIXELS_PER_STEP // size**2)
     choices.add("train.batch_size", batch_size, f"{batch_size} x {size}x{size} inputs per step")
     widths, probes, network_reason = choose_network(size, batch_size, fingerprint.channels, inputs,
                                                     budget * (1 - VAL_SHARE))
@@ -254,8 +275,27 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
     loss = "bce_dice" if inputs.n_classes == 2 else "ce_dice"
     choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "
                                    "foreground: Dice keeps the foreground from being ignored)")
+    _add_data(choices, fingerprint, inputs)
     _add_training_time(choices, inputs.budget_minutes, spent_seconds + time.perf_counter() - started)
     return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes))
+
+
+def _add_data(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -> None:
+    """Classes, how volumes are sliced, and the held-out test split."""
+    names = ", ".join(inputs.classes)
+    choices.add("data.n_classes", inputs.n_classes, f"{inputs.n_classes} classes ({inputs.classes_source}): {names}")
+    choices.add("data.class_names", list(inputs.classes), f"class names ({inputs.classes_source})")
+    volumes = fingerprint.volumes
+    if volumes is not None:
+        spacing = " x ".join(f"{v:g}" for v in volumes.spacing)
+        choices.add("data.slice_axis", volumes.slice_axis,
+                    f"{volumes.n_cases} volumes (median {'x'.join(map(str, volumes.shape))} voxels, {spacing} mm, "
+                    f"anisotropy {volumes.anisotropy:g}): 2D slices along voxel axis {volumes.slice_axis}, the "
+                    "coarsest (nnU-Net's 2D configuration); scored per case in 3D")
+    if inputs.test_fraction:
+        choices.add("data.test_fraction", inputs.test_fraction,
+                    f"no labelled test split in the dataset: {100 * inputs.test_fraction:.0f}% of the cases are held "
+                    "out (seeded) for an honest test score at the end")
 
 
 def _add_training_time(choices: _Choices, budget_minutes: float, planning: float) -> None:

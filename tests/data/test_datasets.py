@@ -18,10 +18,9 @@ def test_folder_format_with_split(tmp_path):
     assert sample.image.shape == (20, 24, 1) and set(np.unique(sample.mask)) == {0, 1}
 
 
-def test_nnunet_adapter(tmp_path):
+def test_nnunet_adapter_lists_labelled_cases_only(tmp_path):
     items = load_items(fixtures.make_nnunet(tmp_path))
-    assert {i.id for i in items} == {"case_000", "case_001", "case_002", "case_100"}
-    assert [i.split for i in items if i.id == "case_100"] == ["test"]
+    assert {i.id for i in items} == {"case_000", "case_001", "case_002"}  # imagesTs without labels: for predict
     assert load_sample(items[0], 1, 2).mask.sum() == 80
 
 

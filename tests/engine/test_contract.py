@@ -22,7 +22,7 @@ def contract():
 def test_round_trip_through_json(contract, tmp_path):
     contract.save(tmp_path / "contract.json")
     assert RunContract.load(tmp_path / "contract.json") == contract
-    assert contract.inference.class_names == ("class_0", "class_1", "class_2")
+    assert contract.inference.class_names == ("background", "class_1", "class_2")
 
 
 @pytest.mark.parametrize(("edit", "message"), [

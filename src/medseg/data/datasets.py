@@ -4,8 +4,10 @@ Folder format (the default, also `../shared/data/*`)::
 
     DIR/images/<id>.<ext>    DIR/masks/<id>.<ext>    [DIR/regions/<id>.<ext>]    [DIR/split.csv: id,split]
 
-Adapters read the layouts people download (nnU-Net raw, TIFF stacks, DRIVE, ISIC 2018, BUSI originals) into the
-same :class:`Item` list; :func:`convert` writes any of them out in the folder format.
+Adapters read the layouts people download (the Medical Segmentation Decathlon, nnU-Net raw, TIFF stacks, DRIVE,
+ISIC 2018, BUSI originals) into the same :class:`Item` list; :func:`convert` writes any of them out in the folder
+format. A volume (NIfTI, DICOM file or DICOM series folder) is listed as its 2D slices, which share a ``case``:
+splits keep a case's slices together and evaluation scores each case in 3D.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from medseg.data.readers import IMAGE_EXTENSIONS, Reader, write_array, write_mask
+from medseg.data.readers import IMAGE_EXTENSIONS, Reader, volume_info, write_array, write_mask
+from medseg.data.volumes import is_dicom, is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_csv, read_csv
 
@@ -31,7 +34,8 @@ _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
 @dataclass(frozen=True)
 class Item:
     """One 2D sample on disk. ``masks`` (OR-merged if several) may be empty for unlabelled images; ``frame``
-    selects a page of a TIFF stack; ``split`` is the source's own split if it has one."""
+    selects a page of a TIFF stack, or the slice along ``axis`` of a volume whose slices share the id ``case``;
+    ``split`` is the source's own split if it has one."""
 
     id: str
     image: Path
@@ -39,17 +43,27 @@ class Item:
     region: Path | None = None
     frame: int | None = None
     split: str | None = None
+    case: str | None = None
+    axis: int | None = None
+
+    @property
+    def group(self) -> str:
+        """What a split keeps together: the case of a volume's slice, else the item itself."""
+        return self.case or self.id
 
 
 @dataclass
 class Sample:
-    """A decoded sample: ``image`` float32 ``H x W x C`` in [0, 1], ``mask`` int64 ``H x W`` class ids (or None),
-    ``region`` bool ``H x W`` (or None = everywhere)."""
+    """A decoded sample: ``image`` float32 ``H x W x C`` in [0, 1] (a volume's slice: as stored), ``mask`` int64
+    ``H x W`` class ids (or None), ``region`` bool ``H x W`` (or None = everywhere); a volume's slice also carries
+    its case's intensity ``statistics`` (per-channel mean and std, ``1 x 1 x C``) and in-plane ``spacing`` (mm)."""
 
     id: str
     image: np.ndarray
     mask: np.ndarray | None
     region: np.ndarray | None = None
+    statistics: tuple[np.ndarray, np.ndarray] | None = None
+    spacing: tuple[float, float] | None = None
 
 
 def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader | None = None) -> Sample:
@@ -58,10 +72,12 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
     if reader is None:
         with Reader() as own:
             return load_sample(item, channels, n_classes, own)
-    image = reader.image(item.image, channels, item.frame)
+    image = reader.image(item.image, channels, item.frame, item.axis)
     mask = None
     for path in item.masks:
-        part = reader.mask(path, n_classes, item.frame)
+        if is_volume_file(path) and is_volume_file(item.image):
+            _check_aligned(reader, item.image, path)
+        part = reader.mask(path, n_classes, item.frame, item.axis)
         if part.shape != image.shape[:2]:
             raise MedsegError(path, f"mask size {part.shape[1]}x{part.shape[0]} does not match image size "
                                     f"{image.shape[1]}x{image.shape[0]} ({item.image.name})")
@@ -72,22 +88,53 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
         if region.shape != image.shape[:2]:
             raise MedsegError(item.region, f"region size {region.shape[::-1]} does not match image size "
                                            f"{image.shape[1::-1]}")
-    return Sample(item.id, image, mask, region)
+    if not is_volume_file(item.image):
+        return Sample(item.id, image, mask, region)
+    volume = reader.volume(item.image)
+    return Sample(item.id, image, mask, region, reader.volume_statistics(item.image),
+                  volume.info.in_plane_spacing(2 if item.axis is None else item.axis))
+
+
+def _check_aligned(reader: Reader, image: Path, label: Path) -> None:
+    """A label volume must have its image's voxel grid: the same shape and affine."""
+    image_volume, label_volume = reader.volume(image), reader.volume(label, label=True)
+    if label_volume.data.shape[:3] != image_volume.data.shape[:3]:
+        raise MedsegError(label, f"label shape {label_volume.data.shape[:3]} differs from its image's "
+                                 f"{image_volume.data.shape[:3]} ({image.name})")
+    if not np.allclose(label_volume.affine, image_volume.affine, atol=1e-3):
+        raise MedsegError(label, f"label affine differs from its image's ({image.name}): they are not aligned")
+
+
+def volume_items(case: str, image: Path, masks: tuple[Path, ...], split: str | None,
+                 axis: int | None = None) -> list[Item]:
+    """The 2D items of one image file: a volume's slices along ``axis`` (None: the coarsest spacing, as nnU-Net's
+    2D configuration), ids ``<case>_<zzz>``; a 2D image or single-slice volume is one item with id ``case``."""
+    if not is_volume_file(image):
+        return [Item(case, image, masks, split=split)]
+    info = volume_info(image)
+    axis = info.slice_axis() if axis is None else axis
+    if info.shape[axis] == 1:
+        return [Item(case, image, masks, frame=0, split=split, axis=axis)]
+    return [Item(f"{case}_{z:03d}", image, masks, frame=z, split=split, case=case, axis=axis)
+            for z in range(info.shape[axis])]
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
+    """Image files (2D images, NIfTI and DICOM files, DICOM series folders) of a folder by id."""
     if not folder.is_dir():
         return {}
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-            try:
-                path.name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise MedsegError(folder, f"file name {path.name!r} is not valid UTF-8; rename it") from None
-            if path.stem in found:
-                raise MedsegError(path, f"duplicate id {path.stem!r} (also {found[path.stem].name})")
-            found[path.stem] = path
+        if path.name.startswith(".") or not (path.suffix.lower() in IMAGE_EXTENSIONS or is_volume_file(path)):
+            continue
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MedsegError(folder, f"file name {path.name!r} is not valid UTF-8; rename it") from None
+        stem = volume_stem(path) if is_volume_file(path) and not path.is_dir() else path.stem
+        if stem in found:
+            raise MedsegError(path, f"duplicate id {stem!r} (also {found[stem].name})")
+        found[stem] = path
     return found
 
 
@@ -116,8 +163,9 @@ def read_split_csv(path: Path) -> dict[str, str]:
     return splits
 
 
-def load_folder(root: Path) -> list[Item]:
-    """Items of the folder format; split.csv (if present) must name every image exactly once."""
+def load_folder(root: Path, axis: int | None = None) -> list[Item]:
+    """Items of the folder format; split.csv (if present) must name every image exactly once (a volume by its
+    case id)."""
     images = _files_by_stem(root / "images")
     if not images:
         raise MedsegError(root / "images", "no images found (expected DIR/images/<id>.png and DIR/masks/<id>.png)")
@@ -138,15 +186,13 @@ def load_folder(root: Path) -> list[Item]:
         if mask is None and masks:
             tried = ", ".join(f"{item_id}{suffix}.<ext>" for suffix in MASK_SUFFIXES)
             raise MedsegError(image, f"no mask found for id {item_id!r} in {root / 'masks'} (tried {tried})")
-        items.append(
-            Item(
-                item_id,
-                _check_inside(root, image),
-                (_check_inside(root, mask),) if mask else (),
-                _check_inside(root, regions[item_id]) if item_id in regions else None,
-                split=splits.get(item_id),
-            )
-        )
+        masks_of = (_check_inside(root, mask),) if mask else ()
+        if is_volume_file(image):
+            items += volume_items(item_id, _check_inside(root, image), masks_of, splits.get(item_id), axis)
+            continue
+        items.append(Item(item_id, _check_inside(root, image), masks_of,
+                          _check_inside(root, regions[item_id]) if item_id in regions else None,
+                          split=splits.get(item_id)))
     return items
 
 
@@ -158,32 +204,75 @@ def _find_mask(masks: dict[str, Path], item_id: str) -> Path | None:
     return None
 
 
-def load_nnunet(root: Path) -> list[Item]:
-    """nnU-Net raw: ``imagesTr/{case}_0000.png``, ``labelsTr/{case}.png``, ``imagesTs/``, ``dataset.json``."""
-    meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise MedsegError(meta_path, "missing (not an nnU-Net raw dataset)")
+def read_dataset_json(root: Path) -> dict:
+    """``root/dataset.json`` (MSD and nnU-Net raw) as a mapping; missing or invalid is an error naming it."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise MedsegError(path, "missing (not an MSD or nnU-Net raw dataset)")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise MedsegError(meta_path, f"invalid JSON ({exc})") from None
-    if len(meta.get("channel_names", {"0": ""})) != 1:
-        raise MedsegError(meta_path, "several channel files per case are not supported; merge them into one image")
+        raise MedsegError(path, f"invalid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise MedsegError(path, "expected a JSON object")
+    return meta
+
+
+def dataset_json_classes(root: Path) -> tuple[str, ...] | None:
+    """Class names by id from ``dataset.json``'s ``labels`` (MSD ``{"0": "background"}`` or nnU-Net v2
+    ``{"background": 0}``); ids must be 0..K-1. None when the dataset has no dataset.json."""
+    if not (root / "dataset.json").is_file():
+        return None
+    labels = read_dataset_json(root).get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise MedsegError(root / "dataset.json", "has no 'labels' mapping")
+    by_id: dict[int, str] = {}
+    for key, value in labels.items():
+        name, number = (value, key) if str(key).strip().lstrip("-").isdigit() else (key, value)
+        if not isinstance(number, (int, str)) or not str(number).strip().isdigit():
+            raise MedsegError(root / "dataset.json", f"label {key!r}: {value!r} is not a class id (region labels "
+                                                     "of nnU-Net are not supported)")
+        by_id[int(number)] = str(name)
+    if sorted(by_id) != list(range(len(by_id))) or len(by_id) < 2:
+        raise MedsegError(root / "dataset.json", f"label ids {sorted(by_id)} are not 0..K-1 with K >= 2")
+    return tuple(by_id[k] for k in range(len(by_id)))
+
+
+def _load_decathlon(root: Path, channel_suffix: str, axis: int | None) -> list[Item]:
+    """MSD and nnU-Net raw: ``imagesTr/<case><suffix>.<ext>`` with ``labelsTr/<case>.<ext>``, and labelled test
+    cases in ``imagesTs`` + ``labelsTs``. Unlabelled ``imagesTs`` files are for `medseg predict`, not listed."""
+    meta = read_dataset_json(root)
+    channels = meta.get("channel_names", meta.get("modality", {"0": ""}))
+    if channel_suffix and len(channels) != 1:
+        raise MedsegError(root / "dataset.json", "several channel files per case are not supported; merge them "
+                                                 "into one image")
     items = []
-    for folder, split in (("imagesTr", None), ("imagesTs", "test")):
-        labels = _files_by_stem(root / "labelsTr") if split is None else _files_by_stem(root / "labelsTs")
+    for folder, label_folder, split in (("imagesTr", "labelsTr", None), ("imagesTs", "labelsTs", "test")):
+        labels = _files_by_stem(root / label_folder)
         for stem, image in _files_by_stem(root / folder).items():
-            if not stem.endswith("_0000"):
-                raise MedsegError(image, "expected file names {case}_0000.<ext>")
-            case = stem[: -len("_0000")]
+            if not stem.endswith(channel_suffix):
+                raise MedsegError(image, f"expected file names {{case}}{channel_suffix}.<ext>")
+            case = stem[: len(stem) - len(channel_suffix)]
             label = labels.get(case)
-            if split is None and label is None:
-                raise MedsegError(image, f"no label {case}.<ext> in {root / 'labelsTr'}")
-            items.append(Item(case, _check_inside(root, image), (_check_inside(root, label),) if label else (),
-                              split=split))
+            if label is None:
+                if split is None:
+                    raise MedsegError(image, f"no label {case}.<ext> in {root / label_folder}")
+                continue
+            items += volume_items(case, _check_inside(root, image), (_check_inside(root, label),), split, axis)
     if not items:
-        raise MedsegError(root / "imagesTr", "no images found")
+        raise MedsegError(root / "imagesTr", "no labelled images found")
     return items
+
+
+def load_nnunet(root: Path, axis: int | None = None) -> list[Item]:
+    """nnU-Net raw: ``imagesTr/{case}_0000.<ext>`` (PNG, NIfTI, ...), ``labelsTr/{case}.<ext>``, ``dataset.json``."""
+    return _load_decathlon(root, "_0000", axis)
+
+
+def load_msd(root: Path, axis: int | None = None) -> list[Item]:
+    """The Medical Segmentation Decathlon: ``imagesTr/{case}.nii.gz`` (channels in the 4th axis),
+    ``labelsTr/{case}.nii.gz``, ``dataset.json`` with ``labels`` and ``modality``."""
+    return _load_decathlon(root, "", axis)
 
 
 def load_tiff_stack(root: Path) -> list[Item]:
@@ -258,14 +347,16 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
-ADAPTERS: dict[str, Callable[[Path], list[Item]]] = {  # keys: the formats of config.DatasetFormat
+ADAPTERS: dict[str, Callable[..., list[Item]]] = {  # keys: the formats of config.DatasetFormat
     "folder": load_folder,
+    "msd": load_msd,
     "nnunet": load_nnunet,
     "tiff-stack": load_tiff_stack,
     "drive": load_drive,
     "isic": load_isic,
     "busi": load_busi,
 }
+SLICED = ("folder", "msd", "nnunet")  # adapters that may list volumes, sliced along a chosen axis
 
 
 def detect_format(root: Path) -> str:
@@ -275,7 +366,8 @@ def detect_format(root: Path) -> str:
     if (root / "images").is_dir():
         return "folder"
     if (root / "dataset.json").is_file():
-        return "nnunet"
+        stems = _files_by_stem(root / "imagesTr")
+        return "nnunet" if stems and all(stem.endswith("_0000") for stem in stems) else "msd"
     if (root / "training" / "1st_manual").is_dir():
         return "drive"
     if root.is_dir() and any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):
@@ -287,8 +379,9 @@ def detect_format(root: Path) -> str:
     raise MedsegError(root, "unrecognised dataset layout; expected DIR/images + DIR/masks (or give --format)")
 
 
-def load_items(root: str | Path, fmt: str = "auto") -> list[Item]:
-    """All items of a dataset in any supported layout."""
+def load_items(root: str | Path, fmt: str = "auto", axis: int | None = None) -> list[Item]:
+    """All items of a dataset in any supported layout; volumes as their slices along ``axis`` (None: each
+    volume's coarsest axis)."""
     root = Path(root)
     fmt = detect_format(root) if fmt == "auto" else fmt
     if not root.is_dir():
@@ -296,7 +389,7 @@ def load_items(root: str | Path, fmt: str = "auto") -> list[Item]:
     if fmt not in ADAPTERS:
         raise MedsegError("data.format", f"unknown format {fmt!r}; choose auto or one of {', '.join(ADAPTERS)}"
                                          f"{did_you_mean(fmt, ADAPTERS)}")
-    items = ADAPTERS[fmt](root)
+    items = ADAPTERS[fmt](root, axis) if fmt in SLICED else ADAPTERS[fmt](root)
     duplicates = [i for i, n in Counter(item.id for item in items).items() if n > 1]
     if duplicates:
         raise MedsegError(root, f"duplicate ids: {', '.join(duplicates[:5])}")
@@ -326,14 +419,17 @@ def split_items(
     folds: int = 5,
 ) -> Splits:
     """Train/val/test lists. The source's own split (split.csv, an adapter's) is kept; a split it lacks is carved
-    from its training items, seeded: first ``test_fraction`` for test, then ``val_fraction`` (or fold ``fold`` of
+    from its training items (a volume's slices as one), seeded: first ``test_fraction`` for test, then ``val_fraction`` (or fold ``fold`` of
     ``folds``, the same partition for every fold) for val; fold ``"all"`` keeps no validation images. An id is
     never on two sides."""
-    items = list(items)
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.group, []).append(item)
     rng = np.random.default_rng(seed)
-    pool = [item for item in items if item.split in (None, "train")]
-    test = [item for item in items if item.split == "test"]
-    val = [item for item in items if item.split == "val"]
+    split_of = {name: members[0].split for name, members in groups.items()}
+    pool = [name for name in groups if split_of[name] in (None, "train")]
+    test = [name for name in groups if split_of[name] == "test"]
+    val = [name for name in groups if split_of[name] == "val"]
     if not test and test_fraction > 0 and len(pool) > 1:
         order = rng.permutation(len(pool))
         n_test = min(max(1, round(test_fraction * len(pool))), len(pool) - 1)
@@ -353,9 +449,13 @@ def split_items(
             if val_fraction > 0 and len(pool) > 1:
                 n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)
             val_idx = set(order[:n_val].tolist())
-        val = [item for i, item in enumerate(pool) if i in val_idx]
-        pool = [item for i, item in enumerate(pool) if i not in val_idx]
-    result = Splits(pool, val, test)
+        val = [name for i, name in enumerate(pool) if i in val_idx]
+        pool = [name for i, name in enumerate(pool) if i not in val_idx]
+
+    def members(names: list[str]) -> list[Item]:
+        return [item for name in names for item in groups[name]]
+
+    result = Splits(members(pool), members(val), members(test))
     seen: dict[str, str] = {}
     for split in SPLITS:
         for item in result.by_name(split):
@@ -363,6 +463,37 @@ def split_items(
                 raise MedsegError(item.image, f"id {item.id!r} is in both {seen[item.id]} and {split}")
             seen[item.id] = split
     return result
+
+
+MAX_AUTO_CLASSES = 32  # masks holding 0..K-1 with 2 < K <= this are K classes; anything else stays binary
+
+
+@dataclass(frozen=True)
+class Classes:
+    """A task's classes (names by id, background first) and where they came from."""
+
+    names: tuple[str, ...]
+    source: str
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+
+def find_classes(root: str | Path, items: Iterable[Item]) -> Classes:
+    """The classes of a dataset: ``dataset.json``'s labels where there is one; else masks holding only 0..K-1
+    with K > 2 are K classes (every mask read once); 0/1 and 0/255 masks are binary."""
+    names = dataset_json_classes(Path(root))
+    if names is not None:
+        return Classes(names, "dataset.json")
+    values: set[int] = set()
+    with Reader() as reader:
+        for path in dict.fromkeys(path for item in items for path in item.masks):
+            values.update(reader.mask_values(path).tolist())
+    top = max(values, default=1)
+    if top + 1 > 2 and values <= set(range(top + 1)) and top < MAX_AUTO_CLASSES:
+        return Classes(default_class_names(top + 1), f"masks hold the values 0..{top}")
+    return Classes(default_class_names(2), "binary masks")
 
 
 @dataclass
@@ -377,14 +508,21 @@ class DatasetReport:
     channels: dict[int, int]
     mask_values: list[int]
     foreground_fraction: float
+    classes: Classes
+    n_cases: int  # volumes (each listed as its slices); 0 for 2D images
 
 
-def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int = 2,
+def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int | None = None,
                   channels: int | None = None) -> DatasetReport:
-    """Decode every item of a dataset and summarise it; the first broken file raises a MedsegError."""
+    """Decode every item of a dataset and summarise it (classes from dataset.json or the masks unless
+    ``n_classes`` is given); the first broken file raises a MedsegError."""
     root = Path(root)
     fmt = detect_format(root) if fmt == "auto" else fmt
     items = load_items(root, fmt)
+    classes = find_classes(root, items)
+    if n_classes is not None and n_classes != classes.count:
+        classes = Classes(default_class_names(n_classes), "--n-classes")
+    n_classes = classes.count
     sizes: Counter[str] = Counter()
     channel_counts: Counter[int] = Counter()
     values: set[int] = set()
@@ -401,7 +539,13 @@ def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int = 2,
     reader.close()
     splits = Counter(item.split or "unassigned" for item in items)
     return DatasetReport(str(root), fmt, len(items), dict(splits), dict(sizes.most_common()), dict(channel_counts),
-                         sorted(values), foreground / total if total else 0.0)
+                         sorted(values), foreground / total if total else 0.0, classes,
+                         len({item.case for item in items if item.case}))
+
+
+def default_class_names(n_classes: int) -> tuple[str, ...]:
+    return ("background", "foreground") if n_classes == 2 else ("background",) + tuple(
+        f"class_{k}" for k in range(1, n_classes))
 
 
 def convert(src: str | Path, fmt: str, out: str | Path, n_classes: int = 2) -> int:

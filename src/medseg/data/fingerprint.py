@@ -4,9 +4,10 @@ are, and whether images have an up/down orientation. The plan chooses a recipe f
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -45,6 +46,7 @@ class Fingerprint:
     region_fraction: float  # mean share of pixels inside the region (1 without regions)
     updown_contrast: float  # mean(top half) - mean(bottom half), in per-image std units, averaged over images
     leftright_contrast: float  # the same for left minus right: a control (~0 for most modalities)
+    volumes: VolumeFacts | None = None  # volumes listed as slices: their shapes and spacings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +60,33 @@ class Fingerprint:
             return TypeAdapter(cls).validate_python(read_json(path, "fingerprint"))
         except ValidationError as exc:
             raise MedsegError(path, f"not a fingerprint ({first_error(exc)})") from None
+
+
+@dataclass(frozen=True)
+class VolumeFacts:
+    """What the volumes of a dataset (listed as 2D slices) look like: medians over cases, in voxels and mm."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    n_cases: int
+    shape: tuple[int, int, int]  # median voxel shape
+    spacing: tuple[float, float, float]  # median spacing per voxel axis, mm
+    anisotropy: float  # coarsest over finest median spacing
+    slice_axis: int  # the axis slices are taken along (the items' axis)
+
+
+def volume_facts(items: Sequence[Item]) -> VolumeFacts | None:
+    """Shapes and spacings of the volumes behind ``items`` (headers only); None when no item is a volume's slice."""
+    from medseg.data.readers import volume_info
+
+    cases = {item.case: item for item in items if item.case is not None}
+    if not cases:
+        return None
+    infos = [volume_info(item.image) for item in cases.values()]
+    shape = np.median([info.shape for info in infos], axis=0)
+    spacing = np.median([info.spacing for info in infos], axis=0)
+    axes = Counter(item.axis for item in cases.values())
+    return VolumeFacts(len(cases), tuple(int(v) for v in shape), tuple(round(float(v), 4) for v in spacing),
+                       round(float(spacing.max() / max(spacing.min(), 1e-6)), 2), int(axes.most_common(1)[0][0]))
 
 
 def structure_widths(mask: np.ndarray) -> np.ndarray:
@@ -175,14 +204,15 @@ class _Accumulator:
         )
 
 
-def compute_fingerprint(samples: Iterable[Sample], n_classes: int) -> Fingerprint:
-    """The fingerprint of labelled samples (each decoded once, by the caller)."""
+def compute_fingerprint(samples: Iterable[Sample], n_classes: int, volumes: VolumeFacts | None = None) -> Fingerprint:
+    """The fingerprint of labelled samples (each decoded once, by the caller), with the ``volumes`` they come
+    from."""
     accumulator = _Accumulator(n_classes)
     for sample in samples:
         if sample.mask is None:
             raise MedsegError(sample.id, "has no mask; the fingerprint needs labelled images")
         accumulator.add(sample)
-    return accumulator.result()
+    return replace(accumulator.result(), volumes=volumes)
 
 
 def dataset_hash(items: Iterable[Item]) -> str:

@@ -1,11 +1,13 @@
 """The one place that decodes and writes image files. Every problem is a one-line MedsegError naming the file.
 
 Images come back as ``H x W x C`` arrays scaled to float32 [0, 1] (8/16-bit integers divided by their maximum,
-float TIFFs checked for NaN/inf and kept as they are); masks as ``H x W`` int64 class ids.
+float TIFFs checked for NaN/inf and kept as they are); masks as ``H x W`` int64 class ids. Slices of volumes
+(NIfTI, DICOM) keep their stored intensities (after the modality LUT), since a volume is normalised as a whole.
 
 A :class:`Reader` keeps TIFF files open, so a stack's frame count comes from its metadata and each frame is one
-page read: reading N frames of a stack costs N page reads, never N whole-file decodes. Datasets own a Reader;
-the module-level functions use a short-lived one.
+page read: reading N frames of a stack costs N page reads, never N whole-file decodes. It keeps the last few
+decoded volumes too, so the slices of a case cost one decode. Datasets own a Reader; the module-level functions
+use a short-lived one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from medseg.data.volumes import Volume, VolumeInfo, is_nifti, is_volume_file, nifti_info, read_nifti
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes
 
@@ -82,9 +85,10 @@ class Reader:
     Safe across ``fork`` (DataLoader workers): a child process reopens files instead of sharing offsets.
     """
 
-    def __init__(self, max_open: int = 8) -> None:
-        self.max_open = max_open
+    def __init__(self, max_open: int = 8, max_volumes: int = 4) -> None:
+        self.max_open, self.max_volumes = max_open, max_volumes
         self._tiffs: OrderedDict[tuple[str, int, int], _OpenTiff] = OrderedDict()
+        self._volumes: OrderedDict[tuple[str, bool], tuple[Volume, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
         self._pid = os.getpid()
 
     def __enter__(self) -> "Reader":
@@ -99,6 +103,33 @@ class Reader:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["max_open"])
 
+    def volume(self, path: str | Path, label: bool = False) -> Volume:
+        """A NIfTI file, DICOM file or DICOM series folder decoded whole (images, or ``label`` maps)."""
+        return self._volume(Path(path), label)[0]
+
+    def volume_statistics(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std of a whole image volume (shapes ``1 x 1 x C``): its slices are normalised
+        with them, so a slice is scaled as in its case."""
+        return self._volume(Path(path), False)[1]
+
+    def _volume(self, path: Path, label: bool) -> tuple[Volume, tuple[np.ndarray, np.ndarray]]:
+        key = (str(path.resolve()), label)
+        if key in self._volumes:
+            self._volumes.move_to_end(key)
+            return self._volumes[key]
+        if is_nifti(path):
+            volume = read_nifti(path, label)
+        else:
+            from medseg.data.dicom import read_dicom
+
+            volume = read_dicom(path)
+            if label:
+                volume = Volume(_dicom_labels(volume, path), volume.spacing, volume.affine)
+        self._volumes[key] = (volume, volume.statistics())
+        while len(self._volumes) > self.max_volumes:
+            self._volumes.popitem(last=False)
+        return self._volumes[key]
+
     def close(self) -> None:
         if self._pid == os.getpid():
             for tiff in self._tiffs.values():
@@ -110,12 +141,17 @@ class Reader:
         path = Path(path)
         return self._tiff(path).frames if _is_tiff(path) else 1
 
-    def image(self, path: str | Path, channels: int | None = None, frame: int | None = None) -> np.ndarray:
-        """One image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack)."""
+    def image(self, path: str | Path, channels: int | None = None, frame: int | None = None,
+              axis: int | None = None) -> np.ndarray:
+        """One image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack), or slice
+        ``frame`` along ``axis`` of a volume, intensities as stored."""
         path = Path(path)
+        if is_volume_file(path):
+            return volume_slice(self.volume(path), _slice_axis(axis), frame or 0, channels, path)
         return as_unit_image(self.plane(path, frame, "images").pixels, channels, path)
 
-    def mask(self, path: str | Path, n_classes: int = 2, frame: int | None = None) -> np.ndarray:
+    def mask(self, path: str | Path, n_classes: int = 2, frame: int | None = None,
+             axis: int | None = None) -> np.ndarray:
         """A mask as ``H x W`` int64 class ids.
 
         Binary tasks (``n_classes == 2``) accept {0, 1} and {0, 255}; multi-class tasks accept 0..K-1. Multi-channel
@@ -123,6 +159,9 @@ class Reader:
         that says what the values suggest (more classes, or a lossy file).
         """
         path = Path(path)
+        if is_volume_file(path):
+            labels = self.volume(path, label=True).plane(_slice_axis(axis), frame or 0)
+            return _class_ids(labels, n_classes, path, "NIfTI" if is_nifti(path) else "DICOM")
         plane = self.plane(path, frame, "masks")
         pixels = plane.pixels
         if pixels.ndim == 3:
@@ -135,12 +174,16 @@ class Reader:
         if np.issubdtype(pixels.dtype, np.floating):
             if not np.isfinite(pixels).all() or not np.equal(np.mod(pixels, 1), 0).all():
                 raise MedsegError(path, "mask has non-integer values")
-        values = np.unique(pixels)
-        if n_classes == 2 and set(values.tolist()) <= {0, 255}:
-            return (pixels == 255).astype(np.int64)
-        if values.min(initial=0) < 0 or values.max(initial=0) >= n_classes:
-            raise MedsegError(path, _bad_mask_values(values, n_classes, plane.format))
-        return pixels.astype(np.int64)
+        return _class_ids(pixels, n_classes, path, plane.format)
+
+    def mask_values(self, path: str | Path) -> np.ndarray:
+        """The distinct values of a mask file (every frame of a stack or volume), as stored."""
+        path = Path(path)
+        if is_volume_file(path):
+            return np.unique(self.volume(path, label=True).data)
+        values = [np.unique(self.plane(path, frame if self.frames(path) > 1 else None, "masks").pixels)
+                  for frame in range(self.frames(path))]
+        return np.unique(np.concatenate(values))
 
     def plane(self, path: Path, frame: int | None, kind: str) -> Plane:
         """One raw 2D plane: the file itself, or page ``frame`` of a stack (a stack without ``frame`` is an
@@ -181,6 +224,45 @@ class Reader:
         while len(self._tiffs) > self.max_open:
             self._tiffs.popitem(last=False)[1].close()
         return tiff
+
+
+def volume_slice(volume: Volume, axis: int, index: int, channels: int | None, where: str | Path) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of an image volume as float32 ``H x W x C`` (intensities as stored),
+    with ``channels`` channels if given."""
+    return _channels_last(volume.plane(axis, index), where, channels)
+
+
+def _slice_axis(axis: int | None) -> int:
+    return 2 if axis is None else axis
+
+
+def _class_ids(pixels: np.ndarray, n_classes: int, path: Path, fmt: str) -> np.ndarray:
+    """Whole-number label values as int64 class ids 0..K-1 (binary tasks also take {0, 255})."""
+    values = np.unique(pixels)
+    if n_classes == 2 and set(values.tolist()) <= {0, 255}:
+        return (pixels == 255).astype(np.int64)
+    if values.min(initial=0) < 0 or values.max(initial=0) >= n_classes:
+        raise MedsegError(path, _bad_mask_values(values, n_classes, fmt))
+    return pixels.astype(np.int64)
+
+
+def _dicom_labels(volume: Volume, path: Path) -> np.ndarray:
+    """A DICOM image used as a label map: its single channel as whole-number class ids."""
+    from medseg.data.volumes import label_values
+
+    if volume.data.ndim == 4 and volume.data.shape[3] != 1:
+        raise MedsegError(path, "a label image must have one channel")
+    return label_values(volume.data.reshape(volume.data.shape[:3]), path)
+
+
+def volume_info(path: str | Path) -> VolumeInfo:
+    """Shape, spacing and channels of a volume file or DICOM series from its header alone."""
+    path = Path(path)
+    if is_nifti(path):
+        return nifti_info(path)
+    from medseg.data.dicom import dicom_info
+
+    return dicom_info(path)
 
 
 def _is_tiff(path: Path) -> bool:
@@ -226,6 +308,9 @@ def _bad_mask_values(values: np.ndarray, n_classes: int, fmt: str) -> str:
         return (f"mask is a lossy {fmt} file ({values.size} distinct values); masks must be saved losslessly "
                 "(PNG or TIFF)")
     shown = ", ".join(str(v) for v in values[:8].tolist()) + (" ..." if values.size > 8 else "")
+    if fmt in ("NIfTI", "DICOM"):
+        return (f"label values [{shown}] are not all among the {n_classes} classes 0..{n_classes - 1} (the labels "
+                "of dataset.json, or data.n_classes)")
     expected = "{0, 1} or {0, 255}" if n_classes == 2 else f"0..{n_classes - 1}"
     message = f"unexpected mask values [{shown}]; expected {expected}"
     top = int(values.max(initial=0))

@@ -27,14 +27,16 @@ class _Compact:
     divisor: float  # the image in reader scale is image / divisor
     mask: np.ndarray
     region: np.ndarray | None
+    statistics: tuple[np.ndarray, np.ndarray] | None
+    spacing: tuple[float, float] | None
 
     @classmethod
     def of(cls, sample: Sample) -> "_Compact":
         image, divisor = sample.image, 1.0
         as_8_bit = np.rint(image * 255)
-        if image.min(initial=0) >= 0 and np.array_equal(as_8_bit.astype(np.float32) / 255, image):
+        if image.min(initial=0) >= 0 and image.max(initial=0) <= 1 and np.array_equal(as_8_bit.astype(np.float32) / 255, image):
             image, divisor = as_8_bit.astype(np.uint8), 255.0
-        return cls(image, divisor, sample.mask.astype(np.uint8), sample.region)
+        return cls(image, divisor, sample.mask.astype(np.uint8), sample.region, sample.statistics, sample.spacing)
 
     @property
     def nbytes(self) -> int:
@@ -44,7 +46,7 @@ class _Compact:
         image = self.image.astype(np.float32)
         if self.divisor != 1.0:
             image /= np.float32(self.divisor)
-        return Sample(item_id, image, self.mask.astype(np.int64), self.region)
+        return Sample(item_id, image, self.mask.astype(np.int64), self.region, self.statistics, self.spacing)
 
 
 class SampleStore:
@@ -66,7 +68,8 @@ class SampleStore:
         for index, item in enumerate(items):
             sample = self.load(index)
             self.shapes.append(sample.mask.shape)
-            self.statistics.append(image_statistics(sample.image))
+            self.statistics.append(sample.statistics if sample.statistics is not None
+                                   else image_statistics(sample.image))
             compact = _Compact.of(sample)
             if used + compact.nbytes <= budget:
                 self._cache[index] = compact

@@ -10,6 +10,7 @@ before checkpoints and history see it.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import signal
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from medseg.data.datasets import Sample
 from medseg.data.store import SampleStore
 from medseg.engine.checkpoint import CONTRACT_FILE, WeightsInfo, load_checkpoint, load_weights_into, save_checkpoint
 from medseg.engine.contract import InferenceSpec, PostprocessSpec, WeightsName
@@ -52,18 +54,37 @@ def validate(predictor: Predictor, store: SampleStore, indices: list[int], conte
              keep_cases: bool = False) -> tuple[dict[str, float], list[ValidationCase]]:
     """Mean per-image Dice, IoU and accuracy of whole validation images (predicted as ``medseg predict`` does).
     Under DDP each rank scores a shard and the scores are gathered, so every rank gets the single-process result.
-    ``keep_cases`` also returns each image's probabilities (this rank's shard; float16 to halve the memory)."""
+    ``keep_cases`` also returns the probabilities (this rank's shard; float16 to halve the memory): one case per
+    image, or per volume with its slices stacked, so post-processing is chosen in 3D."""
     accumulator = MetricAccumulator(n_classes=predictor.spec.n_classes, with_hd95=False)
-    scores, cases = [], []
+    scores, slices = [], []
     for index in indices[context.rank :: context.world_size]:
         sample = store[index]
-        probabilities = predictor.probabilities(sample.image)
+        probabilities = predictor.probabilities(sample.image, sample.statistics)
         labels = predictor.labels(probabilities)
         scores.append((index, accumulator.add(sample.id, labels, sample.mask, sample.region)))
         if keep_cases:
-            cases.append(ValidationCase(probabilities.astype(np.float16), sample.mask, sample.region))
+            slices.append((store.items[index].group, probabilities.astype(np.float16), sample))
     rows = [row for _, row in sorted(s for shard in context.all_gather(scores) for s in shard)]
-    return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}, cases
+    return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}, \
+        stack_cases(slices, predictor.spec.n_classes)
+
+
+def stack_cases(slices: list[tuple[str, np.ndarray, Sample]], n_classes: int) -> list[ValidationCase]:
+    """Validation cases from ``(group, probabilities, sample)`` in order: a volume's slices (same group, same size)
+    stacked along a new axis after the class axis, other images as they are."""
+    cases = []
+    for _, members in itertools.groupby(slices, key=lambda part: part[0]):
+        members = list(members)
+        if len(members) == 1 or len({m[2].mask.shape for m in members}) > 1:
+            cases += [ValidationCase(p, s.mask, s.region) for _, p, s in members]
+            continue
+        axis = 0 if n_classes == 2 else 1
+        regions = [s.region for _, _, s in members]
+        cases.append(ValidationCase(np.stack([p for _, p, _ in members], axis=axis),
+                                    np.stack([s.mask for _, _, s in members]),
+                                    None if any(r is None for r in regions) else np.stack(regions)))
+    return cases
 
 
 def validation_spec(trainer: "Trainer") -> InferenceSpec:
@@ -315,7 +336,8 @@ class TensorBoardCallback(Callback):
         predictor = Predictor([TorchBackend(model, trainer.device)], validation_spec(trainer))
         for index in trainer.val_indices[: self.images]:
             sample = trainer.data.val[index]
-            labels = to_labels(predictor.probabilities(sample.image), predictor.spec.threshold)
+            labels = to_labels(predictor.probabilities(sample.image, sample.statistics), predictor.spec.threshold,
+                               predictor.spec.n_classes)
             picture = overlay(sample.image, labels, sample.mask)
             self.writer.add_image(f"val/{sample.id}", picture, row.step, dataformats="HWC")
         model.train()

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from medseg.config import Config, ModelConfig, OptimConfig
-from medseg.data.datasets import Splits, load_items, load_sample, split_items
+from medseg.data.datasets import Classes, Splits, find_classes, load_items, load_sample, split_items
 from medseg.data.fingerprint import MAX_SAMPLES, Fingerprint, compute_fingerprint, dataset_hash, spread
 from medseg.data.store import PatchDataset, SampleStore, epoch_keys
 from medseg.engine.contract import DataRecord, SplitIds
@@ -45,10 +45,26 @@ def input_channels(config: Config, splits: Splits) -> int:
     return load_sample(splits.train[0], None, config.data.n_classes).image.shape[2]
 
 
+def resolve_classes(config: Config, classes: Classes | None = None) -> Config:
+    """``config`` with ``data.n_classes`` and ``data.class_names`` filled in from the dataset's ``classes``
+    (dataset.json, else the mask values; found here unless given) where the config leaves them open."""
+    data = config.data
+    if data.n_classes is not None and (data.class_names is not None or data.n_classes == 2):
+        return config
+    classes = classes or find_classes(data.root, load_items(data.root, data.format, data.slice_axis))
+    if data.n_classes is not None and data.n_classes != classes.count:
+        return config
+    resolved = config.model_copy(deep=True)
+    resolved.data.n_classes = classes.count
+    resolved.data.class_names = list(classes.names)
+    get_logger().info("%d classes (%s): %s", classes.count, classes.source, ", ".join(classes.names))
+    return resolved
+
+
 def prepare_data(config: Config, fingerprint: Fingerprint | None = None) -> TrainingData:
     """Items, splits and decoded stores; the data record (hash, split ids and fingerprint) for the contract."""
     data = config.data
-    items = load_items(data.root, data.format)
+    items = load_items(data.root, data.format, data.slice_axis)
     splits = split_items(items, data.val_fraction, data.test_fraction, data.split_seed, data.fold, data.folds)
     if not splits.train:
         raise MedsegError(data.root, "the train split is empty (check split.csv)")

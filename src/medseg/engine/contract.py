@@ -16,6 +16,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 import medseg
 from medseg.config import Config, Normalization
+from medseg.data.datasets import default_class_names
 from medseg.data.fingerprint import Fingerprint
 from medseg.errors import MedsegError, first_error
 from medseg.files import atomic_write_json, read_json
@@ -63,6 +64,7 @@ class InferenceSpec:
     overlap: float
     postprocess: PostprocessSpec
     class_names: tuple[str, ...]
+    slice_axis: int | None = None  # volumes: the voxel axis slices are taken along (None: each one's coarsest)
 
 
 @dataclass(frozen=True)
@@ -158,10 +160,6 @@ def _migrate_v0(meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
     }
 
 
-def default_class_names(n_classes: int) -> list[str]:
-    return ["background", "foreground"] if n_classes == 2 else [f"class_{k}" for k in range(n_classes)]
-
-
 def new_contract(model: ModelSpec, inference: InferenceSpec, data: DataRecord, plan: Plan | None,
                  selected: WeightsName) -> RunContract:
     return RunContract(SCHEMA_VERSION, medseg.__version__, model, inference, data, plan, selected)
@@ -175,5 +173,5 @@ def training_contract(config: Config, model: ModelSpec, channels: int, data: Dat
         n_classes=c.data.n_classes, channels=channels, normalize=c.data.normalize, patch_size=c.data.patch_size,
         resize=c.data.resize, threshold=c.inference.threshold, tta=c.inference.tta, tta_vflip=c.inference.tta_vflip,
         overlap=c.inference.overlap, postprocess=PostprocessSpec(),
-        class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)))
+        class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)), slice_axis=c.data.slice_axis)
     return new_contract(model, inference, data, plan, "best_model")

@@ -25,6 +25,7 @@ from medseg.config import Config, load_config, save_config
 from medseg.data.datasets import load_items, load_sample
 from medseg.data.readers import Reader
 from medseg.engine.checkpoint import CONTRACT_FILE, run_contract
+from medseg.engine.components import resolve_classes
 from medseg.engine.contract import PostprocessSpec, RunContract
 from medseg.engine.inference import Predictor
 from medseg.engine.postprocess import PostprocessChoice, ValidationCase, choose_postprocessing, postprocess, to_labels
@@ -65,6 +66,7 @@ def train_folds(config: Config, run_dir: str | Path, shard: tuple[int, int] | No
     run_dir = Path(run_dir)
     folds = config.data.folds
     config_path = run_dir / "config.yaml"
+    config = resolve_classes(config)
     if config_path.is_file():
         if load_config(config_path) != config:
             raise MedsegError(run_dir, "holds a cross-validation with another config; choose another --out")
@@ -98,7 +100,7 @@ def summarise_folds(run_dir: Path, config: Config) -> CrossValidationSummary:
     accumulator = MetricAccumulator(n_classes=config.data.n_classes)
     rows = []
     for case, item_id, fold in zip(cases, ids, fold_of):
-        labels = postprocess(to_labels(case.probabilities, choice.threshold), choice.postprocess)
+        labels = postprocess(to_labels(case.probabilities, choice.threshold, config.data.n_classes), choice.postprocess)
         rows.append({"fold": fold, **accumulator.add(item_id, labels, case.truth, case.region)})
     atomic_write_csv(run_dir / "cv_per_image.csv", rows)
     fold_dice = [float(np.nanmean([r["dice"] for r in rows if r["fold"] == k])) for k in range(config.data.folds)]
@@ -116,7 +118,7 @@ def summarise_folds(run_dir: Path, config: Config) -> CrossValidationSummary:
 
 def _out_of_fold_cases(run_dir: Path, config: Config) -> tuple[list[ValidationCase], list[str], list[int]]:
     """Each fold's validation images predicted by that fold's selected weights (no post-processing)."""
-    items = {item.id: item for item in load_items(config.data.root, config.data.format)}
+    items = {item.id: item for item in load_items(config.data.root, config.data.format, config.data.slice_axis)}
     cases, ids, fold_of = [], [], []
     with Reader() as reader:
         for fold in range(config.data.folds):

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from medseg.data.datasets import Item, load_items, load_sample
 from medseg.data.fingerprint import dataset_hash
 from medseg.data.readers import Reader
@@ -29,7 +31,8 @@ class EvaluationSummary:
     """What ``summary.json`` holds: per metric ``mean``, ``std``, ``n`` and ``pooled``, and how it was made."""
 
     metrics: dict[str, dict[str, float]]
-    n_images: int
+    n_images: int  # images scored, a volume counting once (scored in 3D)
+    class_names: tuple[str, ...]
     split: str
     data: str
     dataset: str  # how the images were chosen (the run's recorded split, or the dataset's own)
@@ -43,6 +46,12 @@ class EvaluationSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def per_class(self) -> str:
+        """Mean Dice of each foreground class and of their mean, as one line."""
+        parts = [f"{name} {self.metrics[f'dice_c{k}']['mean']:.4f}" for k, name in enumerate(self.class_names)
+                 if k and f"dice_c{k}" in self.metrics]
+        return ", ".join(parts + [f"mean foreground {self.metrics['dice']['mean']:.4f}"])
 
 
 def select_items(items: list[Item], contract: RunContract, split: str, data: Path) -> tuple[list[Item], str]:
@@ -85,36 +94,63 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "t
     recorded = predictor.contract.data
     if fmt == "auto" and recorded.root and Path(recorded.root).resolve() == data.resolve():
         fmt = recorded.format  # the format the run was trained with, on the same folder
-    chosen, note = select_items(load_items(data, fmt), predictor.contract, split, data)
+    chosen, note = select_items(load_items(data, fmt, predictor.spec.slice_axis), predictor.contract, split, data)
     if not chosen:
         raise MedsegError(data, f"the {split!r} split is empty")
     spec = predictor.spec
     accumulator = MetricAccumulator(n_classes=spec.n_classes, empty=empty)
     grid_rows = []
     with Reader() as reader:
-        for item in progress(chosen, desc="evaluate", unit="img"):
-            sample = load_sample(item, spec.channels, spec.n_classes, reader)
-            if sample.mask is None:
-                raise MedsegError(item.image, "no ground-truth mask to evaluate against")
-            labels = predictor.labels(predictor.probabilities(sample.image))
-            row = accumulator.add(item.id, labels, sample.mask, sample.region)
+        for case in progress(_cases(chosen), desc="evaluate", unit="case"):
+            shown = _score_case(case, predictor, reader, accumulator)
             if len(grid_rows) < max_overlays:
-                caption = f"{item.id}  Dice {row['dice']:.3f}" if not math.isnan(row["dice"]) else item.id
-                grid_rows.append(GridRow(caption, [("image", to_display(sample.image)),
-                                                   ("truth", overlay(sample.image, sample.mask)),
-                                                   (ERROR_LEGEND, overlay(sample.image, labels, sample.mask))]))
+                grid_rows.append(shown)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out / "per_image.csv", accumulator.rows())
     summary = EvaluationSummary(
-        metrics=accumulator.summary(), n_images=len(chosen), split=split, data=str(data), dataset=note, run=str(run),
+        metrics=accumulator.summary(), n_images=len(accumulator.rows()), class_names=spec.class_names, split=split, data=str(data), dataset=note, run=str(run),
         threshold=spec.threshold, postprocess=spec.postprocess.describe(), tta=spec.tta,
         members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth)
     atomic_write_json(out / "summary.json", summary.to_dict())
     if grid_rows:
         atomic_write_bytes(out / "overlays.png", png_bytes(image_grid(grid_rows, tile=192)))
     dice = summary.metrics["dice"]
-    get_logger().info("%s split: Dice %.4f +/- %.4f (pooled %.4f) over %d images (threshold %.2f, post-processing: "
-                      "%s); report in %s", split, dice["mean"], dice["std"], dice["pooled"], len(chosen),
+    unit = "cases (3D)" if any(item.case for item in chosen) else "images"
+    get_logger().info("%s split: Dice %.4f +/- %.4f (pooled %.4f) over %d %s (threshold %.2f, post-processing: "
+                      "%s); report in %s", split, dice["mean"], dice["std"], dice["pooled"], summary.n_images, unit,
                       spec.threshold, summary.postprocess, out)
+    if spec.n_classes > 2:
+        get_logger().info("Dice per class: %s", summary.per_class())
     return summary
+
+
+def _cases(items: list[Item]) -> list[list[Item]]:
+    """Items grouped by case: a volume's slices together (in slice order), every other image alone."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.group, []).append(item)
+    return [sorted(group, key=lambda i: i.frame or 0) for group in groups.values()]
+
+
+def _score_case(case: list[Item], predictor: Predictor, reader: Reader, accumulator: MetricAccumulator) -> GridRow:
+    """Predict and score one image, or one volume in 3D (its slices stacked, with its spacing in mm); returns the
+    overlay row of the image (a volume's slice with the most foreground)."""
+    spec = predictor.spec
+    samples = [load_sample(item, spec.channels, spec.n_classes, reader) for item in case]
+    if any(sample.mask is None for sample in samples):
+        raise MedsegError(case[0].image, "no ground-truth mask to evaluate against")
+    probabilities = [predictor.probabilities(sample.image, sample.statistics) for sample in samples]
+    if case[0].case is None:
+        sample, labels = samples[0], predictor.labels(probabilities[0])
+        row = accumulator.add(sample.id, labels, sample.mask, sample.region)
+    else:
+        labels = predictor.volume_labels(probabilities)
+        spacing = reader.volume(case[0].image).stacked_spacing(case[0].axis if case[0].axis is not None else 2)
+        row = accumulator.add(case[0].case, labels, np.stack([s.mask for s in samples]), None, spacing)
+        shown = int(np.argmax([(s.mask > 0).sum() for s in samples]))
+        sample, labels = samples[shown], labels[shown]
+    name = case[0].case or sample.id
+    caption = f"{name}  Dice {row['dice']:.3f}" if not math.isnan(row["dice"]) else name
+    return GridRow(caption, [("image", to_display(sample.image)), ("truth", overlay(sample.image, sample.mask)),
+                             (ERROR_LEGEND, overlay(sample.image, labels, sample.mask))])

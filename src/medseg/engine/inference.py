@@ -175,16 +175,21 @@ class Predictor:
     def forward_for(self, backend: Backend):
         return flip_tta(backend, self.spec.tta_vflip) if self.spec.tta else backend
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
+    def probabilities(self, image: np.ndarray,
+                      statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Foreground probability ``H x W`` (binary) or class probabilities ``K x H x W`` (float32) of an
-        ``H x W x C`` image in reader scale [0, 1]."""
-        return self.probabilities_batch([image])[0]
+        ``H x W x C`` image in reader scale [0, 1]; a volume's slice is normalised with its case's
+        ``statistics``."""
+        return self.probabilities_batch([image], [statistics])[0]
 
-    def probabilities_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def probabilities_batch(self, images: Sequence[np.ndarray],
+                            statistics: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None
+                            ) -> list[np.ndarray]:
         """:meth:`probabilities` of same-size images, their tiles sharing forward batches (dynamic batching)."""
         spec = self.spec
         height, width = images[0].shape[:2]
-        x = np.stack([self._network_input(image) for image in images])
+        statistics = statistics or [None] * len(images)
+        x = np.stack([self._network_input(image, stats) for image, stats in zip(images, statistics)])
         total: np.ndarray | None = None
         for backend in self.backends:
             logits = sliding_window_batch(self.forward_for(backend), x, None if spec.resize else spec.patch_size,
@@ -199,9 +204,10 @@ class Predictor:
             total /= len(self.backends)
         return [scores[0] if scores.shape[0] == 1 else scores for scores in total]
 
-    def _network_input(self, image: np.ndarray) -> np.ndarray:
+    def _network_input(self, image: np.ndarray,
+                       statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Normalised (and, for whole-image models, resized) ``H x W x C``."""
-        x = normalize(image, self.spec.normalize)
+        x = normalize(image, self.spec.normalize, statistics)
         if self.spec.resize:
             size = self.spec.resize
             x = cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR).reshape(size, size, -1)
@@ -209,7 +215,12 @@ class Predictor:
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         """Class ids ``H x W`` (uint8) from probabilities: threshold or argmax, then post-processing."""
-        return postprocess(to_labels(probabilities, self.spec.threshold), self.spec.postprocess)
+        return postprocess(to_labels(probabilities, self.spec.threshold, self.spec.n_classes), self.spec.postprocess)
+
+    def volume_labels(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
+        """Class ids ``Z x H x W`` (uint8) of a volume from its slices' :meth:`probabilities`, post-processed in
+        3D (so "largest component" means the largest in the volume)."""
+        return self.labels(np.stack(probabilities, axis=0 if self.spec.n_classes == 2 else 1))
 
     def predict(self, image: np.ndarray, probabilities: bool = False) -> np.ndarray | Prediction:
         """The mask of an image array (``H x W`` or ``H x W x C``; integers are scaled like files, floats are

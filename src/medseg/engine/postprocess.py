@@ -44,10 +44,10 @@ def postprocess(labels: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
     return out
 
 
-def to_labels(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """``H x W`` uint8 class ids: foreground probability (``H x W``) above ``threshold``, or the argmax of class
-    probabilities (``K x H x W``)."""
-    if probabilities.ndim == 2:
+def to_labels(probabilities: np.ndarray, threshold: float, n_classes: int) -> np.ndarray:
+    """Class ids (uint8) of one image or a volume's stacked slices: foreground probability (``[Z x] H x W``)
+    above ``threshold`` for a binary task, else the argmax of class probabilities (``K x [Z x] H x W``)."""
+    if n_classes == 2:
         return (probabilities > threshold).astype(np.uint8)
     return probabilities.argmax(axis=0).astype(np.uint8)
 
@@ -74,7 +74,7 @@ def mean_dice(cases: Sequence[ValidationCase], n_classes: int, threshold: float,
     """Mean per-image Dice (mean over foreground classes; both empty = 1)."""
     scores = []
     for case in cases:
-        labels = postprocess(to_labels(case.probabilities, threshold), spec)
+        labels = postprocess(to_labels(case.probabilities, threshold, n_classes), spec)
         counts = confusion_counts(labels, case.truth, n_classes, case.region)
         scores.append(float(np.mean(scores_from_counts(counts[1:])["dice"])))
     return float(np.mean(scores))

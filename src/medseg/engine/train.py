@@ -24,7 +24,7 @@ from medseg.engine.callbacks import (Callback, CheckpointCallback, EpochFunction
                                      SignalAtStep, TensorBoardCallback, ValidationCallback)
 from medseg.engine.checkpoint import load_checkpoint, load_weights_into
 from medseg.engine.components import (Components, build_components, epoch_loader, model_options, prepare_data,
-                                      seed_everything, select_device)
+                                      resolve_classes, seed_everything, select_device)
 from medseg.engine.contract import RunContract, WeightsName, training_contract
 from medseg.engine.distributed import DistributedContext, init_distributed, parameter_checksum, shutdown_distributed
 from medseg.engine.schedule import Clock, WallClock
@@ -334,6 +334,8 @@ def train(config: Config | None, run_dir: str | Path, resume: bool = False,
         raise ValueError("config is required unless resuming")
     elif (run_dir / "checkpoint.safetensors").exists():
         raise MedsegError(run_dir, "already holds a run; use --resume to continue it or choose another --out")
+    else:
+        config = resolve_classes(config)
     _check_config(config)
     context.barrier()  # every rank has checked the folder before rank 0 writes to it
     handler = None

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Iterable
 
 from medseg.config import Config, load_config, parse_overrides, read_yaml_mapping
-from medseg.data.datasets import load_items, load_sample, split_items
-from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread
+from medseg.data.datasets import default_class_names, find_classes, load_items, load_sample, split_items
+from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread, volume_facts
 from medseg.data.readers import Reader
 from medseg.engine.checkpoint import CONTRACT_FILE, run_contract
-from medseg.engine.components import input_channels, select_device
+from medseg.engine.components import input_channels, resolve_classes, select_device
 from medseg.engine.crossval import CrossValidationSummary, train_folds
 from medseg.engine.evaluate import EvaluationSummary, evaluate
 from medseg.engine.train import TrainResult, train
@@ -49,20 +49,35 @@ def fixed_keys(config_path: str | Path | None, overrides: Iterable[str]) -> froz
     return frozenset(leaves(mapping) + leaves(parse_overrides(overrides)))
 
 
-def fingerprint_dataset(config: Config) -> tuple[Fingerprint, int, int]:
-    """The fingerprint of the labelled non-test images (at most a spread-out sample of them), and the train and
-    validation counts of the config's split."""
+HELD_OUT = 0.2  # the share of cases a plan holds out for testing when the dataset has no labelled test split
+
+
+@dataclass(frozen=True)
+class PlannedData:
+    """What planning saw of the dataset: its fingerprint and the split sizes of the config's (or held-out) split."""
+
+    fingerprint: Fingerprint
+    n_train: int
+    n_val: int
+    test_fraction: float  # data.test_fraction the plan sets (the config's, or HELD_OUT)
+
+
+def fingerprint_dataset(config: Config) -> PlannedData:
+    """The fingerprint of the labelled non-test images (at most a spread-out sample of them) and the split sizes.
+    A dataset without a labelled test split has :data:`HELD_OUT` of its cases held out first, as training will."""
     data = config.data
-    splits = split_items(load_items(data.root, data.format), data.val_fraction, data.test_fraction, data.split_seed,
-                         data.fold, data.folds)
+    items = load_items(data.root, data.format, data.slice_axis)
+    has_test = any(item.split == "test" for item in items)
+    test_fraction = data.test_fraction if has_test or data.test_fraction else HELD_OUT
+    splits = split_items(items, data.val_fraction, test_fraction, data.split_seed, data.fold, data.folds)
     labelled = splits.train + splits.val
     if not labelled:
         raise MedsegError(data.root, "no labelled training images to plan from")
     channels = input_channels(config, splits)
     with Reader() as reader:
         samples = (load_sample(labelled[i], channels, data.n_classes, reader) for i in spread(len(labelled)))
-        fingerprint = compute_fingerprint(samples, data.n_classes)
-    return fingerprint, len(splits.train), len(splits.val)
+        fingerprint = compute_fingerprint(samples, data.n_classes, volume_facts(labelled))
+    return PlannedData(fingerprint, len(splits.train), len(splits.val), test_fraction)
 
 
 def plan_dataset(config_path: str | Path | None, overrides: list[str], budget_minutes: float, device: str = "auto",
@@ -73,8 +88,12 @@ def plan_dataset(config_path: str | Path | None, overrides: list[str], budget_mi
     config = load_config(config_path, overrides)
     if not config.data.root:
         raise MedsegError("data.root", "no dataset given")
-    fingerprint, n_train, n_val = fingerprint_dataset(config)
-    inputs = PlanInputs(data=str(config.data.root), n_classes=config.data.n_classes, n_train=n_train, n_val=n_val,
+    classes = find_classes(config.data.root, load_items(config.data.root, config.data.format, config.data.slice_axis))
+    config = resolve_classes(config, classes)
+    planned = fingerprint_dataset(config)
+    fingerprint = planned.fingerprint
+    names = tuple(config.data.class_names or default_class_names(config.data.n_classes))
+    inputs = PlanInputs(data=str(config.data.root), classes=names, classes_source=classes.source, n_train=planned.n_train, n_val=planned.n_val, test_fraction=planned.test_fraction,
                         budget_minutes=budget_minutes, device=str(select_device(device)),
                         fixed=fixed_keys(config_path, overrides) - {"data.root"})
     plan = make_plan(fingerprint, inputs, spent_seconds=time.perf_counter() - started)

@@ -11,11 +11,19 @@ For every dataset and budget B, in one run on one machine:
   validation, every training image used.
 - **medseg**: ``medseg train --data D --budget B`` with nothing else (and ``--out``).
 
+The multi-class volume set (MSD Task04 hippocampus) is split 80/20 by a seeded permutation of its labelled cases
+(the test cases are listed in the JSON and the Markdown) into a work copy in the MSD layout (``imagesTs`` +
+``labelsTs`` hold the test cases). The peer there is ``BasicUNet(out_channels=3)`` on every slice along the last
+voxel axis of every training case (per-volume z-score, zero-padded to 64x64, batch 32, CE + soft Dice), predicting
+each test volume slice by slice (padded to a multiple of 16, argmax); medseg predicts the test volumes with
+``medseg predict RUN imagesTs``. Both are scored in 3D per case: Dice per class and their mean (mean foreground
+Dice), averaged over the cases and pooled.
+
 ``--variant NAME --set KEY=VALUE ...`` runs medseg once more with overrides, as the system ``medseg:NAME``; such
 cells are listed for diagnosis (e.g. what a wider network would have scored) and never count for the targets.
 
-Both are scored by the same code on the test split: per-image and pooled Dice, inside the field of view where the
-dataset has one. Every (dataset, system, budget) cell is saved under ``--work/cells`` as it finishes, so an
+Both are scored by the same code on the test split: per-image (per-case) and pooled Dice, inside the field of view
+where the dataset has one. Every (dataset, system, budget) cell is saved under ``--work/cells`` as it finishes, so an
 interrupted run resumes; timings are only meaningful on an otherwise idle machine.
 """
 
@@ -44,7 +52,18 @@ class Dataset:
     name: str
     thin: bool  # the peer's input mode: native-resolution patches (thin structures) or resizing (lesions)
     upright: bool  # the peer flips horizontally only (ultrasound)
-    test_ids: tuple[str, ...] | None = None  # None: the dataset's split.csv
+    test_ids: tuple[str, ...] | None = None  # None: split_seed's split, else the dataset's split.csv
+    split_seed: int | None = None  # a seeded 80/20 split of the labelled cases
+    volumes: bool = False  # 3D NIfTI volumes in the MSD layout; the peer works on slices along the last axis
+    classes: tuple[str, ...] = ("foreground",)  # the foreground classes 1..K-1
+    size: int = 256  # the peer's training input side: patch (thin), resize target, or zero-padded canvas (volumes)
+    batch: int = 4  # the peer's batch size
+    metric: str = "dice_pooled"  # what the targets compare: pooled Dice or the mean over test cases (dice_mean)
+    floor: float | None = None  # medseg at the largest budget must also reach this
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes) + 1
 
 
 DATASETS = {
@@ -52,11 +71,31 @@ DATASETS = {
                            test_ids=tuple(f"{i:02d}" for i in range(24, 30))),
     "busi": Dataset("busi", thin=False, upright=True),
     "chase_db1": Dataset("chase_db1", thin=True, upright=False),
+    "msd_hippocampus": Dataset("msd_hippocampus", thin=False, upright=False, split_seed=0, volumes=True,
+                               classes=("anterior", "posterior"), size=64, batch=32, metric="dice_mean",
+                               floor=0.86),
 }
+NIFTI = ".nii.gz"
+
+
+def labelled_cases(dataset: Dataset) -> list[str]:
+    """The sorted names of the shared volume set's labelled cases (``labelsTr/<case>.nii.gz``)."""
+    return sorted(p.name[: -len(NIFTI)] for p in (SHARED / dataset.name / "labelsTr").glob(f"[!.]*{NIFTI}"))
+
+
+def test_ids(dataset: Dataset) -> tuple[str, ...] | None:
+    """The test cases the benchmark chooses: fixed ones, the seeded 80/20 split's, or None (split.csv's)."""
+    if dataset.split_seed is None:
+        return dataset.test_ids
+    cases = labelled_cases(dataset)
+    order = np.random.default_rng(dataset.split_seed).permutation(len(cases))
+    return tuple(sorted(cases[i] for i in order[: round(len(cases) * 0.2)]))
 
 
 def prepare(dataset: Dataset, work: Path) -> Path:
     """A copy of the shared dataset in ``work`` whose split.csv holds the benchmark's train/test split."""
+    if dataset.volumes:
+        return prepare_volumes(dataset, work)
     source, target = SHARED / dataset.name, work / "data" / dataset.name
     if (target / "split.csv").is_file():
         return target
@@ -70,6 +109,33 @@ def prepare(dataset: Dataset, work: Path) -> Path:
         rows = [f"{i},{'test' if i in dataset.test_ids else 'train'}" for i in ids]
         (target / "split.csv").write_text("id,split\n" + "\n".join(rows) + "\n")
     return target
+
+
+def prepare_volumes(dataset: Dataset, work: Path) -> Path:
+    """An MSD-layout copy in ``work`` (copies, not symlinks: medseg refuses files resolving outside its data root):
+    training cases in imagesTr/labelsTr, test cases in imagesTs/labelsTs, and dataset.json with its lists rewritten
+    to match (written last: it marks the copy done)."""
+    source, target = SHARED / dataset.name, work / "data" / dataset.name
+    if (target / "dataset.json").is_file():
+        return target
+    test = set(test_ids(dataset))
+    cases = labelled_cases(dataset)
+    for case in cases:
+        for kind in ("images", "labels"):
+            copy = target / f"{kind}{'Ts' if case in test else 'Tr'}" / f"{case}{NIFTI}"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / f"{kind}Tr" / f"{case}{NIFTI}", copy)
+    description = json.loads((source / "dataset.json").read_text())
+    train = [c for c in cases if c not in test]
+    description.update(numTraining=len(train), numTest=len(test),
+                       training=[{"image": f"./imagesTr/{c}{NIFTI}", "label": f"./labelsTr/{c}{NIFTI}"} for c in train],
+                       test=[f"./imagesTs/{c}{NIFTI}" for c in sorted(test)])
+    (target / "dataset.json").write_text(json.dumps(description, indent=1))
+    return target
+
+
+def load(dataset: Dataset, data: Path) -> dict[str, list[dict[str, Any]]]:
+    return load_volumes(data) if dataset.volumes else load_split(data)
 
 
 def load_split(data: Path) -> dict[str, list[dict[str, Any]]]:
@@ -88,16 +154,52 @@ def load_split(data: Path) -> dict[str, list[dict[str, Any]]]:
     return splits
 
 
+def read_volume(path: Path, label: bool = False) -> np.ndarray:
+    """A NIfTI file read with nibabel: images float32 ``X x Y x Z x C``, labels int64 ``X x Y x Z`` (stored as
+    whole numbers, in any type)."""
+    import nibabel as nib
+
+    data = np.asanyarray(nib.load(str(path)).dataobj)
+    if not label:
+        data = data.astype(np.float32)
+        return data[..., None] if data.ndim == 3 else data
+    if not np.array_equal(data, np.round(data)):
+        raise SystemExit(f"{path}: label volume has non-integer values")
+    return data.astype(np.int64)
+
+
+def load_volumes(data: Path) -> dict[str, list[dict[str, Any]]]:
+    """Images and labels per split of an MSD-layout copy: train from imagesTr/labelsTr, test from
+    imagesTs/labelsTs."""
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for split, suffix in (("train", "Tr"), ("test", "Ts")):
+        paths = sorted((data / f"images{suffix}").glob(f"*{NIFTI}"))
+        splits[split] = [{"id": p.name[: -len(NIFTI)], "image": read_volume(p),
+                          "mask": read_volume(data / f"labels{suffix}" / p.name, label=True), "region": None}
+                         for p in paths]
+    return splits
+
+
 def zscore(image: np.ndarray) -> np.ndarray:
-    return (image - image.mean(axis=(0, 1))) / np.maximum(image.std(axis=(0, 1)), 1e-6)
+    """Per channel (the last axis), over the whole image or volume."""
+    axes = tuple(range(image.ndim - 1))
+    return (image - image.mean(axis=axes)) / np.maximum(image.std(axis=axes), 1e-6)
+
+
+def planes(image: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A 2D image as it is; a volume (``X x Y x Z x C``) as its slices along the last voxel axis."""
+    if image.ndim == 3:
+        return [(image, mask)]
+    return [(image[:, :, k], mask[:, :, k]) for k in range(image.shape[2])]
 
 
 def peer_transforms(dataset: Dataset):
     from monai import transforms as T
 
-    keys = ["image", "label"]
-    steps = [T.RandSpatialCropd(keys, (256, 256), random_size=False) if dataset.thin
-             else T.Resized(keys, (256, 256), mode=("bilinear", "nearest")),
+    keys, size = ["image", "label"], (dataset.size, dataset.size)
+    steps = [T.SpatialPadd(keys, size) if dataset.volumes
+             else T.RandSpatialCropd(keys, size, random_size=False) if dataset.thin
+             else T.Resized(keys, size, mode=("bilinear", "nearest")),
              T.RandFlipd(keys, prob=0.5, spatial_axis=1)]
     if not dataset.upright:
         steps += [T.RandFlipd(keys, prob=0.5, spatial_axis=0), T.RandRotate90d(keys, prob=0.5)]
@@ -108,66 +210,103 @@ def peer_transforms(dataset: Dataset):
     return T.Compose(steps)
 
 
+def peer_loss(dataset: Dataset):
+    """BCE + soft Dice on one logit channel (binary), CE + soft Dice on softmax (multi-class)."""
+    import torch.nn.functional as F
+    from monai.losses import DiceCELoss, DiceLoss
+
+    if dataset.n_classes > 2:
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    dice = DiceLoss(sigmoid=True)
+    return lambda logits, labels: F.binary_cross_entropy_with_logits(logits, labels) + dice(logits, labels)
+
+
 def run_peer(dataset: Dataset, data: Path, minutes: float, seed: int = 0) -> dict[str, Any]:
     """The plain MONAI script: train for ``minutes`` of wall time, predict the test images, score them."""
-    import torch.nn.functional as F
-    from monai.inferers import sliding_window_inference
-    from monai.losses import DiceLoss
     from monai.networks.nets import BasicUNet
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    splits = load_split(data)
-    channels = splits["train"][0]["image"].shape[2]
-    train = [{"image": torch.from_numpy(zscore(s["image"]).transpose(2, 0, 1).copy()),
-              "label": torch.from_numpy(s["mask"][None].astype(np.float32))} for s in splits["train"]]
+    splits = load(dataset, data)
+    channels = splits["train"][0]["image"].shape[-1]
+    train = [{"image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+              "label": torch.from_numpy(mask[None].astype(np.float32))}
+             for s in splits["train"] for image, mask in planes(zscore(s["image"]), s["mask"])]
     transforms = peer_transforms(dataset)
     transforms.set_random_state(seed=seed)
-    model = BasicUNet(spatial_dims=2, in_channels=channels, out_channels=1, features=(32, 32, 64, 128, 256, 32))
+    outputs = 1 if dataset.n_classes == 2 else dataset.n_classes
+    model = BasicUNet(spatial_dims=2, in_channels=channels, out_channels=outputs,
+                      features=(32, 32, 64, 128, 256, 32))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    dice = DiceLoss(sigmoid=True)
-    budget, steps, order = minutes * 60, 0, []
+    loss_fn = peer_loss(dataset)
+    budget, steps, order, batch_size = minutes * 60, 0, [], dataset.batch
     started = time.perf_counter()
     while (elapsed := time.perf_counter() - started) < budget:
         progress = elapsed / budget
         lr = 1e-3 * min(1.0, (steps + 1) / 11) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if len(order) < 4:
+        if len(order) < batch_size:
             order += rng.permutation(len(train)).tolist()
-        batch = [transforms(train[order.pop()]) for _ in range(4)]
+        batch = [transforms(train[order.pop()]) for _ in range(batch_size)]
         images = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float()
         labels = torch.stack([torch.as_tensor(b["label"]) for b in batch]).float()
-        logits = model(images)
-        loss = F.binary_cross_entropy_with_logits(logits, labels) + dice(logits, labels)
+        loss = loss_fn(model(images), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         steps += 1
     trained = time.perf_counter() - started
     model.eval()
-    predictions = []
     with torch.inference_mode():
-        for sample in splits["test"]:
-            x = torch.from_numpy(zscore(sample["image"]).transpose(2, 0, 1).copy())[None]
-            if dataset.thin:
-                logits = sliding_window_inference(x, (256, 256), 4, model, overlap=0.5, mode="gaussian")
-            else:
-                small = F.interpolate(x, (256, 256), mode="bilinear", align_corners=False)
-                logits = F.interpolate(model(small), x.shape[2:], mode="bilinear", align_corners=False)
-            predictions.append((torch.sigmoid(logits)[0, 0] > 0.5).numpy().astype(np.int64))
-    return {"steps": steps, "train_seconds": trained, **score(splits["test"], predictions)}
+        predictions = [peer_predict(dataset, model, zscore(s["image"])) for s in splits["test"]]
+    return {"steps": steps, "train_seconds": trained, **score(dataset, splits["test"], predictions)}
 
 
-def score(test: list[dict[str, Any]], predictions: list[np.ndarray]) -> dict[str, Any]:
+def peer_predict(dataset: Dataset, model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """Class ids for one z-scored image (``H x W x C``) or volume (``X x Y x Z x C``, slice by slice along the last
+    voxel axis, each slice padded to a multiple of 16 and cropped back)."""
+    import torch.nn.functional as F
+    from monai.inferers import sliding_window_inference
+
+    size = (dataset.size, dataset.size)
+    if dataset.volumes:
+        x = torch.from_numpy(image.transpose(2, 3, 0, 1).copy())  # slices x C x H x W
+        (h, w), (ph, pw) = x.shape[2:], (-x.shape[2] % 16, -x.shape[3] % 16)
+        logits = model(F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
+        return classes(logits[:, :, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]).permute(1, 2, 0).numpy()
+    x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+    if dataset.thin:
+        logits = sliding_window_inference(x, size, 4, model, overlap=0.5, mode="gaussian")
+    else:
+        small = F.interpolate(x, size, mode="bilinear", align_corners=False)
+        logits = F.interpolate(model(small), x.shape[2:], mode="bilinear", align_corners=False)
+    return classes(logits)[0].numpy()
+
+
+def classes(logits: torch.Tensor) -> torch.Tensor:
+    """``N x K x H x W`` logits as ``N x H x W`` int64 class ids: sigmoid > 0.5 for one channel, else argmax."""
+    if logits.shape[1] == 1:
+        return (torch.sigmoid(logits[:, 0]) > 0.5).long()
+    return logits.argmax(dim=1)
+
+
+def score(dataset: Dataset, test: list[dict[str, Any]], predictions: list[np.ndarray]) -> dict[str, Any]:
+    """Dice per image (per case, in 3D for volumes) and pooled; for multi-class sets the mean over foreground
+    classes, and each class as ``dice_c<k>_mean`` / ``dice_c<k>_pooled``."""
     from medseg.metrics import MetricAccumulator
 
-    accumulator = MetricAccumulator(n_classes=2, with_hd95=False)
+    accumulator = MetricAccumulator(n_classes=dataset.n_classes, with_hd95=False)
     for sample, labels in zip(test, predictions):
         accumulator.add(sample["id"], labels, sample["mask"], sample["region"])
-    dice = accumulator.summary()["dice"]
-    return {"dice_mean": dice["mean"], "dice_pooled": dice["pooled"],
-            "per_image": {row["id"]: row["dice"] for row in accumulator.rows()}}
+    summary, rows = accumulator.summary(), accumulator.rows()
+    result = {"dice_mean": summary["dice"]["mean"], "dice_pooled": summary["dice"]["pooled"],
+              "per_image": {row["id"]: row["dice"] for row in rows}}
+    for k in range(1, dataset.n_classes) if dataset.n_classes > 2 else ():
+        column = f"dice_c{k}"
+        result.update({f"{column}_mean": summary[column]["mean"], f"{column}_pooled": summary[column]["pooled"],
+                       f"per_image_{column}": {row["id"]: row[column] for row in rows}})
+    return result
 
 
 def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path, variant: str = "",
@@ -189,13 +328,37 @@ def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path, variant
         raise SystemExit(f"medseg failed on {dataset.name}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     contract = run_contract(run)
     info = load_checkpoint(run / f"{contract.selected}.safetensors").info
-    splits = load_split(data)
-    predictor = Predictor.from_run(run)
-    predictions = [predictor.predict(s["image"]).astype(np.int64) for s in splits["test"]]
+    splits = load(dataset, data)
+    if dataset.volumes:
+        predictions = predict_volumes_cli(run, data, splits["test"])
+    else:
+        predictor = Predictor.from_run(run)
+        predictions = [predictor.predict(s["image"]).astype(np.int64) for s in splits["test"]]
     plan = [{"key": c.key, "value": c.value, "reason": c.reason} for c in contract.plan.choices]
     return {"steps": info.step, "train_seconds": info.seconds, "wall_seconds": wall, "plan": plan,
             "threshold": contract.inference.threshold, "postprocess": contract.inference.postprocess.describe(),
-            **score(splits["test"], predictions)}
+            **score(dataset, splits["test"], predictions)}
+
+
+def predict_volumes_cli(run: Path, data: Path, test: list[dict[str, Any]]) -> list[np.ndarray]:
+    """`medseg predict RUN DATA/imagesTs --out RUN/test_predictions`, read back as label volumes
+    (``<case>.nii.gz``, which must keep the image's shape and affine)."""
+    import nibabel as nib
+
+    out = run / "test_predictions"
+    done = subprocess.run([sys.executable, "-m", "medseg", "predict", str(run), str(data / "imagesTs"),
+                           "--out", str(out)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"medseg predict failed on {data}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    predictions = []
+    for sample in test:
+        path, image = out / f"{sample['id']}{NIFTI}", data / "imagesTs" / f"{sample['id']}{NIFTI}"
+        if not path.is_file():
+            raise SystemExit(f"medseg predict wrote no {path.name} in {out}")
+        if not np.allclose(nib.load(str(path)).affine, nib.load(str(image)).affine, atol=1e-3):
+            raise SystemExit(f"{path}: affine differs from the image's")
+        predictions.append(read_volume(path, label=True))
+    return predictions
 
 
 def cell(work: Path, dataset: Dataset, system: str, minutes: float,
@@ -217,33 +380,86 @@ def cell(work: Path, dataset: Dataset, system: str, minutes: float,
     return result
 
 
-def summarise(cells: list[dict[str, Any]], budgets: list[float]) -> tuple[list[dict[str, Any]], str]:
+def summarise(cells: list[dict[str, Any]], budgets: list[float],
+              tests: dict[str, list[str]] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Rows per dataset, the Markdown report and the targets."""
-    rows, lines = [], []
     top = max(budgets)
-    lines += ["| dataset | budget (min) | system | pooled Dice | mean Dice | steps |", "|---|---:|---|---:|---:|---:|"]
-    for c in sorted(cells, key=lambda c: (c["dataset"], c["minutes"], c["system"])):
-        lines.append(f"| {c['dataset']} | {c['minutes']:g} | {c['system']} | {c['dice_pooled']:.4f} | "
-                     f"{c['dice_mean']:.4f} | {c['steps']} |")
-    lines += ["", ("| dataset | peer's pooled Dice at 15 min | medseg at 15 min | gain | target +0.01 | "
-                   "smallest medseg budget reaching the peer's 15-min Dice | target <= 7.5 min |"),
-              "|---|---:|---:|---:|---|---:|---|"]
-    for name in sorted({c["dataset"] for c in cells}):
-        mine = {(c["system"], c["minutes"]): c for c in cells if c["dataset"] == name}
-        peer, medseg = mine.get(("peer", top)), mine.get(("medseg", top))
-        if not peer or not medseg:
-            continue
-        gain = medseg["dice_pooled"] - peer["dice_pooled"]
-        reached = [m for (system, m), c in sorted(mine.items(), key=lambda kv: kv[0][1])
-                   if system == "medseg" and c["dice_pooled"] >= peer["dice_pooled"]]
-        first = reached[0] if reached else None
-        rows.append({"dataset": name, "peer": peer["dice_pooled"], "medseg": medseg["dice_pooled"], "gain": gain,
-                     "accuracy_target_met": gain >= 0.01, "medseg_minutes_to_peer": first,
-                     "time_target_met": first is not None and first <= top / 2})
-        lines.append(f"| {name} | {peer['dice_pooled']:.4f} | {medseg['dice_pooled']:.4f} | {gain:+.4f} | "
-                     f"{'met' if gain >= 0.01 else '**missed**'} | {f'{first:g} min' if first else 'not reached'} | "
-                     f"{'met' if first is not None and first <= top / 2 else '**missed**'} |")
-    return rows, "\n".join(lines + plans(cells, top)) + "\n"
+    ordered = sorted(cells, key=lambda c: (c["dataset"], c["minutes"], c["system"]))
+    names = sorted({c["dataset"] for c in cells})
+    blocks = []
+    binary = [c for c in ordered if DATASETS[c["dataset"]].n_classes == 2]
+    if binary:
+        blocks.append(["| dataset | budget (min) | system | pooled Dice | mean Dice | steps |",
+                       "|---|---:|---|---:|---:|---:|"]
+                      + [f"| {c['dataset']} | {c['minutes']:g} | {c['system']} | {c['dice_pooled']:.4f} | "
+                         f"{c['dice_mean']:.4f} | {c['steps']} |" for c in binary])
+    blocks += [class_table(DATASETS[name], [c for c in ordered if c["dataset"] == name])
+               for name in names if DATASETS[name].n_classes > 2]
+    rows, tables = [], {}
+    for name in names:
+        row = target(DATASETS[name], {(c["system"], c["minutes"]): c for c in cells if c["dataset"] == name}, top)
+        if row:
+            rows.append(row)
+            tables.setdefault(target_header(DATASETS[name], top), []).append(target_line(row))
+    blocks += [[header, "|---|---:|---:|---:|---|---:|---|", *body] for header, body in tables.items()]
+    lines = "\n\n".join("\n".join(block) for block in blocks).splitlines()
+    return rows, "\n".join(lines + plans(cells, top) + split_notes(tests or {})) + "\n"
+
+
+def class_table(dataset: Dataset, cells: list[dict[str, Any]]) -> list[str]:
+    """A multi-class set's cells: Dice per foreground class and their mean, each averaged over the test cases."""
+    names = " | ".join(f"Dice {name}" for name in dataset.classes)
+    lines = [f"| dataset | budget (min) | system | {names} | mean foreground Dice | steps |",
+             "|---|---:|---|" + "---:|" * (dataset.n_classes + 1)]
+    for c in cells:
+        values = " | ".join(f"{c[f'dice_c{k}_mean']:.4f}" for k in range(1, dataset.n_classes))
+        lines.append(f"| {c['dataset']} | {c['minutes']:g} | {c['system']} | {values} | {c['dice_mean']:.4f} | "
+                     f"{c['steps']} |")
+    return lines
+
+
+def metric_name(dataset: Dataset) -> str:
+    """How the tables name the metric the dataset's targets compare."""
+    averaging = "pooled" if dataset.metric == "dice_pooled" else "mean"
+    return f"{averaging} {'foreground ' if dataset.n_classes > 2 else ''}Dice"
+
+
+def target(dataset: Dataset, mine: dict[tuple[str, float], dict[str, Any]], top: float) -> dict[str, Any] | None:
+    """The targets at the largest budget: medseg >= peer + 0.01 (and >= the dataset's floor), and the smallest
+    medseg budget reaching the peer (target: half the largest)."""
+    peer, medseg = mine.get(("peer", top)), mine.get(("medseg", top))
+    if not peer or not medseg:
+        return None
+    key = dataset.metric
+    gain = medseg[key] - peer[key]
+    reached = [m for (system, m), c in sorted(mine.items(), key=lambda kv: kv[0][1])
+               if system == "medseg" and c[key] >= peer[key]]
+    first = reached[0] if reached else None
+    met = gain >= 0.01 and (dataset.floor is None or medseg[key] >= dataset.floor)
+    return {"dataset": dataset.name, "metric": key, "peer": peer[key], "medseg": medseg[key], "gain": gain,
+            "accuracy_target_met": met, "medseg_minutes_to_peer": first,
+            "time_target_met": first is not None and first <= top / 2}
+
+
+def target_header(dataset: Dataset, top: float) -> str:
+    floor = f", >= {dataset.floor:g}" if dataset.floor is not None else ""
+    return (f"| dataset | peer's {metric_name(dataset)} at {top:g} min | medseg at {top:g} min | gain | "
+            f"target +0.01{floor} | smallest medseg budget reaching the peer's {top:g}-min Dice | "
+            f"target <= {top / 2:g} min |")
+
+
+def target_line(row: dict[str, Any]) -> str:
+    first = row["medseg_minutes_to_peer"]
+    return (f"| {row['dataset']} | {row['peer']:.4f} | {row['medseg']:.4f} | {row['gain']:+.4f} | "
+            f"{'met' if row['accuracy_target_met'] else '**missed**'} | "
+            f"{f'{first:g} min' if first else 'not reached'} | {'met' if row['time_target_met'] else '**missed**'} |")
+
+
+def split_notes(tests: dict[str, list[str]]) -> list[str]:
+    """The test cases of the splits the benchmark draws itself."""
+    return [line for name, ids in tests.items()
+            for line in ("", f"Test cases of {name} ({len(ids)}, seeded 80/20 split of the labelled cases, "
+                             f"seed {DATASETS[name].split_seed}): {', '.join(ids)}.")]
 
 
 def plans(cells: list[dict[str, Any]], top: float) -> list[str]:
@@ -273,11 +489,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     budgets = [float(b) for b in args.budgets.split(",")]
-    cells = []
+    cells, tests = [], {}
     for name in args.datasets.split(","):
-        if not (SHARED / name / "images").is_dir():
-            raise SystemExit(f"{SHARED / name} not found: the benchmark needs ../shared/data")
         dataset = DATASETS[name]
+        if not (SHARED / name / ("labelsTr" if dataset.volumes else "images")).is_dir():
+            raise SystemExit(f"{SHARED / name} not found: the benchmark needs ../shared/data")
+        if dataset.split_seed is not None:
+            tests[name] = list(test_ids(dataset))
         runs = [(system, minutes) for minutes in budgets for system in ("peer", "medseg")]
         if args.half:
             runs.append(("medseg", max(budgets) / 2))
@@ -287,11 +505,11 @@ def main() -> None:
             continue
         cells += [cell(work, dataset, system, minutes) for system, minutes in runs
                   if system in args.systems.split(",")]
-    rows, markdown = summarise(cells, budgets)
+    rows, markdown = summarise(cells, budgets, tests)
     header = (f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
               f"budgets {args.budgets} min (+ medseg at half the largest).\n\n")
     print(markdown)
-    Path(args.out).write_text(json.dumps({"cells": cells, "targets": rows}, indent=2))
+    Path(args.out).write_text(json.dumps({"cells": cells, "targets": rows, "test_cases": tests}, indent=2))
     if args.markdown:
         Path(args.markdown).write_text(header + markdown)
 

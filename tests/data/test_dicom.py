@@ -1,0 +1,290 @@
+"""DICOM decoding (pydicom's own test files and files written here) and DICOM Segmentation writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+from medseg.data.dicom import dicom_info, read_dicom, read_dicom_bytes, write_dicom_seg
+from medseg.errors import MedsegError
+
+
+def pydicom_file(name: str) -> Path:
+    path = get_testdata_file(name, download=False)  # never download: these ship with pydicom
+    assert path is not None, name
+    return Path(path)
+
+
+def expected(path: Path) -> np.ndarray:
+    """pydicom's pixels after the modality LUT, as ``rows x cols x frames x C``."""
+    ds = pydicom.dcmread(path)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    pixels = apply_modality_lut(ds.pixel_array, ds).reshape(frames, ds.Rows, ds.Columns, -1)
+    return np.moveaxis(pixels, 0, 2).astype(np.float32)
+
+
+def assert_one_line_error(exc_info, where: Path | str, *parts: str) -> None:
+    message = str(exc_info.value)
+    assert "\n" not in message and message.startswith(f"{where}: ")
+    for part in parts:
+        assert part in message
+    error = exc_info.value  # raised ``from None``: no chained pydicom traceback
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+def ct_series(folder: Path, count: int = 3, step: float = 2.5) -> list[pydicom.Dataset]:
+    """``count`` single-slice CT files at z = k * step, written in an order that is neither their position nor
+    their name order nor their InstanceNumber order; returns them sorted by position."""
+    folder.mkdir()
+    series = generate_uid()
+    datasets = []
+    for k in range(count):
+        ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.ImagePositionPatient = [-158.1, -179.0, k * step]
+        ds.InstanceNumber = count - k
+        ds.PixelData = (ds.pixel_array + 100 * k).astype(ds.pixel_array.dtype).tobytes()
+        datasets.append(ds)
+    names = ["b.dcm", "IM0003", "a.dcm", "c.DICOM"]
+    for k in [count - 1, *range(count - 1)]:
+        datasets[k].save_as(folder / names[k])
+    (folder / "README").write_text("not a DICOM file")
+    return datasets
+
+
+def test_ct_modality_lut_spacing_and_affine(tmp_path):
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path)
+
+    volume = read_dicom(path)
+
+    assert volume.data.dtype == np.float32 and volume.data.shape == (128, 128, 1, 1)
+    np.testing.assert_array_equal(volume.data[:, :, 0, 0], apply_modality_lut(ds.pixel_array, ds))
+    assert volume.data.min() < -500  # HU, not stored values
+    assert dicom_info(path) == volume.info
+    assert volume.spacing == pytest.approx((0.661468, 0.661468, 5.0))
+    position = np.array([float(v) for v in ds.ImagePositionPatient])
+    np.testing.assert_allclose(volume.affine @ [3, 7, 0, 1], [*(position + [7 * 0.661468, 3 * 0.661468, 0]), 1])
+    in_memory = read_dicom_bytes(path.read_bytes(), "upload.dcm")
+    np.testing.assert_array_equal(in_memory.data, volume.data)
+    np.testing.assert_array_equal(in_memory.affine, volume.affine)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    path = tmp_path / "mono1.dcm"
+    ds.save_as(path)
+
+    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    np.testing.assert_array_equal(read_dicom(path).data[:, :, 0, 0], values.max() + values.min() - values)
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("MR_small.dcm", (64, 64, 1, 1)),
+    ("SC_rgb_rle_2frame.dcm", (100, 100, 2, 3)),  # multi-frame RGB, RLE
+    ("SC_rgb_jpeg_dcmtk.dcm", (100, 100, 1, 3)),  # JPEG baseline, YBR_FULL
+    ("SC_rgb_jpeg_gdcm.dcm", (100, 100, 1, 3)),  # JPEG lossless
+    ("MR_small_jp2klossless.dcm", (64, 64, 1, 1)),
+    ("MR_small_RLE.dcm", (64, 64, 1, 1)),
+    ("MR_small_jpeg_ls_lossless.dcm", (64, 64, 1, 1)),
+])
+def test_decodes_like_pydicom(name, shape):
+    path = pydicom_file(name)
+    volume = read_dicom(path)
+
+    assert volume.data.shape == shape
+    np.testing.assert_array_equal(volume.data, expected(path))
+    assert dicom_info(path) == volume.info
+
+
+def test_ybr_is_converted_to_rgb():
+    red = read_dicom(pydicom_file("SC_rgb_jpeg_dcmtk.dcm")).data[0, 0, 0]  # the file's first rows are pure red
+    np.testing.assert_allclose(red, [255, 0, 0], atol=2)
+
+
+def test_series_folder_is_sorted_by_position(tmp_path):
+    datasets = ct_series(tmp_path / "series")
+
+    volume = read_dicom(tmp_path / "series")
+
+    assert volume.data.shape == (128, 128, 3, 1)
+    for k, ds in enumerate(datasets):
+        np.testing.assert_array_equal(volume.data[:, :, k, 0], apply_modality_lut(ds.pixel_array, ds))
+    assert volume.spacing == pytest.approx((0.661468, 0.661468, 2.5))
+    np.testing.assert_allclose(volume.affine[:3, 2], [0, 0, 2.5])
+    np.testing.assert_allclose(volume.affine[:3, 3], [-158.1, -179.0, 0.0])
+    assert dicom_info(tmp_path / "series") == volume.info
+
+
+def test_enhanced_multi_frame_keeps_frame_order_and_reads_functional_groups(tmp_path):
+    import highdicom as hd
+
+    datasets = ct_series(tmp_path / "series")
+    for ds in datasets:
+        ds.RescaleSlope = 2
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(  # frames from the highest z down; rescale in the groups
+        datasets[::-1], series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(),
+        instance_number=1)
+    assert "RescaleSlope" not in enhanced and "ImagePositionPatient" not in enhanced
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+
+    volume = read_dicom(path)
+
+    for k, ds in enumerate(datasets[::-1]):
+        np.testing.assert_array_equal(volume.data[:, :, k, 0], apply_modality_lut(ds.pixel_array, ds))
+    assert volume.spacing == pytest.approx((0.661468, 0.661468, 2.5))
+    np.testing.assert_allclose(volume.affine[:3, 2:], [[0, -158.1], [0, -179.0], [-2.5, 5.0]])
+    assert dicom_info(path) == volume.info
+
+    labels = np.zeros((128, 128, 3), np.uint8)
+    labels[5:9, 5:9, 0] = 1
+    write_dicom_seg(tmp_path / "seg.dcm", labels, path, ["background", "spot"])
+    back = hd.seg.segread(tmp_path / "seg.dcm")
+    frames = back.get_pixels_by_source_frame(enhanced.SOPInstanceUID, [1, 2, 3], combine_segments=True)
+    np.testing.assert_array_equal(np.moveaxis(frames, 0, 2), labels)
+
+
+def test_folder_with_two_series_is_an_error(tmp_path):
+    ct_series(tmp_path / "mixed", count=2)
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.save_as(tmp_path / "mixed" / "other.dcm")
+
+    with pytest.raises(MedsegError) as exc_info:
+        dicom_info(tmp_path / "mixed")
+    assert_one_line_error(exc_info, tmp_path / "mixed", "holds 2 series", ds.SeriesInstanceUID)
+
+
+def test_slices_of_different_sizes_are_an_error(tmp_path):
+    ct_series(tmp_path / "series", count=2)
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    small = pydicom.dcmread(tmp_path / "series" / "b.dcm")
+    small.Rows = small.Columns = 64
+    small.PixelData = ds.pixel_array[:64, :64].copy().tobytes()
+    small.save_as(tmp_path / "series" / "b.dcm")
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom(tmp_path / "series")
+    assert_one_line_error(exc_info, tmp_path / "series", "slices of different sizes", "64x64x1", "128x128x1")
+
+
+def test_no_pixel_data_and_not_dicom_are_one_line_errors(tmp_path):
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    del ds.PixelData
+    path = tmp_path / "header.dcm"
+    ds.save_as(path)
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom(path)
+    assert_one_line_error(exc_info, path, "has no pixel data (PixelData)")
+
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x89PNG not a dicom file at all")
+    with pytest.raises(MedsegError) as exc_info:
+        dicom_info(junk)
+    assert_one_line_error(exc_info, junk, "not a DICOM file")
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom_bytes(b"nope", "upload.dcm")
+    assert_one_line_error(exc_info, "upload.dcm", "not a DICOM file")
+
+
+def test_missing_decoder_names_syntax_and_package(monkeypatch):
+    monkeypatch.setattr(get_decoder(JPEGBaseline8Bit), "_available", {})  # as if no JPEG plugin were installed
+    path = pydicom_file("SC_rgb_jpeg_dcmtk.dcm")
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom(path)
+    assert_one_line_error(exc_info, path, "JPEG Baseline (Process 1)", JPEGBaseline8Bit, "pylibjpeg-libjpeg",
+                          "no decoder")
+
+
+def test_failing_decoder_names_syntax_and_package(monkeypatch):
+    def broken(src, runner):
+        raise RuntimeError("corrupt JPEG stream")
+
+    monkeypatch.setattr(get_decoder(JPEGBaseline8Bit), "_available", {"broken": broken})
+    path = pydicom_file("SC_rgb_jpeg_dcmtk.dcm")
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom_bytes(path.read_bytes(), "upload.dcm")
+    assert_one_line_error(exc_info, "upload.dcm", "JPEG Baseline (Process 1)", JPEGBaseline8Bit,
+                          "pylibjpeg-libjpeg", "cannot decode")
+
+
+def read_seg(path: Path, sources: list[pydicom.Dataset]) -> np.ndarray:
+    """The SEG's labels per source image (``rows x cols x slices``), checking what it references."""
+    import highdicom as hd
+
+    seg = pydicom.dcmread(path)
+    assert seg.Modality == "SEG"
+    referenced = [item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    assert sorted(referenced) == sorted(ds.SOPInstanceUID for ds in sources)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    back = hd.seg.segread(path)
+    uids = [ds.SOPInstanceUID for ds in sources]
+    return np.moveaxis(back.get_pixels_by_source_instance(uids, combine_segments=True), 0, 2)
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_seg_two_classes_on_one_file(tmp_path, empty):
+    source = pydicom_file("CT_small.dcm")
+    labels = np.zeros((128, 128, 1), np.uint8)
+    if not empty:
+        labels[30:60, 40:90] = 1
+    write_dicom_seg(tmp_path / "seg.dcm", labels, source, ["background", "lesion"])
+
+    np.testing.assert_array_equal(read_seg(tmp_path / "seg.dcm", [pydicom.dcmread(source)]), labels)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["background", "lesion"]  # kept even when absent
+    assert seg.SegmentSequence[1].SegmentAlgorithmType == "AUTOMATIC"
+    assert seg.SegmentSequence[1].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "medseg"
+
+
+def test_seg_three_classes_on_a_series(tmp_path):
+    datasets = ct_series(tmp_path / "series")
+    labels = np.zeros((128, 128, 3), np.uint8)
+    labels[10:50, 10:50, 0] = 1
+    labels[60:100, 20:40, 1:] = 2
+    labels[70:80, 70:80, 2] = 1
+
+    write_dicom_seg(tmp_path / "out" / "seg.dcm", labels, tmp_path / "series", ["background", "liver", "tumour"])
+
+    np.testing.assert_array_equal(read_seg(tmp_path / "out" / "seg.dcm", datasets), labels)
+    seg = pydicom.dcmread(tmp_path / "out" / "seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["background", "liver", "tumour"]
+    assert not list((tmp_path / "out").glob(".*"))  # no temp file left behind
+
+
+def test_seg_on_a_secondary_capture_reads_back(tmp_path):
+    source = pydicom_file("SC_rgb_jpeg_dcmtk.dcm")  # no frame of reference, no slice thickness
+    labels = np.zeros((100, 100, 1), np.uint8)
+    labels[:20, :30] = 1
+    write_dicom_seg(tmp_path / "seg.dcm", labels, source, ["background", "object"])
+
+    np.testing.assert_array_equal(read_seg(tmp_path / "seg.dcm", [pydicom.dcmread(source)]), labels)
+
+
+@pytest.mark.filterwarnings("ignore:The string \"PLA\":UserWarning")  # the cine file's patient name
+def test_seg_errors_name_the_file(tmp_path):
+    cine = pydicom_file("examples_ybr_color.dcm")  # multi-frame ultrasound without a frame of reference
+    with pytest.raises(MedsegError) as exc_info:
+        write_dicom_seg(tmp_path / "seg.dcm", np.zeros((240, 320, 30), np.uint8), cine, ["background", "x"])
+    assert_one_line_error(exc_info, cine, "highdicom cannot make a DICOM Segmentation")
+
+    source = pydicom_file("CT_small.dcm")
+    with pytest.raises(MedsegError) as exc_info:
+        write_dicom_seg(tmp_path / "seg.dcm", np.zeros((128, 128, 2), np.uint8), source, ["background", "x"])
+    assert_one_line_error(exc_info, tmp_path / "seg.dcm", "shape (128, 128, 2)")
+    with pytest.raises(MedsegError) as exc_info:
+        write_dicom_seg(tmp_path / "seg.dcm", np.full((128, 128, 1), 2, np.uint8), source, ["background", "x"])
+    assert_one_line_error(exc_info, tmp_path / "seg.dcm", "class ids 0..1")
+    assert not (tmp_path / "seg.dcm").exists()

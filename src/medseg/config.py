@@ -38,6 +38,7 @@ class DataConfig(Section):
     n_classes: int | None = Field(None, ge=2)  # 2 = binary (sigmoid); K > 2 = K-way softmax; None: from the data
     class_names: list[str] | None = None  # None: from dataset.json, else class_<k>
     slice_axis: int | None = Field(None, ge=0, le=2)  # volumes: the voxel axis to slice along; None: the coarsest
+    spacing: tuple[float, float] | None = None  # volumes: slices are resampled to this in-plane spacing (mm)
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = 0  # seeds the carved val/test split (kept apart from train.seed so studies share one split)

@@ -292,6 +292,10 @@ def _add_data(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -
                     f"{volumes.n_cases} volumes (median {'x'.join(map(str, volumes.shape))} voxels, {spacing} mm, "
                     f"anisotropy {volumes.anisotropy:g}): 2D slices along voxel axis {volumes.slice_axis}, the "
                     "coarsest (nnU-Net's 2D configuration); scored per case in 3D")
+        in_plane = [volumes.spacing[axis] for axis in range(3) if axis != volumes.slice_axis]
+        choices.add("data.spacing", in_plane,
+                    f"slices resampled to the median in-plane spacing {in_plane[0]:g} x {in_plane[1]:g} mm (as "
+                    "nnU-Net; images cubic, labels nearest), predictions resampled back to each case's own grid")
     if inputs.test_fraction:
         choices.add("data.test_fraction", inputs.test_fraction,
                     f"no labelled test split in the dataset: {100 * inputs.test_fraction:.0f}% of the cases are held "

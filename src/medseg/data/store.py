@@ -14,7 +14,7 @@ from medseg.config import AugmentConfig, DataConfig
 from medseg.data.datasets import Item, Sample, load_sample
 from medseg.data.readers import Reader
 from medseg.data.transforms import (augment, build_augmentation, image_statistics, normalize, random_patch,
-                                    resize_sample)
+                                    resample_sample, resize_sample)
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 
@@ -50,7 +50,7 @@ class _Compact:
 
 
 class SampleStore:
-    """The decoded samples of a list of labelled items.
+    """The decoded samples of a list of labelled items (volumes' slices resampled to ``spacing`` if given).
 
     Every item is decoded once up front (so a broken file stops the run before training starts). Samples stay in
     memory, compactly, until ``cache_gb`` is used; the rest are decoded again on demand through the store's own
@@ -58,8 +58,9 @@ class SampleStore:
     plus one sample.
     """
 
-    def __init__(self, items: list[Item], channels: int | None, n_classes: int, cache_gb: float) -> None:
-        self.items, self.channels, self.n_classes = items, channels, n_classes
+    def __init__(self, items: list[Item], channels: int | None, n_classes: int, cache_gb: float,
+                 spacing: tuple[float, float] | None = None) -> None:
+        self.items, self.channels, self.n_classes, self.spacing = items, channels, n_classes, spacing
         self.reader = Reader()
         self._cache: dict[int, _Compact] = {}
         self.shapes: list[tuple[int, int]] = []  # H x W of every sample
@@ -79,12 +80,12 @@ class SampleStore:
                               cache_gb, len(self._cache), len(items))
 
     def load(self, index: int) -> Sample:
-        """Decode item ``index`` from disk."""
+        """Decode item ``index`` from disk (a volume's slice resampled to ``spacing``)."""
         item = self.items[index]
         sample = load_sample(item, self.channels, self.n_classes, self.reader)
         if sample.mask is None:
             raise MedsegError(item.image, "no mask for this image (needed for training and validation)")
-        return sample
+        return resample_sample(sample, self.spacing) if self.spacing is not None else sample
 
     @property
     def cached(self) -> int:

@@ -8,7 +8,8 @@ normalised afterwards; masks and regions are warped with nearest-neighbour inter
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import replace
+from typing import Any, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call for a version check at import
 
@@ -126,6 +127,39 @@ def resize_sample(sample: Sample, size: int) -> Sample:
     if sample.region is not None:
         region = cv2.resize(sample.region.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
     return Sample(sample.id, image.astype(np.float32), mask.astype(np.int64), region)
+
+
+def resampled_shape(shape: tuple[int, int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int]:
+    """``H x W`` of an image of ``shape`` at ``spacing`` (mm) resampled to ``target``; unchanged within 1%."""
+    if all(abs(s - t) <= 0.01 * t for s, t in zip(spacing, target)):
+        return shape[0], shape[1]
+    return (max(1, round(shape[0] * spacing[0] / target[0])), max(1, round(shape[1] * spacing[1] / target[1])))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """An ``H x W x C`` float array resized to ``size`` (``H x W``), any number of channels."""
+    if image.shape[:2] == tuple(size):
+        return image
+    height, width = size
+    planes = [cv2.resize(np.ascontiguousarray(image[..., c]), (width, height), interpolation=interpolation)
+              for c in range(image.shape[2])]
+    return np.stack(planes, axis=2).astype(image.dtype, copy=False)
+
+
+def resample_sample(sample: Sample, target: Sequence[float]) -> Sample:
+    """A volume's slice resampled from its spacing to ``target`` (mm): the image with a smooth (cubic)
+    interpolator, the mask and region nearest-neighbour; samples without a spacing are returned as they are."""
+    if sample.spacing is None:
+        return sample
+    size = resampled_shape(sample.image.shape[:2], sample.spacing, target)
+    if size == sample.image.shape[:2]:
+        return sample
+    image = resize_image(sample.image, size, cv2.INTER_CUBIC)
+    mask = None if sample.mask is None else resize_image(sample.mask[..., None].astype(np.uint8), size,
+                                                         cv2.INTER_NEAREST)[..., 0].astype(np.int64)
+    region = None if sample.region is None else resize_image(sample.region[..., None].astype(np.uint8), size,
+                                                             cv2.INTER_NEAREST)[..., 0] > 0
+    return replace(sample, image=image, mask=mask, region=region, spacing=(float(target[0]), float(target[1])))
 
 
 def image_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -72,8 +72,8 @@ def prepare_data(config: Config, fingerprint: Fingerprint | None = None) -> Trai
         raise MedsegError(data.root, "the val split is empty (check split.csv or data.val_fraction; "
                                      "--fold all trains on every labelled image without validation)")
     channels = input_channels(config, splits)
-    train_store = SampleStore(splits.train, channels, data.n_classes, data.cache_gb)
-    val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb)
+    train_store = SampleStore(splits.train, channels, data.n_classes, data.cache_gb, data.spacing)
+    val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb, data.spacing)
     if fingerprint is None:  # streamed: one decoded sample at a time
         labelled = itertools.chain((train_store[i] for i in spread(len(train_store))),
                                    (val_store[i] for i in spread(len(val_store), MAX_SAMPLES // 4)))

@@ -30,19 +30,27 @@ WeightsName = Literal["final_model", "best_model"]
 
 @dataclass(frozen=True)
 class PostprocessSpec:
-    """Per foreground class: keep the largest object, drop objects under ``min_size`` pixels, fill holes."""
+    """Per foreground class: keep the largest object (of every class, or of ``largest_component_classes``), drop
+    objects under ``min_size`` pixels (voxels in a volume), fill holes."""
 
     __pydantic_config__ = STRICT
     largest_component: bool = False
     min_size: int = 0
     fill_holes: bool = False
+    largest_component_classes: tuple[int, ...] = ()
 
     @property
     def active(self) -> bool:
-        return self.largest_component or self.min_size > 0 or self.fill_holes
+        return self.largest_component or bool(self.largest_component_classes) or self.min_size > 0 or self.fill_holes
+
+    def keeps_largest(self, cls: int) -> bool:
+        return self.largest_component or cls in self.largest_component_classes
 
     def describe(self) -> str:
+        classes = ", ".join(map(str, self.largest_component_classes))
         steps = [name for name, on in (("keep largest component", self.largest_component),
+                                       (f"keep largest component of class {classes}",
+                                        bool(self.largest_component_classes)),
                                        (f"remove objects < {self.min_size} px", self.min_size > 0),
                                        ("fill holes", self.fill_holes)) if on]
         return ", ".join(steps) or "none"
@@ -65,6 +73,7 @@ class InferenceSpec:
     postprocess: PostprocessSpec
     class_names: tuple[str, ...]
     slice_axis: int | None = None  # volumes: the voxel axis slices are taken along (None: each one's coarsest)
+    spacing: tuple[float, float] | None = None  # volumes: the in-plane spacing (mm) slices are resampled to
 
 
 @dataclass(frozen=True)
@@ -173,5 +182,6 @@ def training_contract(config: Config, model: ModelSpec, channels: int, data: Dat
         n_classes=c.data.n_classes, channels=channels, normalize=c.data.normalize, patch_size=c.data.patch_size,
         resize=c.data.resize, threshold=c.inference.threshold, tta=c.inference.tta, tta_vflip=c.inference.tta_vflip,
         overlap=c.inference.overlap, postprocess=PostprocessSpec(),
-        class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)), slice_axis=c.data.slice_axis)
+        class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)), slice_axis=c.data.slice_axis,
+        spacing=c.data.spacing)
     return new_contract(model, inference, data, plan, "best_model")

@@ -130,7 +130,8 @@ def _out_of_fold_cases(run_dir: Path, config: Config) -> tuple[list[ValidationCa
                                                     f"(e.g. {missing[0]!r})")
             for item_id in predictor.contract.data.splits.val:
                 sample = load_sample(items[item_id], predictor.spec.channels, predictor.spec.n_classes, reader)
-                probabilities = predictor.probabilities(sample.image).astype(np.float16)
+                probabilities = predictor.probabilities(sample.image, sample.statistics,
+                                                        sample.spacing).astype(np.float16)
                 cases.append(ValidationCase(probabilities, sample.mask, sample.region))
                 ids.append(item_id)
                 fold_of.append(fold)

@@ -140,7 +140,7 @@ def _score_case(case: list[Item], predictor: Predictor, reader: Reader, accumula
     samples = [load_sample(item, spec.channels, spec.n_classes, reader) for item in case]
     if any(sample.mask is None for sample in samples):
         raise MedsegError(case[0].image, "no ground-truth mask to evaluate against")
-    probabilities = [predictor.probabilities(sample.image, sample.statistics) for sample in samples]
+    probabilities = [predictor.probabilities(sample.image, sample.statistics, sample.spacing) for sample in samples]
     if case[0].case is None:
         sample, labels = samples[0], predictor.labels(probabilities[0])
         row = accumulator.add(sample.id, labels, sample.mask, sample.region)

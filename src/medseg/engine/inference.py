@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from medseg.data.readers import as_unit_image
-from medseg.data.transforms import normalize
+from medseg.data.transforms import normalize, resampled_shape, resize_image
 from medseg.engine.checkpoint import fold_dirs, load_checkpoint, build_model, resolve_weights, run_contract
 from medseg.engine.contract import InferenceSpec, RunContract, contract_from_dict
 from medseg.engine.postprocess import postprocess, to_labels
@@ -140,7 +140,7 @@ class Prediction:
 
 class Predictor:
     """One model, or an ensemble of folds (probabilities averaged), applied to images of any size as the run's
-    inference spec says: normalise -> (resize) -> sliding window (+ flip TTA) -> probabilities -> threshold or
+    inference spec says: normalise -> (resize or resample) -> sliding window (+ flip TTA) -> probabilities -> threshold or
     argmax -> post-processing."""
 
     def __init__(self, backends: Sequence[Backend], spec: InferenceSpec, contract: RunContract | None = None,
@@ -175,28 +175,31 @@ class Predictor:
     def forward_for(self, backend: Backend):
         return flip_tta(backend, self.spec.tta_vflip) if self.spec.tta else backend
 
-    def probabilities(self, image: np.ndarray,
-                      statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, statistics: tuple[np.ndarray, np.ndarray] | None = None,
+                      spacing: Sequence[float] | None = None) -> np.ndarray:
         """Foreground probability ``H x W`` (binary) or class probabilities ``K x H x W`` (float32) of an
         ``H x W x C`` image in reader scale [0, 1]; a volume's slice is normalised with its case's
-        ``statistics``."""
-        return self.probabilities_batch([image], [statistics])[0]
+        ``statistics``, and resampled from its ``spacing`` (mm) to the run's and back."""
+        return self.probabilities_batch([image], [statistics], spacing)[0]
 
     def probabilities_batch(self, images: Sequence[np.ndarray],
-                            statistics: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None
-                            ) -> list[np.ndarray]:
-        """:meth:`probabilities` of same-size images, their tiles sharing forward batches (dynamic batching)."""
+                            statistics: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
+                            spacing: Sequence[float] | None = None) -> list[np.ndarray]:
+        """:meth:`probabilities` of same-size images (of one ``spacing``), their tiles sharing forward batches
+        (dynamic batching)."""
         spec = self.spec
         height, width = images[0].shape[:2]
+        size = self._network_size(height, width, spacing)
         statistics = statistics or [None] * len(images)
-        x = np.stack([self._network_input(image, stats) for image, stats in zip(images, statistics)])
+        x = np.stack([resize_image(normalize(image, spec.normalize, stats), size)
+                      for image, stats in zip(images, statistics)])
         total: np.ndarray | None = None
         for backend in self.backends:
             logits = sliding_window_batch(self.forward_for(backend), x, None if spec.resize else spec.patch_size,
                                           spec.overlap, self.batch_size, backend.device)
-            if spec.resize:
-                logits = np.stack([np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_LINEAR)
-                                             for c in scores]) for scores in logits])
+            if size != (height, width):
+                logits = np.stack([resize_image(scores.transpose(1, 2, 0), (height, width)).transpose(2, 0, 1)
+                                   for scores in logits])
             for scores in logits:
                 logits_to_probabilities(scores)
             total = logits if total is None else np.add(total, logits, out=total)
@@ -204,14 +207,13 @@ class Predictor:
             total /= len(self.backends)
         return [scores[0] if scores.shape[0] == 1 else scores for scores in total]
 
-    def _network_input(self, image: np.ndarray,
-                       statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """Normalised (and, for whole-image models, resized) ``H x W x C``."""
-        x = normalize(image, self.spec.normalize, statistics)
+    def _network_size(self, height: int, width: int, spacing: Sequence[float] | None) -> tuple[int, int]:
+        """``H x W`` the network sees: the run's whole-image size, or the image resampled to the run's spacing."""
         if self.spec.resize:
-            size = self.spec.resize
-            x = cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR).reshape(size, size, -1)
-        return x
+            return self.spec.resize, self.spec.resize
+        if self.spec.spacing is not None and spacing is not None:
+            return resampled_shape((height, width), spacing, self.spec.spacing)
+        return height, width
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         """Class ids ``H x W`` (uint8) from probabilities: threshold or argmax, then post-processing."""

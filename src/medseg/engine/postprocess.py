@@ -1,6 +1,7 @@
 """Post-processing of label maps, and choosing it on data (as nnU-Net's ``determine_postprocessing``): the
-threshold, keep-largest-component, small-object removal and hole filling are each tried on validation (or
-out-of-fold) predictions and kept only when they raise mean Dice."""
+threshold, keep-largest-component (per class for multi-class tasks), small-object removal and hole filling are each
+tried on validation (or out-of-fold) predictions and kept only when they raise mean Dice. A volume is
+post-processed whole, in 3D."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ MIN_SIZES = (10, 25, 50, 100, 250, 500, 1000)
 
 
 def postprocess(labels: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
-    """Per foreground class of an ``H x W`` label map: keep the largest connected component, drop components
-    under ``min_size`` pixels, fill holes."""
+    """Per foreground class of an ``H x W`` label map (or ``Z x H x W`` volume): keep the largest connected
+    component, drop components under ``min_size`` pixels, fill holes."""
     if not spec.active:
         return labels
     out = labels.copy()
@@ -32,7 +33,7 @@ def postprocess(labels: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
             sizes = np.bincount(components.ravel())[1:]
             keep = np.zeros(count + 1, bool)
             keep[1:] = sizes >= spec.min_size
-            if spec.largest_component:
+            if spec.keeps_largest(int(cls)):
                 keep[1:] &= sizes == sizes.max()
             cleaned = keep[components]
         else:
@@ -101,7 +102,15 @@ def choose_postprocessing(cases: Sequence[ValidationCase], n_classes: int, thres
         if scored:
             candidate = max(scored, key=lambda t: (scored[t], -abs(t - 0.5)))
             consider(f"threshold {threshold:g} -> {candidate:g}", candidate, spec)
-    if not consider("keep largest component", threshold, replace(spec, largest_component=True)):
+    if n_classes > 2:
+        for cls in range(1, n_classes):
+            classes = spec.largest_component_classes + (cls,)
+            consider(f"keep largest component of class {cls}", threshold,
+                     replace(spec, largest_component_classes=classes))
+        kept_largest = bool(spec.largest_component_classes)
+    else:
+        kept_largest = consider("keep largest component", threshold, replace(spec, largest_component=True))
+    if not kept_largest:
         scored = {size: mean_dice(cases, n_classes, threshold, replace(spec, min_size=size)) for size in MIN_SIZES}
         size = max(scored, key=lambda s: (scored[s], -s))
         consider(f"remove objects < {size} px", threshold, replace(spec, min_size=size))

@@ -48,11 +48,12 @@ def frames(reader: Reader, path: Path, channels: int) -> Iterator[np.ndarray]:
 
 def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "volume") -> np.ndarray:
     """Class ids of a whole volume in its own voxel order (uint8, ``X x Y x Z``): slices along the run's axis
-    (else the volume's coarsest), normalised with the volume's statistics, post-processed in 3D."""
+    (else the volume's coarsest), normalised with the volume's statistics, resampled to the run's spacing and
+    back, post-processed in 3D."""
     spec = predictor.spec
     axis = spec.slice_axis if spec.slice_axis is not None else volume.info.slice_axis()
-    statistics = volume.statistics()
-    probabilities = [predictor.probabilities(volume_slice(volume, axis, z, spec.channels, where), statistics)
+    statistics, spacing = volume.statistics(), volume.info.in_plane_spacing(axis)
+    probabilities = [predictor.probabilities(volume_slice(volume, axis, z, spec.channels, where), statistics, spacing)
                      for z in range(volume.data.shape[axis])]
     return np.moveaxis(predictor.volume_labels(probabilities), 0, axis)
 

@@ -11,10 +11,10 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def shared_dataset(name: str) -> Path:
-    """Path to ../shared/data/<name>, or skip the test with the reason."""
+def shared_dataset(name: str, marker: str = "images") -> Path:
+    """Path to ../shared/data/<name> (recognised by its ``marker`` entry), or skip the test with the reason."""
     path = SHARED_DATA / name
-    if not (path / "images").is_dir():
+    if not (path / marker).exists():
         pytest.skip(f"shared dataset {name!r} not found at {path} (only present in the project's CI workspace)")
     return path
 

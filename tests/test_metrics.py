@@ -127,3 +127,19 @@ def test_accumulator_multiclass_columns():
     row = acc.add("a", np.array([[1, 2, 2]]), np.array([[1, 2, 0]]))
     assert row["dice_c1"] == 1 and row["dice_c2"] == pytest.approx(2 / 3)
     assert row["dice"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_per_case_3d_dice_matches_monai_on_volumes(rng):
+    """A volume is scored as one case in 3D (per class), as MONAI's DiceMetric scores a 3D volume."""
+    preds = _random_masks(rng, 4, (6, 12, 14), classes=3, density=0.5)
+    truths = _random_masks(rng, 4, (6, 12, 14), classes=3, density=0.5)
+    accumulator = MetricAccumulator(n_classes=3, with_hd95=False)
+    for index, (pred, truth) in enumerate(zip(preds, truths)):
+        accumulator.add(f"case{index}", pred, truth, spacing=(2.0, 0.9, 0.9))
+    onehot = [torch.nn.functional.one_hot(torch.as_tensor(np.stack(m)).long(), 3).permute(0, 4, 1, 2, 3).float()
+              for m in (preds, truths)]
+    expected = monai_metrics.DiceMetric(include_background=False, reduction="none", ignore_empty=False)(*onehot)
+    rows = accumulator.rows()
+    for cls in (1, 2):
+        np.testing.assert_allclose([row[f"dice_c{cls}"] for row in rows], expected[:, cls - 1].numpy(), atol=1e-6)
+    np.testing.assert_allclose([row["dice"] for row in rows], expected.mean(dim=1).numpy(), atol=1e-6)

@@ -20,7 +20,7 @@ from medseg.files import atomic_write_text
 
 DatasetFormat = Literal["auto", "folder", "msd", "nnunet", "tiff-stack", "drive", "isic", "busi"]
 Normalization = Literal["zscore", "unit"]
-LossName = Literal["bce", "dice", "bce_dice", "ce", "ce_dice"]
+LossName = Literal["auto", "bce", "dice", "bce_dice", "ce", "ce_dice"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "cosine", "poly", "plateau"]
 Selection = Literal["auto", "final", "best"]
@@ -60,7 +60,7 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    name: LossName = "bce_dice"
+    name: LossName = "auto"  # cross-entropy + soft Dice: bce_dice for binary tasks, ce_dice for several classes
     ce_weight: float = 0.5
     dice_weight: float = 1.0
     smooth: float = 1.0

@@ -141,9 +141,12 @@ def build_loss(
     """The training loss by name, wrapped for deep supervision (a plain tensor output passes through).
 
     ``bce_dice`` = ``ce_weight * BCE + dice_weight * Dice`` (UNet++: 0.5 and 1); ``ce_dice`` is its multi-class
-    counterpart. ``bce``/``bce_dice`` need 1 output channel, ``ce``/``ce_dice`` more than 1.
+    counterpart; ``auto`` is whichever fits ``out_channels``. ``bce``/``bce_dice`` need 1 output channel,
+    ``ce``/``ce_dice`` more than 1.
     """
     binary = out_channels == 1
+    if name == "auto":
+        name = "bce_dice" if binary else "ce_dice"
     if name in ("bce", "bce_dice") and not binary:
         raise MedsegError("loss.name", f"{name!r} needs out_channels=1; use 'ce' or 'ce_dice' for {out_channels} "
                                        "classes")

@@ -197,7 +197,7 @@ def probe_step(widths: tuple[int, ...], size: int, batch_size: int, channels: in
     out_channels = 1 if n_classes == 2 else n_classes
     torch.manual_seed(0)
     model = create_model("unet", channels, out_channels, widths=widths).to(device)
-    loss_fn = build_loss("bce_dice" if n_classes == 2 else "ce_dice", out_channels)
+    loss_fn = build_loss("auto", out_channels)
     optimizer = torch.optim.Adam(model.parameters())
     x = torch.randn(batch_size, channels, size, size, device=device)
     y = torch.randint(0, n_classes, (batch_size, size, size), device=device)

@@ -85,3 +85,43 @@ def make_busi(root: Path) -> Path:
     _png(root / "normal" / "normal (3).png", image)
     _png(root / "normal" / "normal (3)_mask.png", np.zeros_like(mask))
     return root
+
+
+def blob_volume(seed: int, shape=(20, 24, 6), classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """An MRI-like volume (float32, bright ellipsoid parts on noise) and its labels 0..classes-1."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100.0, 10.0, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[5:11, 6:12, 1:5] = 1
+    if classes > 2:
+        labels[11:15, 6:12, 1:5] = 2
+    image[labels == 1] += 80
+    image[labels == 2] += 160
+    return image, labels
+
+
+AFFINE = np.array([[-0.9, 0, 0, 10.0], [0, 0.9, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def make_msd(root: Path, n: int = 6, classes: int = 3, suffix: str = "", nnunet_labels: bool = False) -> Path:
+    """A Decathlon-style task (``suffix="_0000"``: nnU-Net raw) of ``n`` labelled NIfTI volumes."""
+    for i in range(n):
+        image, labels = blob_volume(i, classes=classes)
+        write_nifti(root / "imagesTr" / f"case_{i:03d}{suffix}.nii.gz", image)
+        write_nifti(root / "labelsTr" / f"case_{i:03d}.nii.gz", labels)
+    write_nifti(root / "imagesTs" / f"case_100{suffix}.nii.gz", blob_volume(100, classes=classes)[0])
+    names = ["background", "anterior", "posterior"][:classes]
+    labels_json = ({name: k for k, name in enumerate(names)} if nnunet_labels
+                   else {str(k): name for k, name in enumerate(names)})
+    meta = {"name": "blobs", "labels": labels_json, "modality": {"0": "MRI"}, "numTraining": n,
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from medseg.data.datasets import load_items, load_sample
-from medseg.data.store import SampleStore, epoch_keys
+from medseg.config import AugmentConfig, DataConfig
+from medseg.data.store import PatchDataset, SampleStore, epoch_keys
 from tests.data import fixtures
 
 
@@ -51,3 +52,17 @@ def test_a_patch_is_normalised_with_its_whole_image_statistics(tmp_path):
     crops = [patches[i]["image"][0].numpy() for i in range(20)]
     bright = [c for c in crops if c.min() > 0]  # crops wholly inside the bright half
     assert bright and all(np.allclose(c, 1.0) for c in bright)  # (200/255 - mean) / std of the whole image = 1
+
+
+def test_volume_slices_are_oversampled_towards_foreground(tmp_path):
+    """With foreground_p = 1 every example of a volume comes from a slice that holds foreground; 2D images and
+    foreground_p = 0 keep the slice the key names."""
+    items = load_items(fixtures.make_msd(tmp_path, n=2))
+    store = SampleStore(items, None, 3, cache_gb=1)
+    keys = epoch_keys(len(store), steps=20, batch_size=2, seed=0, epoch=0)
+    quiet = AugmentConfig(flip=False, vflip=False, rotate90=False, affine_p=0, elastic_p=0, intensity_p=0,
+                          gamma_p=0, blur_p=0, noise_p=0)
+    with_foreground = PatchDataset(store, DataConfig(patch_size=32, foreground_p=1.0), quiet, keys)
+    assert all(with_foreground[k]["mask"].any() for k in range(len(keys)))
+    plain = PatchDataset(store, DataConfig(patch_size=32, foreground_p=0.0), quiet, keys)
+    assert not all(plain[k]["mask"].any() for k in range(len(keys)))  # slices 0 and 5 of each volume are empty

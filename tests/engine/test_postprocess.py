@@ -40,3 +40,15 @@ def test_threshold_moves_only_when_it_helps_and_holes_are_filled_when_they_are_e
     holed[12:16, 12:16] = 0.1  # a hole the truth does not have
     choice = choose_postprocessing([_case(truth, holed)], n_classes=2)
     assert choice.postprocess.fill_holes and choice.threshold == 0.5
+
+
+def test_largest_component_is_chosen_per_class_in_3d():
+    """Class 1 has a stray speck in another slice (removed); class 2 is truly two objects (kept whole)."""
+    truth = np.zeros((5, 30, 30))
+    truth[1:4, 5:15, 5:15] = 1
+    truth[1:4, 20:25, 5:10] = truth[1:4, 20:25, 20:25] = 2
+    probabilities = np.stack([(truth == k) * 0.9 + 0.05 for k in range(3)])
+    probabilities[1, 4, 25:28, 25:28], probabilities[0, 4, 25:28, 25:28] = 0.95, 0.0  # a class-1 false positive
+    choice = choose_postprocessing([_case(truth, probabilities)] * 2, n_classes=3)
+    assert choice.postprocess.largest_component_classes == (1,) and not choice.postprocess.largest_component
+    assert choice.dice_after > choice.dice_before

@@ -65,10 +65,13 @@ class SampleStore:
         self._cache: dict[int, _Compact] = {}
         self.shapes: list[tuple[int, int]] = []  # H x W of every sample
         self.statistics: list[tuple[np.ndarray, np.ndarray]] = []  # per-channel mean and std of every image
+        self.foreground_slices: dict[str, list[int]] = {}  # per volume: the indices of its slices with foreground
         budget, used = cache_gb * 2**30, 0
         for index, item in enumerate(items):
             sample = self.load(index)
             self.shapes.append(sample.mask.shape)
+            if item.case is not None and (sample.mask > 0).any():
+                self.foreground_slices.setdefault(item.case, []).append(index)
             self.statistics.append(sample.statistics if sample.statistics is not None
                                    else image_statistics(sample.image))
             compact = _Compact.of(sample)
@@ -94,6 +97,12 @@ class SampleStore:
     def __len__(self) -> int:
         return len(self.items)
 
+    def foreground_slice(self, index: int, rng: np.random.Generator) -> int:
+        """A random slice with foreground of the volume that item ``index`` belongs to (``index`` itself for a 2D
+        image or a volume without foreground)."""
+        slices = self.foreground_slices.get(self.items[index].case or "", [])
+        return slices[int(rng.integers(len(slices)))] if slices else index
+
     def __getitem__(self, index: int) -> Sample:
         compact = self._cache.get(index)
         return compact.sample(self.items[index].id) if compact is not None else self.load(index)
@@ -110,8 +119,9 @@ def epoch_keys(n_items: int, steps: int, batch_size: int, seed: int, epoch: int)
 
 class PatchDataset(Dataset):
     """Training examples, one per ``(index, seed)`` key; the key fixes crop and augmentation, so a resumed run
-    sees exactly the examples the uninterrupted run would have. Returns ``image`` float32 ``C x P x P``, ``mask``
-    int64 ``P x P`` and ``region`` bool ``P x P``."""
+    sees exactly the examples the uninterrupted run would have. A volume's slice is swapped, with probability
+    ``foreground_p``, for one of the same volume that holds foreground (nnU-Net's oversampling, for slices).
+    Returns ``image`` float32 ``C x P x P``, ``mask`` int64 ``P x P`` and ``region`` bool ``P x P``."""
 
     def __init__(self, store: SampleStore, data: DataConfig, augmentation: AugmentConfig,
                  keys: list[tuple[int, int]]) -> None:
@@ -124,6 +134,8 @@ class PatchDataset(Dataset):
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         index, seed = self.keys[position]
         rng = np.random.default_rng(seed)
+        if self.store.items[index].case is not None and rng.random() < self.data.foreground_p:
+            index = self.store.foreground_slice(index, rng)
         sample = self.store[index]
         if self.data.resize:
             sample = resize_sample(sample, self.data.resize)

@@ -73,3 +73,13 @@ def test_zscore_normalisation():
     np.testing.assert_allclose(out.mean(axis=(0, 1)), 0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(0, 1)), 1, atol=1e-4)
     assert normalize(np.full((4, 4, 1), 0.3, np.float32), "zscore").max() == 0
+
+
+def test_intensity_augmentation_keeps_stored_intensities_in_their_range():
+    """A volume's slice (intensities as stored, here 100..900) is augmented on its own range: gamma and noise
+    act as they do on [0, 1] images instead of blowing the values up."""
+    image = np.linspace(100, 900, 32 * 32, dtype=np.float32).reshape(32, 32, 1)
+    only_gamma = AugmentConfig(flip=False, vflip=False, rotate90=False, affine_p=0, elastic_p=0, intensity_p=0,
+                               gamma=0.5, gamma_p=1.0, blur_p=0, noise_p=0)
+    out = augment(build_augmentation(only_gamma), Sample("a", image, np.zeros((32, 32), np.int64)), seed=1)
+    assert out.image.min() >= 100 - 1e-3 and out.image.max() <= 900 + 1e-3 and not np.allclose(out.image, image)

@@ -140,7 +140,8 @@ class PatchDataset(Dataset):
         if self.data.resize:
             sample = resize_sample(sample, self.data.resize)
         elif self.data.patch_size:
-            sample = random_patch(sample, self.data.patch_size, rng, self.data.foreground_p)
+            sample = random_patch(sample, self.data.patch_size, rng, self.data.foreground_p,
+                                  self.store.statistics[index][0].reshape(-1))
         sample = augment(self.pipeline, sample, int(rng.integers(2**31)))
         image = normalize(sample.image, self.data.normalize, self.store.statistics[index])
         return {

@@ -86,17 +86,27 @@ def build_augmentation(config: AugmentConfig) -> A.Compose:
 
 
 def augment(pipeline: A.Compose, sample: Sample, seed: int) -> Sample:
-    """Apply ``pipeline`` to a sample with a per-sample seed (reproducible whatever the worker)."""
+    """Apply ``pipeline`` to a sample with a per-sample seed (reproducible whatever the worker). Intensities
+    outside [0, 1] (a volume's, as stored) are mapped to [0, 1] by their range and back, so the intensity
+    transforms act as on 8-bit images."""
     pipeline.set_random_seed(seed)
     region = sample.region if sample.region is not None else np.ones(sample.image.shape[:2], bool)
-    out = pipeline(image=sample.image, mask=sample.mask.astype(np.uint8), region=region.astype(np.uint8))
-    image = np.clip(out["image"], 0.0, None) if sample.image.min() >= 0 else out["image"]
-    return Sample(sample.id, image.astype(np.float32), out["mask"].astype(np.int64), out["region"].astype(bool))
+    low, high = float(sample.image.min()), float(sample.image.max())
+    scale = max(high - low, 1e-6) if low < 0 or high > 1 else None
+    image = sample.image if scale is None else (sample.image - low) / np.float32(scale)
+    out = pipeline(image=image, mask=sample.mask.astype(np.uint8), region=region.astype(np.uint8))
+    image = np.clip(out["image"], 0.0, None) if scale is not None or low >= 0 else out["image"]
+    if scale is not None:
+        image = image * np.float32(scale) + np.float32(low)
+    return replace(sample, image=image.astype(np.float32), mask=out["mask"].astype(np.int64),
+                   region=out["region"].astype(bool))
 
 
-def random_patch(sample: Sample, size: int, rng: np.random.Generator, foreground_p: float = 0.33) -> Sample:
+def random_patch(sample: Sample, size: int, rng: np.random.Generator, foreground_p: float = 0.33,
+                 fill: np.ndarray | float = 0.0) -> Sample:
     """A ``size x size`` crop; with probability ``foreground_p`` centred on a random foreground pixel (nnU-Net
-    style oversampling). Images smaller than the patch are zero-padded, and the padding is outside the region."""
+    style oversampling). Images smaller than the patch are padded with ``fill`` (per channel; the image mean is
+    zero after z-scoring, as inference pads), and the padding is outside the region."""
     image, mask = sample.image, sample.mask
     region = sample.region if sample.region is not None else np.ones(mask.shape, bool)
     height, width = mask.shape
@@ -104,7 +114,7 @@ def random_patch(sample: Sample, size: int, rng: np.random.Generator, foreground
     if pad_h or pad_w:
         top, left = pad_h // 2, pad_w // 2
         spec = ((top, pad_h - top), (left, pad_w - left))
-        image = np.pad(image, (*spec, (0, 0)))
+        image = np.pad(image - fill, (*spec, (0, 0))) + fill
         mask = np.pad(mask, spec)
         region = np.pad(region, spec)
         height, width = mask.shape

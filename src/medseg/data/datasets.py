@@ -552,6 +552,9 @@ def convert(src: str | Path, fmt: str, out: str | Path, n_classes: int = 2) -> i
     """Write any supported layout as the folder format (PNG images/masks/regions + split.csv); returns the count."""
     out = Path(out)
     items = load_items(src, fmt)
+    if any(is_volume_file(item.image) for item in items):
+        raise MedsegError(src, "holds NIfTI or DICOM images: medseg reads them directly (PNG would lose their "
+                               "intensities, spacing and affine)")
     for sub in ("images", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     reader = Reader()

@@ -17,7 +17,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import tifffile
@@ -88,7 +88,7 @@ class Reader:
     def __init__(self, max_open: int = 8, max_volumes: int = 4) -> None:
         self.max_open, self.max_volumes = max_open, max_volumes
         self._tiffs: OrderedDict[tuple[str, int, int], _OpenTiff] = OrderedDict()
-        self._volumes: OrderedDict[tuple[str, bool], tuple[Volume, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+        self._volumes: OrderedDict[tuple[str, bool], tuple[Volume, Any]] = OrderedDict()  # volume, statistics
         self._pid = os.getpid()
 
     def __enter__(self) -> "Reader":
@@ -125,7 +125,7 @@ class Reader:
             volume = read_dicom(path)
             if label:
                 volume = Volume(_dicom_labels(volume, path), volume.spacing, volume.affine)
-        self._volumes[key] = (volume, volume.statistics())
+        self._volumes[key] = (volume, None if label else volume.statistics())
         while len(self._volumes) > self.max_volumes:
             self._volumes.popitem(last=False)
         return self._volumes[key]

@@ -160,9 +160,9 @@ def test_a_full_queue_answers_503_with_retry_after(demo_run, image):
         inference, queued, calls = client.app.state.inference, threading.Event(), []
         submit = inference.submit
 
-        def submit_and_signal(image):
+        def submit_and_signal(image, *rest):
             calls.append(image)
-            future = submit(image)  # raises QueueFull for the third request
+            future = submit(image, *rest)  # raises QueueFull for the third request
             if len(calls) == 2:
                 queued.set()
             return future

@@ -41,11 +41,10 @@ class ThreadServer(uvicorn.Server):
         self.ready.set()
 
 
-@pytest.fixture(scope="module")
-def server(demo_run):
+def serving(predictor):
+    """``predictor`` served on a free loopback port (a generator for fixtures): yields ``host:port``."""
     port = free_port()
-    config = uvicorn.Config(create_app(Predictor.from_run(demo_run), ServeSettings()), host="127.0.0.1", port=port,
-                            log_level="warning")
+    config = uvicorn.Config(create_app(predictor, ServeSettings()), host="127.0.0.1", port=port, log_level="warning")
     instance = ThreadServer(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -53,6 +52,18 @@ def server(demo_run):
     yield f"127.0.0.1:{port}"
     instance.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(demo_run):
+    yield from serving(Predictor.from_run(demo_run))
+
+
+@pytest.fixture(scope="module")
+def three_class_server():
+    from tests.serve.test_uploads import three_class_predictor
+
+    yield from serving(three_class_predictor())
 
 
 def png(array: np.ndarray) -> bytes:
@@ -110,6 +121,7 @@ def test_the_page_segments_an_image_in_a_browser(server, demo_run, tmp_path):
     from tests.study.browser import CHROMIUM_FLAGS, find_chromium
 
     sync_api = pytest.importorskip("playwright.sync_api")
+    find_chromium()
     source = demo_run.parent / "data" / "images" / "cells_001.png"
     errors: list[str] = []
     with sync_api.sync_playwright() as playwright:
@@ -142,3 +154,71 @@ def test_the_page_segments_an_image_in_a_browser(server, demo_run, tmp_path):
     assert errors == [] and (width, height) == Image.open(source).size and count > 0 and rows == 1
     mask = Image.open(saved)
     assert mask.size == Image.open(source).size and set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+OVERLAY_COLOURS = """() => {
+    const canvas = document.getElementById('overlay');
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    const colours = new Set();
+    for (let i = 0; i < data.length; i += 4) if (data[i + 3] > 0) colours.add(data.slice(i, i + 3).join(','));
+    return Array.from(colours).sort();
+}"""
+
+
+def test_the_page_shows_the_legend_and_segments_dicom_and_volumes(three_class_server, tmp_path):
+    import gzip
+
+    import nibabel as nib
+
+    from tests.serve.test_uploads import CLASSES, dicom, nifti, png as png_of, smooth
+    from tests.study.browser import CHROMIUM_FLAGS, find_chromium
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image, scan, volume = tmp_path / "field.png", tmp_path / "ct.dcm", tmp_path / "case.nii.gz"
+    image.write_bytes(png_of((smooth((48, 64)) / 1000 * 255).astype(np.uint8)))
+    scan.write_bytes(dicom())
+    volume.write_bytes(nifti(smooth((20, 24, 6), seed=1).astype(np.int16)))
+    errors: list[str] = []
+    done = "(text) => document.getElementById('status').textContent.startsWith(text)"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://{three_class_server}/")
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('Model unet')")
+            page.eval_on_selector("#opacity", "slider => { slider.value = 100; }")  # the overlay opaque
+            page.set_input_files("#file", str(image))
+            page.wait_for_function(done, arg="Done: 64 x 48")
+            legend = page.locator("#legend li").all_inner_texts()
+            swatches = page.locator("#legend .swatch").evaluate_all(
+                "spans => spans.map(span => getComputedStyle(span).backgroundColor)")
+            image_colours = page.evaluate(OVERLAY_COLOURS)
+            image_rows = page.locator("#areas tbody tr").all_inner_texts()
+
+            page.set_input_files("#file", str(scan))
+            page.wait_for_function(done, arg="Done: 128 x 128")
+            scan_colours = page.evaluate(OVERLAY_COLOURS)
+            scan_headers = page.locator("#areas thead th").all_inner_texts()
+
+            page.set_input_files("#file", str(volume))
+            page.wait_for_function(done, arg="Done: a volume of 20 x 24 x 6 voxels")
+            volume_headers = page.locator("#areas thead th").all_inner_texts()
+            volume_rows = page.locator("#areas tbody tr").count()
+            view_hidden = page.locator("#view").is_hidden()
+            with page.expect_download() as download:
+                page.click("#download")
+            saved = tmp_path / "mask.nii.gz"
+            download.value.save_as(saved)
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert [text.strip() for text in legend] == list(CLASSES[1:])
+    assert swatches == ["rgb(0, 200, 255)", "rgb(255, 200, 0)"]
+    assert image_colours == scan_colours == ["0,200,255", "255,200,0"]  # both classes, in the legend colours
+    assert len(image_rows) == 2 and image_rows[0].split("\t")[0] == "bright"
+    assert scan_headers == ["class", "pixels", "share", "mm²"]
+    assert volume_headers == ["class", "voxels", "share", "mm³"] and volume_rows == 2 and view_hidden
+    assert nib.Nifti1Image.from_bytes(gzip.decompress(saved.read_bytes())).shape == (20, 24, 6)

@@ -113,3 +113,45 @@ def test_two_shards_share_a_study_and_merge_to_the_single_process_result(tmp_pat
         for metric in ("dice", "iou", "hd95", "dice_pooled"):
             assert left[metric] == pytest.approx(right[metric], abs=1e-6)
     print(f"shards trained {trained_by} of 4 runs; merged results equal the single-process study")
+
+
+def three_class_dataset(root):
+    """The synthetic cells, those in the left half of an image class 1 ('left'), in the right half class 2."""
+    import numpy as np
+
+    from medseg.data.readers import read_mask, write_mask
+
+    data = make_synthetic_dataset(root, n_images=10, size=32)
+    for path in sorted((data / "masks").glob("*.png")):
+        mask = read_mask(path)
+        right = np.arange(mask.shape[1])[None, :] >= mask.shape[1] // 2
+        write_mask(path, np.where(mask > 0, 1 + right, 0), n_classes=3)
+    return data
+
+
+def test_a_three_class_study_reports_per_class_dice_and_the_legend(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from medseg.engine.visualize import class_colour
+
+    spec = _spec(three_class_dataset(tmp_path / "data"), models=("unet",))
+    spec.overrides += ["data.n_classes=3", "data.class_names=[background,left,right]"]
+    out = tmp_path / "study"
+    (row,) = run_study(spec, out)
+    assert {"dice_c1", "dice_c2"} <= set(row) and 0 <= row["dice_c1"] <= 1
+    assert row["dice"] == pytest.approx((row["dice_c1"] + row["dice_c2"]) / 2, abs=1e-9) or np.isnan(row["dice"])
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "| Dice (mean fg) | Dice 95% CI | Dice left | Dice right |" in header
+    assert {"dice_c1", "dice_c2"} <= set(next(csv.DictReader((out / "results.csv").open())))
+    report = (out / "report.html").read_text()
+    assert 'id="legend"' in report and "</span>left</li>" in report and "rgb(0, 200, 255)" in report
+    assert (out / "dice_per_class.png").is_file()
+    gallery = np.asarray(Image.open(out / "gallery.png").convert("RGB"))
+    legend = gallery[-16:]  # the strip under the grid
+    for k in (1, 2):
+        assert (legend == np.array(class_colour(k), np.uint8)).all(axis=2).sum() > 50
+
+    check = render(out / "report.html", tmp_path / "report.png")
+    assert check.console_errors == [] and check.table_rows == 1
+    assert len(check.image_widths) == 7 and all(width > 0 for width in check.image_widths)

@@ -10,8 +10,8 @@ from PIL import Image
 
 from medseg.study.compare import ModelChoice, aggregate
 from medseg.stats import PairedComparison
-from medseg.study.report import (box_plot, curves_plot, gallery, markdown_table, power_note, scatter_plot,
-                                 table_cells)
+from medseg.study.report import (box_plot, class_dice_plot, curves_plot, gallery, markdown_table, power_note,
+                                 scatter_plot, table_cells)
 
 RECORDS = [
     {"model": "unet", "seed": 0, "dice": 0.80, "hd95": 5.0, "params": 1000, "cpu_latency_ms": 10.0, "epochs": 3,
@@ -107,3 +107,42 @@ def test_significance_marks_render_in_the_browser(tmp_path):
     headers, body = table_cells(rows)
     assert body[0][headers.index("Dice 95% CI")][0] == "[0.8000, 0.9000]" and body[1][headers.index("Rank")][0] == "2"
     assert replace(pairs[1], p_holm=0.01).significant
+
+
+MULTI_CLASS = [{**record, "dice_c1": record["dice"] + 0.05, "dice_c2": record["dice"] - 0.05,
+                "class_names": ["background", "liver", "tumour"]} for record in RECORDS]
+
+
+def test_multi_class_tables_show_per_class_dice_named_by_class_beside_the_mean():
+    rows = aggregate(MULTI_CLASS, ["unet", "segnet"])
+    headers, body = table_cells(rows, ["background", "liver", "tumour"])
+    dice = headers.index("Dice (mean fg)")
+    assert headers[dice:dice + 4] == ["Dice (mean fg)", "Dice liver", "Dice tumour", "HD95 (px)"]
+    assert body[0][headers.index("Dice liver")] == ("0.9000 ± 0.0500", True)
+    assert body[1][headers.index("Dice tumour")] == ("0.6500 ± 0.0000", False)
+    assert "| Dice liver | Dice tumour |" in markdown_table(rows, ["background", "liver", "tumour"])
+    assert "Dice class 1" in table_cells(rows)[0]  # names unknown: the class id
+    binary_headers, _ = table_cells(aggregate(RECORDS, ["unet", "segnet"]), ["background", "foreground"])
+    assert "Dice" in binary_headers and not any(h.startswith("Dice (") for h in binary_headers)
+    assert _decodes(class_dice_plot(rows, ["background", "liver", "tumour"]))[0] > 100
+
+
+def test_multi_class_gallery_is_in_class_colours_with_the_legend_under_it():
+    from medseg.engine.visualize import class_colour
+
+    image = np.zeros((16, 16, 1), np.float32)
+    truth = np.zeros((16, 16), np.int64)
+    truth[2:8, 2:8], truth[9:14, 9:14] = 1, 2
+    prediction = np.where(truth > 0, 3 - truth, 0)  # each class mistaken for the other
+    grid = gallery([("case", image, truth, {"a": (prediction, 0.0)})], tile=16,
+                   class_names=["background", "liver", "tumour"])
+    assert grid.size[0] == 3 * 16 and grid.size[1] > 16 + 28
+    pixels = np.asarray(grid)
+    panel = pixels[28:44, 32:48]  # model a's prediction: class colours, not error colours
+    assert tuple(panel[4, 4]) != tuple(pixels[28 + 4, 16 + 4])  # differs from the truth panel where swapped
+    colour = lambda k: np.array(class_colour(k), np.float32)  # noqa: E731
+    tinted = panel[4, 4].astype(np.float32)  # 0.45 of tumour's colour over black
+    assert np.allclose(tinted, 0.45 * colour(2), atol=2)
+    legend = pixels[44:]
+    for k in (1, 2):
+        assert (legend == np.array(class_colour(k), np.uint8)).all(axis=2).sum() > 50  # each swatch

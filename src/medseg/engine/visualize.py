@@ -1,11 +1,14 @@
 """Pictures of predictions: display scaling, overlays (true positives cyan, false positives red, false negatives
-yellow), captioned image grids, and the one matplotlib setup (headless) for every plot medseg draws."""
+yellow), captioned image grids, the one class colour legend (overlays, served masks, study galleries and the web
+page all colour class ``k`` with :func:`class_colour`), and the one matplotlib setup (headless) for every plot
+medseg draws."""
 
 from __future__ import annotations
 
+import colorsys
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -14,6 +17,60 @@ CLASS_COLOURS = np.array([[0, 0, 0], [0, 200, 255], [255, 200, 0], [200, 0, 255]
                           [255, 80, 80], [120, 120, 255], [255, 255, 255]], np.uint8)
 TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = (0, 200, 255), (255, 40, 40), (255, 220, 0)
 ERROR_LEGEND = "TP cyan, FP red, FN yellow"
+
+
+def class_colour(cls: int) -> tuple[int, int, int] | None:
+    """The legend colour (RGB) of class id ``cls``: :data:`CLASS_COLOURS`, then hues spread by the golden ratio
+    past its end; background (0) has none."""
+    if cls <= 0:
+        return None
+    if cls < len(CLASS_COLOURS):
+        return tuple(int(v) for v in CLASS_COLOURS[cls])
+    return tuple(round(255 * v) for v in colorsys.hsv_to_rgb((cls * 0.618034) % 1.0, 0.75, 1.0))
+
+
+def class_palette(n_classes: int) -> np.ndarray:
+    """``n_classes x 3`` uint8: row ``k`` is class ``k``'s colour, row 0 (background) black."""
+    return np.array([class_colour(k) or (0, 0, 0) for k in range(max(n_classes, 1))], np.uint8)
+
+
+def label_png(labels: np.ndarray) -> bytes:
+    """Class ids ``H x W`` as a palette PNG: each pixel's value is its class id (``numpy.asarray(Image.open(...))``
+    gives the ids back) and viewers show it in the legend colours, background transparent."""
+    image = Image.fromarray(labels.astype(np.uint8), "L")
+    image.putpalette(class_palette(256).tobytes())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=0)
+    return buffer.getvalue()
+
+
+def legend_image(class_names: Sequence[str], width: int = 480) -> Image.Image:
+    """The legend as a picture for PNGs: a colour swatch and the name of every foreground class, in rows of at
+    most ``width`` pixels."""
+    entries, row_height = [(class_colour(k), str(name)) for k, name in enumerate(class_names) if k], 16
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    sizes = [18 + int(draw.textlength(name)) + 12 for _, name in entries]
+    places, x, y = [], 4, 0
+    for size in sizes:
+        if x > 4 and x + size > width:
+            x, y = 4, y + row_height
+        places.append((x, y))
+        x += size
+    legend = Image.new("RGB", (width, y + row_height), "white")
+    draw = ImageDraw.Draw(legend)
+    for (colour, name), (left, top) in zip(entries, places):
+        draw.rectangle((left, top + 3, left + 11, top + 13), fill=colour, outline=(60, 60, 60))
+        draw.text((left + 16, top + 2), name, fill="black")
+    return legend
+
+
+def legend_handles(class_names: Sequence[str]) -> list[Any]:
+    """The legend for a matplotlib figure (``ax.legend(handles=legend_handles(names))``): a patch per
+    foreground class in its colour."""
+    from matplotlib.patches import Patch
+
+    return [Patch(facecolor=np.array(class_colour(k)) / 255, edgecolor="0.3", label=str(name))
+            for k, name in enumerate(class_names) if k]
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -30,7 +87,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None = No
     colour = np.zeros_like(base)
     painted = labels > 0
     if truth is None:
-        colour[...] = CLASS_COLOURS[np.minimum(labels, len(CLASS_COLOURS) - 1)]
+        colour[...] = class_palette(int(labels.max(initial=0)) + 1)[labels]
     else:
         pred, true = labels > 0, truth > 0
         colour[pred & true] = TRUE_POSITIVE

@@ -1,10 +1,18 @@
 """The HTTP service: a FastAPI app over an :class:`InferenceQueue`.
 
-``POST /v1/segment`` (multipart upload or raw body; ``?format=png|json|tiff``), ``GET /v1/model``, ``GET /healthz``
-and ``GET /`` (a page to try the model in a browser). Every error is JSON ``{"error": "..."}`` without a
-traceback. Limits: body size (413), declared pixel count (413, before decoding), queue length (503 with
-``Retry-After``), request time (504). With a token, every endpoint but ``/healthz`` needs
-``Authorization: Bearer <token>`` (compared in constant time).
+``POST /v1/segment`` (multipart upload or raw body; ``?format=png|json|tiff|nifti``), ``GET /v1/model``,
+``GET /healthz`` and ``GET /`` (a page to try the model in a browser). Every error is JSON ``{"error": "..."}``
+without a traceback. Limits: body size (413), declared pixel count (413, before decoding; a volume's voxels, all
+slices, count), queue length (503 with ``Retry-After``), request time (504). With a token, every endpoint but
+``/healthz`` needs ``Authorization: Bearer <token>`` (compared in constant time).
+
+Uploads are images (PNG, JPEG, TIFF, BMP, GIF), DICOM files or NIfTI files (``.nii``, ``.nii.gz``), told apart by
+content (:mod:`medseg.serve.uploads`). An image, or a volume of one slice, is segmented in 2D: ``png`` is the mask
+(binary tasks: {0, 255} grey; multi-class: a palette PNG whose pixel values are the class ids, shown in the legend
+colours of :func:`~medseg.engine.visualize.class_colour` with the background transparent), ``json`` the per-class
+areas (pixels, and mm² when the upload says its pixel spacing) and objects, ``tiff`` the probabilities. A volume
+of several slices is segmented as a volume: ``nifti`` is the label volume (``.nii.gz``, the upload's affine),
+``json`` the per-class voxel counts and volumes in mm³; ``nifti`` also takes a single-slice DICOM or NIfTI.
 """
 
 from __future__ import annotations
@@ -26,15 +34,18 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 import medseg
-from medseg.data.readers import ImageTooLarge, decode_image_bytes, encode_array, mask_pixels
+from medseg.data.readers import ImageTooLarge, encode_array, mask_pixels
 from medseg.engine.inference import Predictor
+from medseg.engine.visualize import class_colour, label_png
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 from medseg.serve.queue import InferenceQueue, QueueFull
+from medseg.serve.uploads import Limits, Upload, decode_upload, nifti_labels
 
 RAW_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "image/gif", "image/x-ms-bmp",
-             "application/octet-stream")
-FORMATS = ("png", "json", "tiff")
+             "application/octet-stream", "application/dicom", "application/gzip", "application/x-gzip")
+FORMATS = ("png", "json", "tiff", "nifti")
+VOLUME_FORMATS = ("json", "nifti")  # a volume of several slices has no 2D mask or probability image
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,8 @@ class ServeSettings:
     max_queue: int = 32  # requests waiting for the model; more get 503
     timeout_s: float = 60.0  # per request, upload to response
     max_body_bytes: int = 64 * 2**20
-    max_pixels: int = 64_000_000  # declared pixels of an upload (decompression bombs are refused before decoding)
-    max_side: int = 32_768  # longest image side
+    max_pixels: int = 64_000_000  # declared pixels (a volume: voxels) of an upload, refused before decoding
+    max_side: int = 32_768  # longest image side (volume axis)
     batch_size: int = 1  # > 1: same-size requests share forward passes (dynamic batching)
     batch_wait_ms: float = 5.0
     token: str | None = None
@@ -90,41 +101,66 @@ def public_contract(predictor: Predictor) -> dict[str, Any]:
     contract, spec = predictor.contract, predictor.spec
     return {
         "model": contract.model.name, "in_channels": spec.channels, "n_classes": spec.n_classes,
-        "classes": list(spec.class_names), "threshold": spec.threshold, "postprocess": spec.postprocess.describe(),
-        "tta": spec.tta, "input": f"resize {spec.resize}" if spec.resize else f"tiles of {spec.patch_size}",
+        "classes": list(spec.class_names), "colours": [class_colour(k) for k in range(spec.n_classes)],
+        "threshold": spec.threshold, "postprocess": spec.postprocess.describe(), "tta": spec.tta,
+        "input": (f"resize {spec.resize}" if spec.resize else f"tiles of {spec.patch_size}" if spec.patch_size
+                  else "whole image"),
         "ensemble_members": len(predictor.backends), "medseg_version": medseg.__version__,
         "trained_with": contract.medseg_version,
     }
 
 
-def objects_json(labels: np.ndarray, predictor: Predictor) -> dict[str, Any]:
-    """Per foreground class: area and the bounding boxes (x0, y0, x1, y1; exclusive ends) of its objects."""
-    spec = predictor.spec
+def objects_json(labels: np.ndarray, predictor: Predictor,
+                 spacing: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """Per foreground class: its id, name, legend colour, size and objects (connected components) with their
+    bounding boxes. An image (``H x W``): ``area_px``, ``area_fraction``, ``area_mm2`` and boxes (x0, y0, x1, y1;
+    exclusive ends); a volume (``X x Y x Z``): ``voxels``, ``volume_fraction``, ``volume_mm3`` and boxes over the
+    voxel axes (i0, j0, k0, i1, j1, k1). Sizes in mm need ``spacing`` (mm per axis; else they are null)."""
+    spec, volume = predictor.spec, labels.ndim == 3
+    size, share, physical = (("voxels", "volume_fraction", "volume_mm3") if volume
+                             else ("area_px", "area_fraction", "area_mm2"))
+    unit = float(np.prod(spacing)) if spacing is not None else None
     classes = []
     for cls in range(1, spec.n_classes):
         region = labels == cls
         components, count = ndimage.label(region)
-        areas = np.bincount(components.ravel(), minlength=count + 1)[1:]
+        sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
         boxes = ndimage.find_objects(components)
+        total = int(sizes.sum())
         classes.append({
-            "id": cls, "name": spec.class_names[cls], "area_px": int(region.sum()),
-            "area_fraction": float(region.mean()),
-            "objects": [{"bbox": [b[1].start, b[0].start, b[1].stop, b[0].stop], "area_px": int(a)}
-                        for b, a in zip(boxes, areas)],
+            "id": cls, "name": spec.class_names[cls], "colour": class_colour(cls), size: total,
+            share: float(region.mean()), physical: total * unit if unit is not None else None,
+            "objects": [{"bbox": _bbox(box), size: int(n)} for box, n in zip(boxes, sizes)],
         })
-    return {"width": int(labels.shape[1]), "height": int(labels.shape[0]), "threshold": spec.threshold,
+    extent = ({"shape": list(labels.shape)} if volume
+              else {"width": int(labels.shape[1]), "height": int(labels.shape[0])})
+    return {**extent, "spacing_mm": list(spacing) if spacing is not None else None, "threshold": spec.threshold,
             "postprocess": spec.postprocess.describe(), "classes": classes}
 
 
-def render(probabilities: np.ndarray, predictor: Predictor, fmt: str) -> Response:
-    """The response body for a prediction (CPU work: run it in a thread)."""
+def _bbox(box: tuple[slice, ...]) -> list[int]:
+    """x0, y0, x1, y1 of an image's object; i0, j0, k0, i1, j1, k1 of a volume's."""
+    if len(box) == 2:
+        return [box[1].start, box[0].start, box[1].stop, box[0].stop]
+    return [part.start for part in box] + [part.stop for part in box]
+
+
+def render(result: np.ndarray, upload: Upload, predictor: Predictor, fmt: str) -> Response:
+    """The response body for a prediction: ``result`` is an image's probabilities or a volume's class ids (CPU
+    work: run it in a thread)."""
     if fmt == "tiff":
-        return Response(encode_array(probabilities.astype(np.float32), ".tif", stack=probabilities.ndim == 3),
+        return Response(encode_array(result.astype(np.float32), ".tif", stack=result.ndim == 3),
                         media_type="image/tiff")
-    labels = predictor.labels(probabilities)
+    labels = result if upload.is_volume else predictor.labels(result)
     if fmt == "json":
-        return JSONResponse(objects_json(labels, predictor))
-    return Response(encode_array(mask_pixels(labels, predictor.spec.n_classes), ".png"), media_type="image/png")
+        return JSONResponse(objects_json(labels, predictor, upload.spacing))
+    if fmt == "nifti":
+        volume = labels if upload.is_volume else np.expand_dims(labels, upload.axis)
+        return Response(nifti_labels(volume, upload), media_type="application/gzip",
+                        headers={"Content-Disposition": 'attachment; filename="mask.nii.gz"'})
+    if predictor.spec.n_classes == 2:
+        return Response(encode_array(mask_pixels(labels, 2), ".png"), media_type="image/png")
+    return Response(label_png(labels), media_type="image/png")
 
 
 def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
@@ -207,33 +243,46 @@ def _add_routes(app: FastAPI, predictor: Predictor, inference: InferenceQueue, s
             raise ServiceError(503, f"busy: {exc}", {"Retry-After": "1"}) from None
         try:
             async with asyncio.timeout(settings.timeout_s):
-                probabilities = await _infer(request, predictor, inference, settings)
-                return await run_in_threadpool(render, probabilities, predictor, format)
+                upload = await _decode(request, predictor, settings, format)
+                result = await _infer(upload, inference)
+                return await run_in_threadpool(render, result, upload, predictor, format)
         except TimeoutError:
             raise ServiceError(504, f"the request took longer than {settings.timeout_s:g} s") from None
         finally:
             inference.leave()
 
 
-async def _infer(request: Request, predictor: Predictor, inference: InferenceQueue,
-                 settings: ServeSettings) -> np.ndarray:
-    """Upload -> decode -> the queue -> probabilities."""
+async def _decode(request: Request, predictor: Predictor, settings: ServeSettings, fmt: str) -> Upload:
+    """Upload -> a decoded image or volume, within the limits and fit for ``fmt``."""
     data = await _upload(request)
     if not data:
         raise ServiceError(400, "empty body: send an image")
+    limits = Limits(settings.max_pixels, settings.max_side, predictor.spec.channels)
     try:
-        image = await run_in_threadpool(decode_image_bytes, data, predictor.spec.channels, settings.max_pixels)
+        upload = await run_in_threadpool(decode_upload, data, limits)
     except ImageTooLarge as exc:
         raise ServiceError(413, exc.reason) from None
     except MedsegError as exc:
         raise ServiceError(422, exc.reason) from None
-    if max(image.shape[:2]) > settings.max_side:
-        raise ServiceError(413, f"image of {image.shape[1]} x {image.shape[0]} pixels has a side longer than "
-                                f"{settings.max_side:,}")
+    if upload.is_volume and fmt not in VOLUME_FORMATS:
+        raise ServiceError(422, f"the upload is a {upload.describe()} voxels: ask for format=nifti (the label "
+                                f"volume) or format=json (the volume of each class)")
+    if fmt == "nifti" and upload.volume is None:
+        raise ServiceError(422, "format=nifti needs a NIfTI or DICOM upload; this is a 2D image (ask for png, json "
+                                "or tiff)")
+    return upload
+
+
+async def _infer(upload: Upload, inference: InferenceQueue) -> np.ndarray:
+    """The queue -> an image's probabilities, or a volume's class ids."""
     try:
-        return await asyncio.wrap_future(inference.submit(image))  # cancelling this cancels a queued job
+        future = (inference.submit_volume(upload.volume) if upload.is_volume
+                  else inference.submit(upload.image, upload.statistics, upload.plane_spacing))
+        return await asyncio.wrap_future(future)  # cancelling this cancels a queued job (stops a volume's)
     except QueueFull as exc:
         raise ServiceError(503, f"busy: {exc}", {"Retry-After": "1"}) from None
+    except MedsegError as exc:
+        raise ServiceError(422, exc.reason) from None
 
 
 async def _upload(request: Request) -> bytes:
@@ -259,6 +308,6 @@ async def _read_upload(request: Request) -> bytes:
         return await files[0].read()
     if content_type not in RAW_TYPES:
         raise ServiceError(415, f"content type {content_type or '(none)'!r} is not an image; send PNG, JPEG, TIFF, "
-                                "BMP or GIF as the body or as a multipart upload")
+                                "BMP, GIF, DICOM or NIfTI as the body or as a multipart upload")
     return await request.body()
 

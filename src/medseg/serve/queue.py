@@ -1,5 +1,7 @@
 """One model instance behind a bounded queue: a worker thread takes requests in order, batching same-size images
-(up to ``batch_size``, waiting at most ``batch_wait_ms`` for company) when batching is on."""
+(up to ``batch_size``, waiting at most ``batch_wait_ms`` for company) when batching is on. A volume is a request of
+its own, segmented slice by slice with :func:`~medseg.engine.predict.predict_volume`; one whose request was
+abandoned (timed out) stops at its next slice."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from medseg.data.volumes import Volume
 from medseg.engine.inference import Predictor
+from medseg.engine.predict import predict_volume
+from medseg.errors import MedsegError
 from medseg.log import get_logger
 
 
@@ -19,10 +25,46 @@ class QueueFull(Exception):
     """No room for another request (or the service is stopping); the client should retry later."""
 
 
+class Abandoned(Exception):
+    """The request gave up on its volume (timed out) while the worker was segmenting it."""
+
+
+class Request(Future):
+    """A job's future. Cancelling it (the request timed out) also tells a volume being segmented to stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned = threading.Event()
+
+    def cancel(self) -> bool:
+        self.abandoned.set()
+        return super().cancel()
+
+
 @dataclass
 class Job:
-    image: np.ndarray  # H x W x C float32 in [0, 1]
-    future: Future  # -> probabilities (H x W or K x H x W)
+    image: np.ndarray | None  # H x W x C float32 in reader scale (a volume's slice: as stored)
+    future: Request  # -> probabilities (H x W or K x H x W); a volume's: class ids X x Y x Z
+    statistics: tuple[np.ndarray, np.ndarray] | None = None  # normalisation of a volume's slice (its volume's)
+    spacing: tuple[float, float] | None = None  # a volume's slice: its in-plane spacing (mm), resampled to the run's
+    volume: Volume | None = None  # a whole volume instead of an image
+    where: str = "upload"
+
+
+class _Watched:
+    """The predictor as :func:`predict_volume` uses it, raising :class:`Abandoned` before a slice once the
+    request has gone; everything else is the predictor's."""
+
+    def __init__(self, predictor: Predictor, abandoned: threading.Event) -> None:
+        self.predictor, self.abandoned = predictor, abandoned
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.predictor, name)
+
+    def probabilities(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        if self.abandoned.is_set():
+            raise Abandoned("the request was abandoned")
+        return self.predictor.probabilities(*args, **kwargs)
 
 
 class InferenceQueue:
@@ -62,9 +104,17 @@ class InferenceQueue:
         with self.lock:
             self.admitted -= 1
 
-    def submit(self, image: np.ndarray) -> Future:
-        """Queue an admitted request's image; its future gives the probabilities."""
-        job = Job(image, Future())
+    def submit(self, image: np.ndarray, statistics: tuple[np.ndarray, np.ndarray] | None = None,
+               spacing: tuple[float, float] | None = None) -> Request:
+        """Queue an admitted request's image (a volume's slice: with its volume's ``statistics`` and its in-plane
+        ``spacing``); its future gives the probabilities."""
+        return self._put(Job(image, Request(), statistics, spacing))
+
+    def submit_volume(self, volume: Volume, where: str = "upload") -> Request:
+        """Queue an admitted request's volume; its future gives the class ids (``X x Y x Z`` uint8)."""
+        return self._put(Job(None, Request(), volume=volume, where=where))
+
+    def _put(self, job: Job) -> Request:
         with self.lock:
             if not self.accepting:
                 raise QueueFull("the service is shutting down")
@@ -90,14 +140,16 @@ class InferenceQueue:
         return self.jobs.get()
 
     def _batch(self, first: Job) -> list[Job]:
-        """``first`` and up to ``batch_size - 1`` more same-size jobs arriving within the wait."""
+        """``first`` and up to ``batch_size - 1`` more same-size (and same-spacing) jobs arriving within the
+        wait."""
         batch, deadline = [first], time.perf_counter() + self.batch_wait
-        while len(batch) < self.batch_size and (left := deadline - time.perf_counter()) > 0:
+        while first.volume is None and len(batch) < self.batch_size and (left := deadline - time.perf_counter()) > 0:
             try:
                 job = self.jobs.get(timeout=left)
             except queue.Empty:
                 break
-            if job is None or job.image.shape != first.image.shape:
+            if job is None or job.volume is not None or (job.image.shape, job.spacing) != (first.image.shape,
+                                                                                           first.spacing):
                 self.held = job
                 break
             batch.append(job)
@@ -111,9 +163,16 @@ class InferenceQueue:
             batch = [j for j in self._batch(job) if j.future.set_running_or_notify_cancel()]
             if not batch:
                 continue
+            if job.volume is not None:
+                self._segment_volume(job)
+                continue
             get_logger().info("inference: %d image(s), %d waiting", len(batch), self.waiting)
+            statistics = [j.statistics for j in batch]
+            extra = {"statistics": statistics} if any(s is not None for s in statistics) else {}
+            if job.spacing is not None:
+                extra["spacing"] = job.spacing
             try:
-                results = self.predictor.probabilities_batch([j.image for j in batch])
+                results = self.predictor.probabilities_batch([j.image for j in batch], **extra)
             except Exception as exc:  # a bug in a request must not stop the worker
                 get_logger().exception("inference failed")
                 for j in batch:
@@ -121,3 +180,18 @@ class InferenceQueue:
                 continue
             for j, probabilities in zip(batch, results):
                 j.future.set_result(probabilities)
+
+    def _segment_volume(self, job: Job) -> None:
+        shape = " x ".join(str(n) for n in job.volume.data.shape[:3])
+        get_logger().info("inference: volume of %s voxels, %d waiting", shape, self.waiting)
+        try:
+            job.future.set_result(predict_volume(_Watched(self.predictor, job.future.abandoned), job.volume,
+                                                 job.where))
+        except Abandoned as exc:
+            get_logger().info("inference: volume of %s voxels abandoned by its request", shape)
+            job.future.set_exception(exc)
+        except MedsegError as exc:  # the volume's fault: the request answers 422
+            job.future.set_exception(exc)
+        except Exception as exc:  # a bug in a request must not stop the worker
+            get_logger().exception("inference failed")
+            job.future.set_exception(exc)

@@ -120,6 +120,10 @@ def _record(train_dir: Path, choice: ModelChoice, seed: int, config: Config,
     for name in REPORTED_METRICS:
         record[name] = summary.metrics[name]["mean"]
         record[f"{name}_pooled"] = summary.metrics[name]["pooled"]
+    if len(summary.class_names) > 2:  # multi-class: Dice of each foreground class beside their mean
+        record["class_names"] = list(summary.class_names)
+        record.update({f"dice_c{k}": summary.metrics[f"dice_c{k}"]["mean"] for k in range(1, len(summary.class_names))
+                       if f"dice_c{k}" in summary.metrics})
     return record
 
 

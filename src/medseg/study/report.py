@@ -1,5 +1,6 @@
 """Study outputs: results and pairwise-comparison tables (csv/json/md), plots, a prediction gallery and a
-self-contained report.html."""
+self-contained report.html. A multi-class study also shows each foreground class's Dice beside their mean (tables
+and a plot) and draws the gallery in the class colours, with their legend."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import html
 from dataclasses import asdict
 import math
 import platform
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,8 +19,8 @@ from PIL import Image
 from medseg.data.datasets import load_items, load_sample
 from medseg.engine.inference import Predictor
 from medseg.engine.state import read_history
-from medseg.engine.visualize import (ERROR_LEGEND, GridRow, figure_png, image_grid, overlay, png_bytes, pyplot,
-                                     to_display)
+from medseg.engine.visualize import (ERROR_LEGEND, GridRow, class_colour, figure_png, image_grid, legend_handles,
+                                     legend_image, overlay, png_bytes, pyplot, to_display)
 from medseg.files import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, csv_float,
                           read_csv)
 from medseg.stats import PairedComparison, smallest_holm_p
@@ -40,7 +42,7 @@ def _format(column: str, value: Any, std: Any = None) -> str:
         return f"[{value[0]:.4f}, {value[1]:.4f}]"
     if column == "params":
         text = f"{int(round(value)):,}"
-    elif column in ("dice", "iou", "accuracy", "precision", "recall", "dice_pooled"):
+    elif column in ("dice", "iou", "accuracy", "precision", "recall", "dice_pooled") or _class_id(column):
         text = f"{value:.4f}"
     elif column in ("epochs", "rank"):
         text = f"{value:.0f}"
@@ -61,11 +63,30 @@ def _best(rows: list[dict], column: str, higher: bool | None) -> float | None:
     return max(values) if higher else min(values)
 
 
-def table_cells(rows: list[dict]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+def _class_id(column: str) -> int | None:
+    """``k`` of a per-class Dice column ``dice_c<k>`` (foreground classes: k >= 1)."""
+    match = re.fullmatch(r"dice_c(\d+)", column)
+    return int(match.group(1)) if match else None
+
+
+def table_columns(rows: list[dict], class_names: Sequence[str] | None = None) -> list[tuple[str, str, bool | None]]:
+    """:data:`TABLE_COLUMNS`; with per-class Dice in the rows (multi-class), the mean foreground Dice followed by
+    each class's (``dice_c<k>``, headed with the class name)."""
+    ids = sorted({k for row in rows for k in map(_class_id, row) if k is not None})
+    if not ids:
+        return TABLE_COLUMNS
+    names = [class_names[k] if class_names and k < len(class_names) else f"class {k}" for k in ids]
+    at = [c[0] for c in TABLE_COLUMNS].index("dice_ci") + 1
+    return ([("dice", "Dice (mean fg)", True) if c[0] == "dice" else c for c in TABLE_COLUMNS[:at]]
+            + [(f"dice_c{k}", f"Dice {name}", True) for k, name in zip(ids, names)] + TABLE_COLUMNS[at:])
+
+
+def table_cells(rows: list[dict], class_names: Sequence[str] | None = None
+                ) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Headers and, per row, ``(text, is_best)`` cells; shared by the Markdown and HTML tables."""
     rows = [{**row, "dice_ci": (row["dice_ci_low"], row["dice_ci_high"])} if "dice_ci_low" in row else row
             for row in rows]
-    columns = [c for c in TABLE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    columns = [c for c in table_columns(rows, class_names) if any(r.get(c[0]) is not None for r in rows)]
     headers = ["Model"] + [header for _, header, _ in columns]
     body = []
     for row in rows:
@@ -79,8 +100,8 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[tuple[str, bool]
     return headers, body
 
 
-def markdown_table(rows: list[dict]) -> str:
-    headers, body = table_cells(rows)
+def markdown_table(rows: list[dict], class_names: Sequence[str] | None = None) -> str:
+    headers, body = table_cells(rows, class_names)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for cells in body:
         lines.append("| " + " | ".join(f"**{text}**" if best else text for text, best in cells) + " |")
@@ -121,12 +142,12 @@ def power_note(pairs: Sequence[PairedComparison], alpha: float = 0.05) -> str:
 
 
 def write_tables(out: Path, rows: list[dict], records: list[dict], pairs: Sequence[PairedComparison],
-                 note: str) -> None:
+                 note: str, class_names: Sequence[str] | None = None) -> None:
     atomic_write_csv(out / "results.csv", rows)
     atomic_write_csv(out / "pairs.csv", [asdict(p) | {"significant": p.significant} for p in pairs])
     atomic_write_json(out / "results.json", {"models": rows, "pairs": [asdict(p) for p in pairs], "runs": records})
-    atomic_write_text(out / "results.md", markdown_table(rows) + "\n" + note + "\n\n" + pairs_markdown(pairs)
-                      + "\n" + STATISTICS_NOTE + "\n")
+    atomic_write_text(out / "results.md", markdown_table(rows, class_names) + "\n" + note + "\n\n"
+                      + pairs_markdown(pairs) + "\n" + STATISTICS_NOTE + "\n")
 
 
 def interval_plot(rows: list[dict]) -> bytes:
@@ -161,6 +182,25 @@ def scatter_plot(rows: list[dict], x_key: str, x_label: str, log_x: bool) -> byt
     return figure_png(fig)
 
 
+def class_dice_plot(rows: list[dict], class_names: Sequence[str]) -> bytes:
+    """Each model's test Dice per foreground class (bars in the class colours, error bars across seeds)."""
+    plt = pyplot()
+    ids = list(range(1, len(class_names)))
+    width = 0.8 / len(ids)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(rows) * len(ids) + 2), 4))
+    for j, k in enumerate(ids):
+        values = [row.get(f"dice_c{k}", math.nan) for row in rows]
+        spread = [row.get(f"dice_c{k}_std", math.nan) for row in rows]
+        ax.bar(np.arange(len(rows)) + (j - (len(ids) - 1) / 2) * width, values, width,
+               yerr=None if all(math.isnan(e) for e in spread) else np.nan_to_num(spread), capsize=2,
+               color=np.array(class_colour(k)) / 255, edgecolor="0.3")
+    ax.set_xticks(range(len(rows)), [row["model"] for row in rows], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test Dice (mean per image)", title="Dice per class", ylim=(0, 1.02))
+    ax.legend(handles=legend_handles(class_names), fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return figure_png(fig)
+
+
 def curves_plot(histories: dict[str, list[tuple[int, float]]]) -> bytes:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -185,15 +225,25 @@ def box_plot(per_image: dict[str, list[float]]) -> bytes:
 
 
 def gallery(entries: list[tuple[str, np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, float]]]],
-            tile: int = 160) -> Image.Image:
-    """Rows of image | truth | every model's prediction (TP cyan, FP red, FN yellow), captioned with Dice."""
+            tile: int = 160, class_names: Sequence[str] | None = None) -> Image.Image:
+    """Rows of image | truth | every model's prediction, captioned with Dice. Binary: predictions in TP cyan, FP
+    red, FN yellow. Multi-class (``class_names`` of more than 2): truth and predictions in the class colours (so a
+    class mistaken for another shows), the colour legend under the grid."""
+    multi = class_names is not None and len(class_names) > 2
     rows = []
     for title, image, truth, predictions in entries:
         panels = [("image", to_display(image)), ("truth", overlay(image, truth))]
-        panels += [(f"{label} {dice:.3f}", overlay(image, labels, truth))
+        panels += [(f"{label} {dice:.3f}", overlay(image, labels, None if multi else truth))
                    for label, (labels, dice) in predictions.items()]
-        rows.append(GridRow(f"{title}   [{ERROR_LEGEND}]", panels))
-    return image_grid(rows, tile)
+        rows.append(GridRow(title if multi else f"{title}   [{ERROR_LEGEND}]", panels))
+    grid = image_grid(rows, tile)
+    if not multi:
+        return grid
+    legend = legend_image(class_names, grid.width)
+    framed = Image.new("RGB", (grid.width, grid.height + legend.height), "white")
+    framed.paste(grid, (0, 0))
+    framed.paste(legend, (0, grid.height))
+    return framed
 
 
 def build_gallery(out: Path, spec, choices) -> Image.Image:
@@ -217,7 +267,7 @@ def build_gallery(out: Path, spec, choices) -> Image.Image:
                        for label, predictor in predictors.items()}
         entries.append((f"{kind}: {item_id} (mean Dice {mean_dice[item_id]:.3f})", sample.image, sample.mask,
                         predictions))
-    return gallery(entries)
+    return gallery(entries, class_names=first.class_names)
 
 
 def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices: Sequence,
@@ -229,12 +279,15 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     size = config.data.resize or config.data.patch_size
     widths = (f"width scale {config.model.width_scale}" if config.model.width_scale
               else f"widths {config.model.widths}" if config.model.widths else "default (full) widths")
+    class_names = next((r["class_names"] for r in records if r.get("class_names")), None)  # multi-class only
+    classes_note = (f" Dice is the mean over the foreground classes ({', '.join(class_names[1:])}), each class's "
+                    "beside it; intervals, ranks and pairs use the mean." if class_names else "")
     note = (f"Test split only; each run's own weight selection and post-processing (chosen on validation). "
             f"{seeds_note}. Metrics are per-image means "
-            f"(pooled Dice over all test pixels also shown); HD95 in pixels. Input {size}x{size}, {widths}. "
-            f"Latency: batch 1, {size}x{size}, median of 10 runs, {platform.processor() or platform.machine()}."
-            f"{power_note(pairs)}")
-    write_tables(out, rows, records, pairs, note)
+            f"(pooled Dice over all test pixels also shown); HD95 in pixels.{classes_note} Input {size}x{size}, "
+            f"{widths}. Latency: batch 1, {size}x{size}, median of 10 runs, "
+            f"{platform.processor() or platform.machine()}.{power_note(pairs)}")
+    write_tables(out, rows, records, pairs, note, class_names)
     plots = {
         "dice_intervals.png": interval_plot(rows),
         "dice_vs_params.png": scatter_plot(rows, "params", "parameters", log_x=True),
@@ -249,15 +302,26 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
         per_image[choice.label] = [d for d in scores if not math.isnan(d)]
     plots["val_dice_curves.png"] = curves_plot(histories)
     plots["dice_boxplot.png"] = box_plot(per_image)
+    if class_names:
+        plots["dice_per_class.png"] = class_dice_plot(rows, class_names)
     plots["gallery.png"] = png_bytes(build_gallery(out, spec, choices))
     for name, data in plots.items():
         atomic_write_bytes(out / name, data)
-    atomic_write_text(out / "report.html", render_html(spec, config, rows, pairs, note, plots))
+    atomic_write_text(out / "report.html", render_html(spec, config, rows, pairs, note, plots, class_names))
+
+
+def legend_html(class_names: Sequence[str] | None) -> str:
+    """The class colour legend as HTML (multi-class studies; empty otherwise)."""
+    if not class_names or len(class_names) <= 2:
+        return ""
+    items = "".join(f'<li><span class="swatch" style="background: rgb{class_colour(k)}"></span>'
+                    f"{html.escape(str(name))}</li>" for k, name in enumerate(class_names) if k)
+    return f'<p>Class colours (gallery and per-class plot):</p><ul id="legend">{items}</ul>'
 
 
 def render_html(spec, config, rows: list[dict], pairs: Sequence[PairedComparison], note: str,
-                plots: dict[str, bytes]) -> str:
-    headers, body = table_cells(rows)
+                plots: dict[str, bytes], class_names: Sequence[str] | None = None) -> str:
+    headers, body = table_cells(rows, class_names)
     pair_head = "".join(f"<th>{html.escape(h)}</th>" for h in PAIR_HEADERS)
     pair_rows = "".join(
         f"<tr{' class=significant' if pair.significant else ''}>"
@@ -291,6 +355,9 @@ td.best {{ font-weight: bold; background: #e8f6e8; }}
 tr.significant td {{ background: #fff4d6; font-weight: bold; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
 img {{ max-width: 100%; border: 1px solid #ddd; }}
+#legend {{ list-style: none; padding: 0; display: flex; gap: 1.5em; }}
+.swatch {{ display: inline-block; width: 1em; height: 1em; margin-right: 0.4em; vertical-align: -0.15em;
+           border: 1px solid #555; }}
 </style></head><body>
 <h1>medseg comparison study</h1>
 <h2>Protocol</h2><table id="protocol">{protocol_rows}</table>
@@ -298,6 +365,6 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{table_rows}</tbody></table>
 <h2>Which differences are real</h2><p>{html.escape(STATISTICS_NOTE)}</p>
 <table id="pairs"><thead><tr>{pair_head}</tr></thead><tbody>{pair_rows}</tbody></table>
-<h2>Plots and gallery</h2>{images}
+<h2>Plots and gallery</h2>{legend_html(class_names)}{images}
 </body></html>
 """

@@ -83,3 +83,18 @@ def test_intensity_augmentation_keeps_stored_intensities_in_their_range():
                                gamma=0.5, gamma_p=1.0, blur_p=0, noise_p=0)
     out = augment(build_augmentation(only_gamma), Sample("a", image, np.zeros((32, 32), np.int64)), seed=1)
     assert out.image.min() >= 100 - 1e-3 and out.image.max() <= 900 + 1e-3 and not np.allclose(out.image, image)
+
+
+def test_transforms_of_equal_probability_fire_independently():
+    """Horizontal and vertical flips (p = 0.5 each) give all four outcomes, mirror images included."""
+    image = np.arange(12, dtype=np.float32).reshape(3, 4, 1) / 12
+    flips_only = AugmentConfig(rotate90=False, affine_p=0, elastic_p=0, intensity_p=0, gamma_p=0, blur_p=0,
+                               noise_p=0)
+    pipeline = build_augmentation(flips_only)
+    outcomes = {"identity": image[..., 0], "horizontal": image[:, ::-1, 0], "vertical": image[::-1, :, 0],
+                "both": image[::-1, ::-1, 0]}
+    seen = set()
+    for seed in range(40):
+        out = augment(pipeline, Sample("a", image, np.zeros((3, 4), np.int64)), seed).image[..., 0]
+        seen |= {name for name, expected in outcomes.items() if np.array_equal(out, expected)}
+    assert seen == set(outcomes)

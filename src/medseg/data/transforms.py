@@ -85,11 +85,21 @@ def build_augmentation(config: AugmentConfig) -> A.Compose:
     return A.Compose(steps, additional_targets={"region": "mask"}, seed=0, strict=True)
 
 
+def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
+    """Seed a pipeline for one sample, each transform with its own stream: albumentations' ``set_random_seed``
+    gives every transform the same seed, so transforms of equal probability would always fire together (both
+    flips at once, never a mirror image)."""
+    pipeline.set_random_seed(seed)
+    streams = np.random.SeedSequence(seed).generate_state(len(pipeline.transforms))
+    for transform, stream in zip(pipeline.transforms, streams):
+        transform.set_random_seed(int(stream))
+
+
 def augment(pipeline: A.Compose, sample: Sample, seed: int) -> Sample:
     """Apply ``pipeline`` to a sample with a per-sample seed (reproducible whatever the worker). Intensities
     outside [0, 1] (a volume's, as stored) are mapped to [0, 1] by their range and back, so the intensity
     transforms act as on 8-bit images."""
-    pipeline.set_random_seed(seed)
+    seed_pipeline(pipeline, seed)
     region = sample.region if sample.region is not None else np.ones(sample.image.shape[:2], bool)
     low, high = float(sample.image.min()), float(sample.image.max())
     scale = max(high - low, 1e-6) if low < 0 or high > 1 else None

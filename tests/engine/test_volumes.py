@@ -98,3 +98,15 @@ def test_msd_hippocampus_trains_end_to_end_in_a_minute(tmp_path):
     assert summary["n_images"] == 52  # 20% of the 260 labelled cases, held out and scored in 3D
     # Measured: mean foreground Dice 0.38 after 250 steps (classes 0.15 and 0.62); a broken pipeline scores ~0.
     assert summary["metrics"]["dice"]["mean"] > 0.25
+
+
+def test_cross_validation_scores_each_held_out_volume_once_in_3d(tmp_path):
+    from medseg.engine.crossval import train_folds
+
+    root = fixtures.make_msd(tmp_path / "task", n=4)
+    config = tiny_config(root, epochs=1, steps=1)
+    config.data.folds = 2
+    summary = train_folds(config, tmp_path / "cv")
+    with open(tmp_path / "cv" / "cv_per_image.csv", newline="") as handle:
+        ids = [row["id"] for row in csv.DictReader(handle)]
+    assert sorted(ids) == [f"case_{i:03d}" for i in range(4)] and summary.n_images == 4

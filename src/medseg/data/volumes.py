@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,21 +156,24 @@ def label_values(data: np.ndarray, path: Path) -> np.ndarray:
 def write_nifti_labels(path: Path, labels: np.ndarray, like: Path) -> None:
     """Class ids ``X x Y x Z`` as a uint8 NIfTI with the affine and header of the image ``like`` (so it overlays
     in ITK-SNAP or 3D Slicer), atomically."""
-    import nibabel as nib
-
     source = _nifti(like)
-    header = source.header.copy()
-    header.set_data_dtype(np.uint8)
-    if header.get("dim") is not None and header["dim"][0] == 4:  # the MSD's channel axis is not in a label map
-        header.set_data_shape(labels.shape)
-    output = nib.Nifti1Image(labels.astype(np.uint8), source.affine, header)
-    output.header.set_slope_inter(1, 0)
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    atomic_write_bytes(path, _nifti_bytes(output, suffix))
+    atomic_write_bytes(path, nifti_label_bytes(labels, source.affine, source.header,
+                                               gz=path.name.lower().endswith(".gz")))
 
 
-def _nifti_bytes(image, suffix: str) -> bytes:
+def nifti_label_bytes(labels: np.ndarray, affine: np.ndarray, header: Any = None, gz: bool = True) -> bytes:
+    """Class ids ``X x Y x Z`` as uint8 NIfTI bytes with ``affine``, in the format of an image's ``header`` if
+    given (NIfTI-1 or -2; its data type and shape set for the labels, so an MSD channel axis is dropped)."""
     import gzip
 
-    raw = image.to_bytes()
-    return gzip.compress(raw, compresslevel=6, mtime=0) if suffix == ".nii.gz" else raw
+    import nibabel as nib
+
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    if header is not None:
+        header = header.copy()
+        header.set_data_dtype(np.uint8)
+        header.set_data_shape(labels.shape)
+    output = image_class(labels.astype(np.uint8), affine, header)
+    output.header.set_slope_inter(1, 0)
+    raw = output.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw

@@ -10,7 +10,6 @@ before checkpoints and history see it.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import os
 import signal
@@ -19,13 +18,12 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from medseg.data.datasets import Sample
 from medseg.data.store import SampleStore
 from medseg.engine.checkpoint import CONTRACT_FILE, WeightsInfo, load_checkpoint, load_weights_into, save_checkpoint
 from medseg.engine.contract import InferenceSpec, PostprocessSpec, WeightsName
 from medseg.engine.distributed import DistributedContext
 from medseg.engine.inference import Predictor, TorchBackend
-from medseg.engine.postprocess import ValidationCase, choose_postprocessing, to_labels
+from medseg.engine.postprocess import ValidationCase, choose_postprocessing, stack_cases, to_labels
 from medseg.engine.sliding_window import tile_starts
 from medseg.engine.state import HistoryRow
 from medseg.engine.visualize import figure_png, overlay, pyplot
@@ -66,25 +64,8 @@ def validate(predictor: Predictor, store: SampleStore, indices: list[int], conte
         if keep_cases:
             slices.append((store.items[index].group, probabilities.astype(np.float16), sample))
     rows = [row for _, row in sorted(s for shard in context.all_gather(scores) for s in shard)]
-    return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}, \
-        stack_cases(slices, predictor.spec.n_classes)
-
-
-def stack_cases(slices: list[tuple[str, np.ndarray, Sample]], n_classes: int) -> list[ValidationCase]:
-    """Validation cases from ``(group, probabilities, sample)`` in order: a volume's slices (same group, same size)
-    stacked along a new axis after the class axis, other images as they are."""
-    cases = []
-    for _, members in itertools.groupby(slices, key=lambda part: part[0]):
-        members = list(members)
-        if len(members) == 1 or len({m[2].mask.shape for m in members}) > 1:
-            cases += [ValidationCase(p, s.mask, s.region) for _, p, s in members]
-            continue
-        axis = 0 if n_classes == 2 else 1
-        regions = [s.region for _, _, s in members]
-        cases.append(ValidationCase(np.stack([p for _, p, _ in members], axis=axis),
-                                    np.stack([s.mask for _, _, s in members]),
-                                    None if any(r is None for r in regions) else np.stack(regions)))
-    return cases
+    cases = [case for _, case in stack_cases(slices, predictor.spec.n_classes)]
+    return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}, cases
 
 
 def validation_spec(trainer: "Trainer") -> InferenceSpec:

@@ -28,7 +28,8 @@ from medseg.engine.checkpoint import CONTRACT_FILE, run_contract
 from medseg.engine.components import resolve_classes
 from medseg.engine.contract import PostprocessSpec, RunContract
 from medseg.engine.inference import Predictor
-from medseg.engine.postprocess import PostprocessChoice, ValidationCase, choose_postprocessing, postprocess, to_labels
+from medseg.engine.postprocess import (PostprocessChoice, ValidationCase, choose_postprocessing, postprocess,
+                                      stack_cases, to_labels)
 from medseg.engine.train import train
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_csv, atomic_write_json
@@ -117,7 +118,8 @@ def summarise_folds(run_dir: Path, config: Config) -> CrossValidationSummary:
 
 
 def _out_of_fold_cases(run_dir: Path, config: Config) -> tuple[list[ValidationCase], list[str], list[int]]:
-    """Each fold's validation images predicted by that fold's selected weights (no post-processing)."""
+    """Each fold's validation images predicted by that fold's selected weights (no post-processing); a volume's
+    slices as one case, in 3D."""
     items = {item.id: item for item in load_items(config.data.root, config.data.format, config.data.slice_axis)}
     cases, ids, fold_of = [], [], []
     with Reader() as reader:
@@ -128,12 +130,15 @@ def _out_of_fold_cases(run_dir: Path, config: Config) -> tuple[list[ValidationCa
             if missing:
                 raise MedsegError(config.data.root, f"fold {fold} validated on ids the dataset no longer has "
                                                     f"(e.g. {missing[0]!r})")
+            slices = []
             for item_id in predictor.contract.data.splits.val:
                 sample = load_sample(items[item_id], predictor.spec.channels, predictor.spec.n_classes, reader)
                 probabilities = predictor.probabilities(sample.image, sample.statistics,
                                                         sample.spacing).astype(np.float16)
-                cases.append(ValidationCase(probabilities, sample.mask, sample.region))
-                ids.append(item_id)
+                slices.append((items[item_id].group, probabilities, sample))
+            for name, case in stack_cases(slices, predictor.spec.n_classes):
+                cases.append(case)
+                ids.append(name)
                 fold_of.append(fold)
     return cases, ids, fold_of
 

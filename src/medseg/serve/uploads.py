@@ -11,7 +11,6 @@ affine (a NIfTI's own header; a DICOM's patient LPS axes turned into NIfTI's RAS
 
 from __future__ import annotations
 
-import gzip
 import io
 import zlib
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medseg.data.readers import ImageTooLarge, decode_image_bytes, volume_slice
-from medseg.data.volumes import Volume
+from medseg.data.volumes import Volume, nifti_label_bytes
 from medseg.errors import MedsegError
 
 NIFTI_MAGIC = {b"n+1\0": 344, b"n+2\0": 4}  # magic -> offset (``ni1``: a header without its .img is refused)
@@ -174,17 +173,8 @@ def _nifti(data: bytes, limits: Limits, where: str) -> tuple[Volume, Any]:
 
 def nifti_labels(labels: np.ndarray, upload: Upload) -> bytes:
     """Class ids ``X x Y x Z`` as gzip NIfTI bytes with the upload's affine (and, for a NIfTI upload, its header),
-    as :func:`medseg.data.volumes.write_nifti_labels` writes files."""
-    import nibabel as nib
-
-    if upload.header is not None:
-        header = upload.header.copy()
-        labels = labels.reshape(header.get_data_shape()[:3])  # the upload's own shape, less a channel axis
-        header.set_data_dtype(np.uint8)
-        header.set_data_shape(labels.shape)
-        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        output = image_class(labels.astype(np.uint8), upload.volume.affine, header)
-    else:
-        output = nib.Nifti1Image(labels.astype(np.uint8), LPS_TO_RAS @ upload.volume.affine)
-    output.header.set_slope_inter(1, 0)
-    return gzip.compress(output.to_bytes(), compresslevel=6, mtime=0)
+    as `medseg predict` writes files."""
+    if upload.header is None:
+        return nifti_label_bytes(labels, LPS_TO_RAS @ upload.volume.affine)
+    labels = labels.reshape(upload.header.get_data_shape()[:3])  # the upload's own shape, less a channel axis
+    return nifti_label_bytes(labels, upload.volume.affine, upload.header)

@@ -112,3 +112,28 @@ def test_train_with_a_budget_plans_trains_and_evaluates(tmp_path, capsys):
     assert float(history[-1][2]) < 1e-4  # and annealed
     dice = json.loads((run / "eval" / "summary.json").read_text())["metrics"]["dice"]["mean"]
     assert dice > 0.6
+
+
+def test_classes_in_a_fixed_order_are_never_flipped_across_it(inputs):
+    """Class 1 always left of class 2 (a head and a tail): no horizontal flips in training or TTA, no rotations;
+    vertical flips keep the order and stay. Concentric classes (no order) keep every flip."""
+    rng = np.random.default_rng(0)
+    ordered, concentric = [], []
+    for shift in range(4):
+        mask = np.zeros((48, 48), np.int64)
+        mask[10:30, 5 + shift:20], mask[10:30, 24:40 + shift] = 1, 2
+        ring = _blob(48)
+        dy, dx = ((2, 2), (-2, -2), (2, -2), (-2, 2))[shift]
+        ring[20 + dy:28 + dy, 20 + dx:28 + dx] = 2
+        for masks, labels in ((ordered, mask), (concentric, ring)):
+            masks.append(Sample("x", rng.random((48, 48, 1)).astype(np.float32), labels, None))
+    three = replace(inputs, classes=("background", "head", "tail"))
+    fingerprint = compute_fingerprint(ordered, 3)
+    assert fingerprint.class_layout == (0.0, 1.0)
+    plan = make_plan(fingerprint, three)
+    assert plan.value("augment.flip") is False and plan.value("inference.tta_hflip") is False
+    assert plan.value("augment.vflip") is True and plan.value("augment.rotate90") is False
+    config = load_config(None, ["data.root=d"], base=plan.mapping())
+    assert config.inference.tta and config.inference.tta_vflip and not config.inference.tta_hflip
+    free = make_plan(compute_fingerprint(concentric, 3), three)
+    assert "augment.flip" not in [c.key for c in free.choices] and free.value("augment.rotate90") is True

@@ -104,6 +104,7 @@ class InferenceConfig(Section):
     threshold: float = Field(0.5, gt=0, lt=1)
     tta: bool = False  # average over flips
     tta_vflip: bool = True  # with tta: also vertical flips (off for images with an up/down orientation)
+    tta_hflip: bool = True  # with tta: horizontal flips (off where classes sit in a fixed left/right order)
     overlap: float = Field(0.5, ge=0, lt=1)
     postprocess: PostprocessMode = "auto"  # auto: chosen on validation predictions at the end of training
 

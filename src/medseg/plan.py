@@ -116,7 +116,8 @@ SMALL_PX = 96  # images no larger than this are trained and predicted whole, at 
 STRIDE = 16  # the U-Net's total downsampling: input sizes are multiples of it
 PIXELS_PER_STEP = 4 * 256**2  # small inputs are batched up to this many pixels a step (nnU-Net batches small patches)
 MAX_BATCH = 64
-UPRIGHT_CONTRAST = 0.5  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
+UPRIGHT_CONTRAST = 0.5
+LAYOUT_ORDER = 0.8  # classes whose centroid offsets keep one sign this consistently on an axis are never flipped  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
 
 
 @dataclass(frozen=True)
@@ -343,19 +344,34 @@ def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInp
 
 
 def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, mode: str) -> None:
+    """Flips and 90-degree rotations unless they would teach something false: an up/down orientation of the
+    images, or classes that sit in a fixed order along an axis (a mirror image would swap them)."""
     upright = (abs(fingerprint.updown_contrast) >= UPRIGHT_CONTRAST
                and abs(fingerprint.updown_contrast) >= 3 * abs(fingerprint.leftright_contrast))
     contrast = (f"top/bottom contrast {fingerprint.updown_contrast:+.2f} std vs left/right "
                 f"{fingerprint.leftright_contrast:+.2f}")
+    rows, columns = (abs(value) >= LAYOUT_ORDER for value in fingerprint.class_layout)
+    layout = (f"classes sit in a fixed order (centroid offsets {fingerprint.class_layout[0]:+.2f} along rows, "
+              f"{fingerprint.class_layout[1]:+.2f} along columns)")
+    if columns:
+        choices.add("augment.flip", False, f"{layout}: no horizontal flips, which would swap them")
     if upright:
         choices.add("augment.vflip", False, f"images have an up/down orientation ({contrast}): horizontal flips only")
-        choices.add("augment.rotate90", False, "no 90-degree rotations for upright images")
+    elif rows:
+        choices.add("augment.vflip", False, f"{layout}: no vertical flips, which would swap them")
     else:
-        choices.add("augment.vflip", True, f"no up/down orientation ({contrast}): all flips and 90-degree rotations")
+        choices.add("augment.vflip", True, f"no up/down orientation ({contrast}): vertical flips too")
+    if upright or rows or columns:
+        choices.add("augment.rotate90", False, "no 90-degree rotations: the images have an orientation")
+    else:
         choices.add("augment.rotate90", True, "rotation-invariant content")
     elastic = 0.3 if mode == "patch" else 0.1
     choices.add("augment.elastic_p", elastic, "elastic deformation (U-Net paper) for thin deformable structures"
                 if mode == "patch" else "light elastic deformation for whole-image inputs")
-    choices.add("inference.tta", True, "flip test-time augmentation (the flips training used): 4x (or 2x) "
-                                       "prediction time for a steadier mask")
-    choices.add("inference.tta_vflip", not upright, "vertical flips only where training used them")
+    vertical, horizontal = not (upright or rows), not columns
+    choices.add("inference.tta", vertical or horizontal,
+                "flip test-time augmentation (the flips training used): 4x (or 2x) prediction time for a steadier "
+                "mask" if vertical or horizontal else "no flips in training, so none at test time")
+    choices.add("inference.tta_vflip", vertical, "vertical flips only where training used them")
+    if not horizontal:
+        choices.add("inference.tta_hflip", False, "horizontal flips only where training used them")

@@ -46,7 +46,9 @@ class Fingerprint:
     region_fraction: float  # mean share of pixels inside the region (1 without regions)
     updown_contrast: float  # mean(top half) - mean(bottom half), in per-image std units, averaged over images
     leftright_contrast: float  # the same for left minus right: a control (~0 for most modalities)
-    volumes: VolumeFacts | None = None  # volumes listed as slices: their shapes and spacings
+    volumes: VolumeFacts | None = None
+    class_layout: tuple[float, float] = (0.0, 0.0)  # rows, columns: mean sign of the offset from each foreground
+    # class's centroid to the next's, over images holding both: +-1 when classes sit in a fixed order on that axis  # volumes listed as slices: their shapes and spacings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +117,14 @@ def _profile_contrast(image: np.ndarray, region: np.ndarray | None, axis: int) -
     return (means[0] - means[1]) / std
 
 
+def _class_offsets(mask: np.ndarray, n_classes: int) -> list[np.ndarray]:
+    """The sign (rows, columns) of the offset from each foreground class's centroid to each later class's, for
+    the classes present in ``mask`` (offsets under a pixel count as 0)."""
+    centroids = {cls: np.argwhere(mask == cls).mean(axis=0) for cls in range(1, n_classes) if (mask == cls).any()}
+    present = sorted(centroids)
+    return [np.sign(np.round(centroids[b] - centroids[a])) for i, a in enumerate(present) for b in present[i + 1:]]
+
+
 class _Accumulator:
     """Running sums for :func:`compute_fingerprint`."""
 
@@ -135,6 +145,7 @@ class _Accumulator:
         self.regions: list[float] = []
         self.updown: list[float] = []
         self.leftright: list[float] = []
+        self.layout: list[np.ndarray] = []
         self.rng = np.random.default_rng(0)
 
     def add(self, sample: Sample) -> None:
@@ -162,6 +173,7 @@ class _Accumulator:
         self.foreground_widths.append(structure_widths(foreground))
         background = ~foreground if region is None else ~foreground & region
         self.background_widths.append(structure_widths(background))
+        self.layout += _class_offsets(mask, self.n_classes)
         self.updown.append(_profile_contrast(image, region, axis=0))
         self.leftright.append(_profile_contrast(image, region, axis=1))
 
@@ -201,6 +213,7 @@ class _Accumulator:
             region_fraction=round(float(np.mean(self.regions)), 4),
             updown_contrast=round(float(np.mean(self.updown)), 3),
             leftright_contrast=round(float(np.mean(self.leftright)), 3),
+            class_layout=rounded(np.mean(self.layout, axis=0), 3) if self.layout else (0.0, 0.0),
         )
 
 

@@ -72,6 +72,7 @@ class InferenceSpec:
     overlap: float
     postprocess: PostprocessSpec
     class_names: tuple[str, ...]
+    tta_hflip: bool = True
     slice_axis: int | None = None  # volumes: the voxel axis slices are taken along (None: each one's coarsest)
     spacing: tuple[float, float] | None = None  # volumes: the in-plane spacing (mm) slices are resampled to
 
@@ -181,6 +182,7 @@ def training_contract(config: Config, model: ModelSpec, channels: int, data: Dat
     inference = InferenceSpec(
         n_classes=c.data.n_classes, channels=channels, normalize=c.data.normalize, patch_size=c.data.patch_size,
         resize=c.data.resize, threshold=c.inference.threshold, tta=c.inference.tta, tta_vflip=c.inference.tta_vflip,
+        tta_hflip=c.inference.tta_hflip,
         overlap=c.inference.overlap, postprocess=PostprocessSpec(),
         class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)), slice_axis=c.data.slice_axis,
         spacing=c.data.spacing)

@@ -104,10 +104,10 @@ class OnnxBackend:
         return torch.from_numpy(logits[..., :height, :width])
 
 
-def flip_tta(backend: Backend, vertical: bool = True):
-    """The backend's logits averaged over the identity and horizontal flips, and with ``vertical`` also vertical
-    and both-axes flips."""
-    flips = ((3,), (2,), (2, 3)) if vertical else ((3,),)
+def flip_tta(backend: Backend, vertical: bool = True, horizontal: bool = True):
+    """The backend's logits averaged over the identity and the flips training used: horizontal, vertical, and
+    both axes when both."""
+    flips = [dims for dims, used in (((3,), horizontal), ((2,), vertical), ((2, 3), horizontal and vertical)) if used]
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         logits = backend(batch)
@@ -173,7 +173,7 @@ class Predictor:
         return cls(backends, spec, contract, batch_size)
 
     def forward_for(self, backend: Backend):
-        return flip_tta(backend, self.spec.tta_vflip) if self.spec.tta else backend
+        return flip_tta(backend, self.spec.tta_vflip, self.spec.tta_hflip) if self.spec.tta else backend
 
     def probabilities(self, image: np.ndarray, statistics: tuple[np.ndarray, np.ndarray] | None = None,
                       spacing: Sequence[float] | None = None) -> np.ndarray:

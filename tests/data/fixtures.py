@@ -45,6 +45,16 @@ def make_nnunet(root: Path) -> Path:
     return root
 
 
+def make_three_class_folder(root: Path, n: int = 6) -> Path:
+    """The folder format with PNG masks holding class ids 0, 1 and 2."""
+    make_folder(root, n, split=False)
+    for i in range(n):
+        mask = np.zeros((20, 24), np.uint8)
+        mask[2:9, 2:9], mask[11:18, 12:20] = 1, 2
+        _png(root / "masks" / f"case{i}.png", mask)
+    return root
+
+
 def make_tiff_stack(root: Path, frames: int = 4) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     pairs = [image_and_mask(i) for i in range(frames)]

@@ -63,11 +63,7 @@ def test_data_check_names_the_classes(tmp_path):
 
 
 def test_masks_holding_0_to_k_minus_1_are_k_classes_and_0_255_stays_binary(tmp_path):
-    root = fixtures.make_folder(tmp_path / "three", n=3, split=False)
-    for i in range(3):
-        mask = np.zeros((20, 24), np.uint8)
-        mask[2:8, 2:8], mask[10:16, 10:16] = 1, 2
-        fixtures._png(root / "masks" / f"case{i}.png", mask)
+    root = fixtures.make_three_class_folder(tmp_path / "three", n=3)
     assert find_classes(root, load_items(root)).count == 3
     binary = fixtures.make_folder(tmp_path / "binary", n=3, split=False)
     assert find_classes(binary, load_items(binary)).names == ("background", "foreground")

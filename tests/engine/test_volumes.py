@@ -51,11 +51,7 @@ def test_prediction_of_a_nifti_volume_is_a_nifti_aligned_with_it(tmp_path):
 
 
 def test_three_class_png_masks_train_with_no_flag(tmp_path):
-    root = fixtures.make_folder(tmp_path / "three", n=6, split=False)
-    for i in range(6):
-        mask = np.zeros((20, 24), np.uint8)
-        mask[2:9, 2:9], mask[11:18, 12:20] = 1, 2
-        fixtures._png(root / "masks" / f"case{i}.png", mask)
+    root = fixtures.make_three_class_folder(tmp_path / "three")
     train(tiny_config(root, epochs=1, steps=1), tmp_path / "run")
     contract = run_contract(tmp_path / "run")
     assert contract.inference.n_classes == 3 and contract.model.out_channels == 3

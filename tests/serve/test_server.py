@@ -118,38 +118,27 @@ def test_sigterm_drains_in_flight_requests(demo_run, tmp_path):
 
 
 def test_the_page_segments_an_image_in_a_browser(server, demo_run, tmp_path):
-    from tests.study.browser import CHROMIUM_FLAGS, find_chromium
+    from tests.study.browser import served_page
 
-    sync_api = pytest.importorskip("playwright.sync_api")
-    find_chromium()
     source = demo_run.parent / "data" / "images" / "cells_001.png"
     errors: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(accept_downloads=True)
-            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://{server}/")
-            page.wait_for_function("document.getElementById('model').textContent.startsWith('Model unet')")
-            page.set_input_files("#file", str(source))
-            page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
-            painted = page.evaluate("""() => {
-                const canvas = document.getElementById('overlay');
-                const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-                let count = 0;
-                for (let i = 3; i < data.length; i += 4) if (data[i] > 0) count++;
-                return [canvas.width, canvas.height, count];
-            }""")
-            page.fill("#opacity", "100")
-            rows = page.locator("#areas tbody tr").count()
-            with page.expect_download() as download:
-                page.click("#download")
-            saved = tmp_path / "mask.png"
-            download.value.save_as(saved)
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-        finally:
-            browser.close()
+    with served_page(f"http://{server}/", errors) as page:
+        page.set_input_files("#file", str(source))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
+        painted = page.evaluate("""() => {
+            const canvas = document.getElementById('overlay');
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            let count = 0;
+            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) count++;
+            return [canvas.width, canvas.height, count];
+        }""")
+        page.fill("#opacity", "100")
+        rows = page.locator("#areas tbody tr").count()
+        with page.expect_download() as download:
+            page.click("#download")
+        saved = tmp_path / "mask.png"
+        download.value.save_as(saved)
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     width, height, count = painted
     assert errors == [] and (width, height) == Image.open(source).size and count > 0 and rows == 1
     mask = Image.open(saved)
@@ -171,49 +160,39 @@ def test_the_page_shows_the_legend_and_segments_dicom_and_volumes(three_class_se
     import nibabel as nib
 
     from tests.serve.test_uploads import CLASSES, dicom, nifti, png as png_of, smooth
-    from tests.study.browser import CHROMIUM_FLAGS, find_chromium
+    from tests.study.browser import served_page
 
-    sync_api = pytest.importorskip("playwright.sync_api")
     image, scan, volume = tmp_path / "field.png", tmp_path / "ct.dcm", tmp_path / "case.nii.gz"
     image.write_bytes(png_of((smooth((48, 64)) / 1000 * 255).astype(np.uint8)))
     scan.write_bytes(dicom())
     volume.write_bytes(nifti(smooth((20, 24, 6), seed=1).astype(np.int16)))
     errors: list[str] = []
     done = "(text) => document.getElementById('status').textContent.startsWith(text)"
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(accept_downloads=True)
-            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://{three_class_server}/")
-            page.wait_for_function("document.getElementById('model').textContent.startsWith('Model unet')")
-            page.eval_on_selector("#opacity", "slider => { slider.value = 100; }")  # the overlay opaque
-            page.set_input_files("#file", str(image))
-            page.wait_for_function(done, arg="Done: 64 x 48")
-            legend = page.locator("#legend li").all_inner_texts()
-            swatches = page.locator("#legend .swatch").evaluate_all(
-                "spans => spans.map(span => getComputedStyle(span).backgroundColor)")
-            image_colours = page.evaluate(OVERLAY_COLOURS)
-            image_rows = page.locator("#areas tbody tr").all_inner_texts()
+    with served_page(f"http://{three_class_server}/", errors) as page:
+        page.eval_on_selector("#opacity", "slider => { slider.value = 100; }")  # the overlay opaque
+        page.set_input_files("#file", str(image))
+        page.wait_for_function(done, arg="Done: 64 x 48")
+        legend = page.locator("#legend li").all_inner_texts()
+        swatches = page.locator("#legend .swatch").evaluate_all(
+            "spans => spans.map(span => getComputedStyle(span).backgroundColor)")
+        image_colours = page.evaluate(OVERLAY_COLOURS)
+        image_rows = page.locator("#areas tbody tr").all_inner_texts()
 
-            page.set_input_files("#file", str(scan))
-            page.wait_for_function(done, arg="Done: 128 x 128")
-            scan_colours = page.evaluate(OVERLAY_COLOURS)
-            scan_headers = page.locator("#areas thead th").all_inner_texts()
+        page.set_input_files("#file", str(scan))
+        page.wait_for_function(done, arg="Done: 128 x 128")
+        scan_colours = page.evaluate(OVERLAY_COLOURS)
+        scan_headers = page.locator("#areas thead th").all_inner_texts()
 
-            page.set_input_files("#file", str(volume))
-            page.wait_for_function(done, arg="Done: a volume of 20 x 24 x 6 voxels")
-            volume_headers = page.locator("#areas thead th").all_inner_texts()
-            volume_rows = page.locator("#areas tbody tr").count()
-            view_hidden = page.locator("#view").is_hidden()
-            with page.expect_download() as download:
-                page.click("#download")
-            saved = tmp_path / "mask.nii.gz"
-            download.value.save_as(saved)
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-        finally:
-            browser.close()
+        page.set_input_files("#file", str(volume))
+        page.wait_for_function(done, arg="Done: a volume of 20 x 24 x 6 voxels")
+        volume_headers = page.locator("#areas thead th").all_inner_texts()
+        volume_rows = page.locator("#areas tbody tr").count()
+        view_hidden = page.locator("#view").is_hidden()
+        with page.expect_download() as download:
+            page.click("#download")
+        saved = tmp_path / "mask.nii.gz"
+        download.value.save_as(saved)
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert errors == []
     assert [text.strip() for text in legend] == list(CLASSES[1:])
     assert swatches == ["rgb(0, 200, 255)", "rgb(255, 200, 0)"]

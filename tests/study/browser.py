@@ -1,10 +1,13 @@
-"""Render a local HTML file in headless Chromium (Debian's package) through Playwright's bundled driver."""
+"""Render a local HTML file, or open the service's page, in headless Chromium (Debian's package) through
+Playwright's bundled driver."""
 
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -51,3 +54,22 @@ def render(page_path: Path, screenshot: Path) -> PageCheck:
         finally:
             browser.close()
     return PageCheck(errors, rows, widths, pairs, marks, weights)
+
+
+@contextmanager
+def served_page(url: str, errors: list[str]) -> Iterator[Any]:
+    """The service's page at ``url`` in headless Chromium, once it has described its model; console and page
+    errors are appended to ``errors``."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = find_chromium()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('Model unet')")
+            yield page
+        finally:
+            browser.close()

@@ -117,6 +117,15 @@ def test_sigterm_drains_in_flight_requests(demo_run, tmp_path):
             job.kill()
 
 
+def _download_mask(page, path):
+    """Click the page's mask download, save it to ``path`` and a screenshot of the page beside it."""
+    with page.expect_download() as download:
+        page.click("#download")
+    download.value.save_as(path)
+    page.screenshot(path=str(path.with_name("page.png")), full_page=True)
+    return path
+
+
 def test_the_page_segments_an_image_in_a_browser(server, demo_run, tmp_path):
     from tests.study.browser import served_page
 
@@ -134,11 +143,7 @@ def test_the_page_segments_an_image_in_a_browser(server, demo_run, tmp_path):
         }""")
         page.fill("#opacity", "100")
         rows = page.locator("#areas tbody tr").count()
-        with page.expect_download() as download:
-            page.click("#download")
-        saved = tmp_path / "mask.png"
-        download.value.save_as(saved)
-        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        saved = _download_mask(page, tmp_path / "mask.png")
     width, height, count = painted
     assert errors == [] and (width, height) == Image.open(source).size and count > 0 and rows == 1
     mask = Image.open(saved)
@@ -188,11 +193,7 @@ def test_the_page_shows_the_legend_and_segments_dicom_and_volumes(three_class_se
         volume_headers = page.locator("#areas thead th").all_inner_texts()
         volume_rows = page.locator("#areas tbody tr").count()
         view_hidden = page.locator("#view").is_hidden()
-        with page.expect_download() as download:
-            page.click("#download")
-        saved = tmp_path / "mask.nii.gz"
-        download.value.save_as(saved)
-        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        saved = _download_mask(page, tmp_path / "mask.nii.gz")
     assert errors == []
     assert [text.strip() for text in legend] == list(CLASSES[1:])
     assert swatches == ["rgb(0, 200, 255)", "rgb(255, 200, 0)"]

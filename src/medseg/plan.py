@@ -116,8 +116,8 @@ SMALL_PX = 96  # images no larger than this are trained and predicted whole, at 
 STRIDE = 16  # the U-Net's total downsampling: input sizes are multiples of it
 PIXELS_PER_STEP = 4 * 256**2  # small inputs are batched up to this many pixels a step (nnU-Net batches small patches)
 MAX_BATCH = 64
-UPRIGHT_CONTRAST = 0.5
-LAYOUT_ORDER = 0.8  # classes whose centroid offsets keep one sign this consistently on an axis are never flipped  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
+UPRIGHT_CONTRAST = 0.5  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
+LAYOUT_ORDER = 0.8  # classes whose centroid offsets keep one sign this consistently on an axis are never flipped
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from medseg.data.readers import IMAGE_EXTENSIONS, Reader, volume_info, write_array, write_mask
-from medseg.data.volumes import is_dicom, is_volume_file, volume_stem
+from medseg.data.volumes import is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_csv, read_csv
 
@@ -419,7 +419,8 @@ def split_items(
     folds: int = 5,
 ) -> Splits:
     """Train/val/test lists. The source's own split (split.csv, an adapter's) is kept; a split it lacks is carved
-    from its training items (a volume's slices as one), seeded: first ``test_fraction`` for test, then ``val_fraction`` (or fold ``fold`` of
+    from its training items (a volume's slices as one), seeded: first ``test_fraction`` for test, then
+    ``val_fraction`` (or fold ``fold`` of
     ``folds``, the same partition for every fold) for val; fold ``"all"`` keeps no validation images. An id is
     never on two sides."""
     groups: dict[str, list[Item]] = {}

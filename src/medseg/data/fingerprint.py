@@ -46,9 +46,10 @@ class Fingerprint:
     region_fraction: float  # mean share of pixels inside the region (1 without regions)
     updown_contrast: float  # mean(top half) - mean(bottom half), in per-image std units, averaged over images
     leftright_contrast: float  # the same for left minus right: a control (~0 for most modalities)
-    volumes: VolumeFacts | None = None
-    class_layout: tuple[float, float] = (0.0, 0.0)  # rows, columns: mean sign of the offset from each foreground
-    # class's centroid to the next's, over images holding both: +-1 when classes sit in a fixed order on that axis  # volumes listed as slices: their shapes and spacings
+    volumes: VolumeFacts | None = None  # volumes listed as slices: their shapes and spacings
+    # rows, columns: mean sign of the offset from each foreground class's centroid to the next's, over images
+    # holding both: +-1 when classes sit in a fixed order along that axis
+    class_layout: tuple[float, float] = (0.0, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

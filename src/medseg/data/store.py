@@ -34,7 +34,8 @@ class _Compact:
     def of(cls, sample: Sample) -> "_Compact":
         image, divisor = sample.image, 1.0
         as_8_bit = np.rint(image * 255)
-        if image.min(initial=0) >= 0 and image.max(initial=0) <= 1 and np.array_equal(as_8_bit.astype(np.float32) / 255, image):
+        in_unit_range = image.min(initial=0) >= 0 and image.max(initial=0) <= 1
+        if in_unit_range and np.array_equal(as_8_bit.astype(np.float32) / 255, image):
             image, divisor = as_8_bit.astype(np.uint8), 255.0
         return cls(image, divisor, sample.mask.astype(np.uint8), sample.region, sample.statistics, sample.spacing)
 

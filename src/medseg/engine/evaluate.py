@@ -109,7 +109,8 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "t
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out / "per_image.csv", accumulator.rows())
     summary = EvaluationSummary(
-        metrics=accumulator.summary(), n_images=len(accumulator.rows()), class_names=spec.class_names, split=split, data=str(data), dataset=note, run=str(run),
+        metrics=accumulator.summary(), n_images=len(accumulator.rows()), class_names=spec.class_names, split=split,
+        data=str(data), dataset=note, run=str(run),
         threshold=spec.threshold, postprocess=spec.postprocess.describe(), tta=spec.tta,
         members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth)
     atomic_write_json(out / "summary.json", summary.to_dict())

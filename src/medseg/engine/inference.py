@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -140,8 +139,8 @@ class Prediction:
 
 class Predictor:
     """One model, or an ensemble of folds (probabilities averaged), applied to images of any size as the run's
-    inference spec says: normalise -> (resize or resample) -> sliding window (+ flip TTA) -> probabilities -> threshold or
-    argmax -> post-processing."""
+    inference spec says: normalise -> (resize or resample) -> sliding window (+ flip TTA) -> probabilities ->
+    threshold or argmax -> post-processing."""
 
     def __init__(self, backends: Sequence[Backend], spec: InferenceSpec, contract: RunContract | None = None,
                  batch_size: int = 4) -> None:

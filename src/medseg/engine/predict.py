@@ -75,7 +75,8 @@ def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str |
     with Reader() as reader:
         for path in progress(files, desc="predict", unit="img"):
             if is_volume_file(path):
-                written.append(_write_volume(out, path, predictor, predict_volume(predictor, reader.volume(path), path)))
+                labels = predict_volume(predictor, reader.volume(path), path)
+                written.append(_write_volume(out, path, predictor, labels))
                 continue
             labels_stack, prob_stack, overlays = [], [], []
             for image in frames(reader, path, spec.channels):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from medseg.config import Config, load_config, parse_overrides, read_yaml_mapping
-from medseg.data.datasets import default_class_names, find_classes, load_items, load_sample, split_items
+from medseg.data.datasets import Item, default_class_names, find_classes, load_items, load_sample, split_items
 from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread, volume_facts
 from medseg.data.readers import Reader
 from medseg.engine.checkpoint import CONTRACT_FILE, run_contract
@@ -62,13 +62,13 @@ class PlannedData:
     test_fraction: float  # data.test_fraction the plan sets (the config's, or HELD_OUT)
 
 
-def fingerprint_dataset(config: Config) -> PlannedData:
-    """The fingerprint of the labelled non-test images (at most a spread-out sample of them) and the split sizes.
-    A dataset without a labelled test split has :data:`HELD_OUT` of its cases held out first, as training will."""
+def fingerprint_dataset(config: Config, items: list[Item], hold_out: bool = True) -> PlannedData:
+    """The fingerprint of the dataset's labelled non-test ``items`` (at most a spread-out sample of them) and the
+    split sizes. With ``hold_out``, a dataset without a labelled test split has :data:`HELD_OUT` of its cases held
+    out first, as training will."""
     data = config.data
-    items = load_items(data.root, data.format, data.slice_axis)
     has_test = any(item.split == "test" for item in items)
-    test_fraction = data.test_fraction if has_test or data.test_fraction else HELD_OUT
+    test_fraction = HELD_OUT if hold_out and not has_test and not data.test_fraction else data.test_fraction
     splits = split_items(items, data.val_fraction, test_fraction, data.split_seed, data.fold, data.folds)
     labelled = splits.train + splits.val
     if not labelled:
@@ -88,14 +88,17 @@ def plan_dataset(config_path: str | Path | None, overrides: list[str], budget_mi
     config = load_config(config_path, overrides)
     if not config.data.root:
         raise MedsegError("data.root", "no dataset given")
-    classes = find_classes(config.data.root, load_items(config.data.root, config.data.format, config.data.slice_axis))
+    items = load_items(config.data.root, config.data.format, config.data.slice_axis)
+    classes = find_classes(config.data.root, items)
     config = resolve_classes(config, classes)
-    planned = fingerprint_dataset(config)
+    fixed = fixed_keys(config_path, overrides) - {"data.root"}
+    planned = fingerprint_dataset(config, items, hold_out="data.test_fraction" not in fixed)
     fingerprint = planned.fingerprint
     names = tuple(config.data.class_names or default_class_names(config.data.n_classes))
-    inputs = PlanInputs(data=str(config.data.root), classes=names, classes_source=classes.source, n_train=planned.n_train, n_val=planned.n_val, test_fraction=planned.test_fraction,
+    inputs = PlanInputs(data=str(config.data.root), classes=names, classes_source=classes.source,
+                        n_train=planned.n_train, n_val=planned.n_val, test_fraction=planned.test_fraction,
                         budget_minutes=budget_minutes, device=str(select_device(device)),
-                        fixed=fixed_keys(config_path, overrides) - {"data.root"})
+                        fixed=fixed)
     plan = make_plan(fingerprint, inputs, spent_seconds=time.perf_counter() - started)
     if out is not None:
         plan.save(out)

@@ -313,8 +313,9 @@ def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path, variant
                overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """`medseg train --data D --budget B` (plus ``--set`` overrides for a variant); scored from the same test
     masks."""
-    from medseg.engine.checkpoint import load_checkpoint, run_contract
-    from medseg.engine.inference import Predictor
+    from medseg.run.folder import run_contract
+    from medseg.run.weights import load_checkpoint
+    from medseg.inference.predictor import Predictor
 
     run = work / "runs" / f"{dataset.name}_{minutes:g}min{'_' + variant if variant else ''}"
     if run.exists():

@@ -25,12 +25,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from medseg.engine.checkpoint import WeightsInfo, save_checkpoint
-from medseg.engine.contract import (DataRecord, InferenceSpec, PostprocessSpec, SplitIds, default_class_names,
+from medseg.run.weights import WeightsInfo, save_checkpoint
+from medseg.run.contract import (DataRecord, InferenceSpec, PostprocessSpec, SplitIds, default_class_names,
                                     new_contract)
-from medseg.engine.export import export_model
-from medseg.engine.inference import OnnxBackend, Predictor, prepare_for_inference
-from medseg.engine.sliding_window import tile_starts
+from medseg.inference.export import export_model
+from medseg.inference.predictor import OnnxBackend, Predictor, prepare_for_inference
+from medseg.inference.sliding_window import tile_starts
 from medseg.losses import build_loss
 from medseg.models import count_gflops, count_parameters, create_model, list_models, measure_latency
 
@@ -124,7 +124,7 @@ def _write_images(folder: Path, count: int, size: int) -> None:
 
 def folder_section(count: int, workdir: Path) -> dict[str, Any]:
     """Read, infer (256 tiles, overlap 0.5, Gaussian), write masks for a folder of 512x512 images."""
-    from medseg.engine.predict import predict_paths
+    from medseg.inference.predict import predict_paths
     from monai.data import PILWriter
     from monai.inferers import sliding_window_inference
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, NormalizeIntensity
@@ -199,7 +199,7 @@ def train_step_section(repeats: int, workdir: Path) -> dict[str, Any]:
 
     from medseg.config import Config
     from medseg.data.synthetic import make_synthetic_dataset
-    from medseg.engine.train import train
+    from medseg.training.trainer import train
 
     data = make_synthetic_dataset(workdir / "train_data", n_images=16, size=256)
     config = Config()
@@ -215,8 +215,8 @@ def train_step_section(repeats: int, workdir: Path) -> dict[str, Any]:
 HUGE_CHILD = """
 import json, os, sys, threading, time
 import numpy as np
-from medseg.engine.contract import InferenceSpec, PostprocessSpec
-from medseg.engine.inference import Predictor, TorchBackend, prepare_for_inference
+from medseg.run.contract import InferenceSpec, PostprocessSpec
+from medseg.inference.predictor import Predictor, TorchBackend, prepare_for_inference
 from medseg.models import create_model
 
 def rss():

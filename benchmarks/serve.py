@@ -51,7 +51,7 @@ def png(array: np.ndarray) -> bytes:
 def in_process(run: Path, images: list[np.ndarray], seconds: float) -> dict[str, Any]:
     """`Predictor.predict` on decoded PNG bytes (the server decodes them too), one image at a time."""
     from medseg.data.readers import decode_image_bytes
-    from medseg.engine.inference import Predictor
+    from medseg.inference.predictor import Predictor
 
     predictor = Predictor.from_run(run)
     bodies = [png(image) for image in images]

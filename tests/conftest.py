@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from medseg.data.synthetic import make_synthetic_dataset
+from tests.helpers import tiny_config as make_tiny_config
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -24,3 +27,16 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_images=12, size=48)
+
+
+@pytest.fixture
+def tiny_config(synthetic_data):
+    config = make_tiny_config(synthetic_data)
+    config.train.deterministic = True
+    config.train.log_every = 1
+    return config

@@ -24,7 +24,7 @@ def tiny_config(data: Path, epochs: int = 3, steps: int = 2) -> Config:
 
 def contract_for(model, n_classes: int = 2, patch_size: int | None = 32, class_names=None):
     """A run contract for a bare model, as training would write it."""
-    from medseg.engine.contract import (DataRecord, InferenceSpec, PostprocessSpec, SplitIds, default_class_names,
+    from medseg.run.contract import (DataRecord, InferenceSpec, PostprocessSpec, SplitIds, default_class_names,
                                         new_contract)
 
     inference = InferenceSpec(n_classes=n_classes, channels=model.spec.in_channels, normalize="zscore",
@@ -37,7 +37,7 @@ def contract_for(model, n_classes: int = 2, patch_size: int | None = 32, class_n
 
 def save_model(path, model, **contract_options):
     """``model`` as a weights file with a contract (epoch 0)."""
-    from medseg.engine.checkpoint import WeightsInfo, save_checkpoint
+    from medseg.run.weights import WeightsInfo, save_checkpoint
 
     save_checkpoint(path, model.state_dict(), contract_for(model, **contract_options), WeightsInfo(0, 0, 0.0, 0.0))
     return path

@@ -17,9 +17,9 @@ from typing import Any
 __version__ = "0.2.0"
 
 _API = {
-    "Predictor": "medseg.engine.inference",
-    "train": "medseg.engine.train",
-    "evaluate": "medseg.engine.evaluate",
+    "Predictor": "medseg.inference.predictor",
+    "train": "medseg.training.trainer",
+    "evaluate": "medseg.inference.evaluate",
     "load_config": "medseg.config",
     "create_model": "medseg.models",
     "list_models": "medseg.models",

@@ -57,6 +57,14 @@ def try_claim(folder: Path, owner: str = "") -> Claim | None:
     return Claim(folder, handle)
 
 
+def holder(folder: Path) -> str:
+    """Who holds ``folder``'s claim, as its claim file says (``owner pid N on HOST since TIME``)."""
+    try:
+        return (Path(folder) / CLAIM_FILE).read_text(encoding="utf-8").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """``"i/N"`` -> ``(i, N)`` with 0 <= i < N."""
     if text is None:

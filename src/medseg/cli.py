@@ -88,9 +88,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from medseg.claims import parse_shard
     from medseg.config import load_config
-    from medseg.engine.crossval import train_folds
-    from medseg.engine.train import train
-    from medseg.engine.workflow import run_planned
+    from medseg.training.crossval import train_folds
+    from medseg.training.trainer import train
+    from medseg.workflow import run_planned
 
     cross_validate, shard = args.folds is not None and args.fold is None, parse_shard(args.shard)
     if args.nproc and args.nproc > 1 and cross_validate:
@@ -117,7 +117,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: Any, run_dir: Path | None = None) -> None:
-    from medseg.engine.crossval import CrossValidationSummary
+    from medseg.training.crossval import CrossValidationSummary
 
     if result is None:
         print(f"not every fold is finished; run the command again without --shard to summarise {run_dir}")
@@ -131,7 +131,7 @@ def _print_result(result: Any, run_dir: Path | None = None) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from medseg.engine.workflow import plan_dataset
+    from medseg.workflow import plan_dataset
 
     plan, _ = plan_dataset(args.config, _data_overrides(args), parse_duration(args.budget), args.device,
                            Path(args.out))
@@ -146,7 +146,7 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
 
 def _inference_overrides(args: argparse.Namespace) -> dict:
     """Inference settings given on the command line (None = the run's own)."""
-    from medseg.engine.contract import PostprocessSpec
+    from medseg.run.contract import PostprocessSpec
 
     postprocess = None
     if args.no_postprocess:
@@ -176,7 +176,7 @@ def _folds(text: str | None) -> list[int] | None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medseg.engine.evaluate import evaluate
+    from medseg.inference.evaluate import evaluate
 
     evaluate(_model_source(args, args.run), args.data, args.out, split=args.split, fmt=args.format,
              empty=args.empty, backend=args.backend, device=args.device, folds=_folds(args.folds),
@@ -185,8 +185,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from medseg.engine.inference import Predictor
-    from medseg.engine.predict import predict_paths
+    from medseg.inference.predictor import Predictor
+    from medseg.inference.predict import predict_paths
 
     paths = list(args.paths)
     if args.weights:
@@ -204,7 +204,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from medseg.engine.export import export_model
+    from medseg.inference.export import export_model
 
     path = export_model(_model_source(args, args.run), args.format, args.out)
     print(f"wrote {args.format} model to {path}")
@@ -219,7 +219,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MedsegError("serve", f"needs the serving packages ({exc.name} is missing): "
                                    "pip install 'medseg[serve]'") from None
-    from medseg.engine.inference import Predictor
+    from medseg.inference.predictor import Predictor
 
     token = None
     if args.token_file:

@@ -2,7 +2,7 @@
 from and written to YAML, overridden by ``key=value`` strings.
 
 Every problem is a one-line :class:`MedsegError` naming the key, with the closest valid key or value suggested.
-This module imports nothing from ``data/``, ``models/`` or ``engine/``: they import it.
+This module imports nothing from ``data/``, ``models/`` or anything above them: they import it.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from medseg.data.synthetic import make_synthetic_dataset
-from medseg.engine.evaluate import EvaluationSummary
-from medseg.engine.workflow import run_planned
+from medseg.inference.evaluate import EvaluationSummary
+from medseg.workflow import run_planned
 from medseg.log import get_logger
 
 

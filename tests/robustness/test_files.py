@@ -9,7 +9,7 @@ import pytest
 
 from medseg.cli import main
 from medseg.errors import MedsegError
-from medseg.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from medseg.run.weights import load_checkpoint, load_model, save_checkpoint
 from medseg.models import ModelSpec, create_model
 from tests.helpers import save_model
 

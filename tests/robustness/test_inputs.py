@@ -15,7 +15,7 @@ from medseg.cli import main
 from medseg.data.datasets import load_items, load_sample, split_items
 from medseg.data.readers import read_image, read_mask
 from medseg.data.transforms import normalize
-from medseg.engine.inference import Predictor, TorchBackend
+from medseg.inference.predictor import Predictor, TorchBackend
 from medseg.errors import MedsegError
 from medseg.models import create_model
 from tests.helpers import contract_for

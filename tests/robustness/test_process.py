@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from medseg.data.synthetic import make_synthetic_dataset
-from medseg.engine import checkpoint as checkpoint_module
-from medseg.engine.callbacks import SIGNAL_HOOK
-from medseg.engine.checkpoint import load_checkpoint
-from medseg.engine.train import train
+from medseg.run import weights as checkpoint_module
+from medseg.training.callbacks import SIGNAL_HOOK
+from medseg.run.weights import load_checkpoint
+from medseg.training.trainer import train
 from medseg.errors import MedsegError
 
 TINY = ["--set", "data.patch_size=32", "--set", "model.widths=[4,8,16]", "--set", "train.log_every=1",

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from medseg.data.readers import read_image, read_mask
-from medseg.engine.sliding_window import sliding_window_logits
+from medseg.inference.sliding_window import sliding_window_logits
 from medseg.errors import MedsegError
 from medseg.metrics import confusion_counts, scores_from_counts
 

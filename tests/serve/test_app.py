@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from medseg.cli import main  # noqa: E402
-from medseg.engine.inference import Predictor  # noqa: E402
+from medseg.inference.predictor import Predictor  # noqa: E402
 from medseg.serve.app import ServeSettings, create_app  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests-0123456789"

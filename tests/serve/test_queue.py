@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.engine.inference import Predictor
+from medseg.inference.predictor import Predictor
 from medseg.serve.queue import InferenceQueue
 
 

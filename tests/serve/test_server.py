@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from medseg.engine.inference import Predictor  # noqa: E402
+from medseg.inference.predictor import Predictor  # noqa: E402
 from medseg.serve.app import ServeSettings, create_app  # noqa: E402
 
 

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from medseg.data.readers import as_unit_image, volume_slice  # noqa: E402
 from medseg.data.volumes import read_nifti  # noqa: E402
-from medseg.engine.inference import Predictor  # noqa: E402
-from medseg.engine.predict import predict_volume  # noqa: E402
-from medseg.engine.visualize import class_colour, class_palette  # noqa: E402
+from medseg.inference.predictor import Predictor  # noqa: E402
+from medseg.inference.predict import predict_volume  # noqa: E402
+from medseg.visualize import class_colour, class_palette  # noqa: E402
 from medseg.models import create_model  # noqa: E402
 from medseg.serve.app import ServeSettings, create_app  # noqa: E402
 from medseg.serve.uploads import LPS_TO_RAS  # noqa: E402

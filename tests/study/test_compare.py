@@ -133,7 +133,7 @@ def test_a_three_class_study_reports_per_class_dice_and_the_legend(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from medseg.engine.visualize import class_colour
+    from medseg.visualize import class_colour
 
     spec = _spec(three_class_dataset(tmp_path / "data"), models=("unet",))
     spec.overrides += ["data.n_classes=3", "data.class_names=[background,left,right]"]

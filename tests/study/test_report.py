@@ -128,7 +128,7 @@ def test_multi_class_tables_show_per_class_dice_named_by_class_beside_the_mean()
 
 
 def test_multi_class_gallery_is_in_class_colours_with_the_legend_under_it():
-    from medseg.engine.visualize import class_colour
+    from medseg.visualize import class_colour
 
     image = np.zeros((16, 16, 1), np.float32)
     truth = np.zeros((16, 16), np.int64)

@@ -9,7 +9,7 @@ slices, count), queue length (503 with ``Retry-After``), request time (504). Wit
 Uploads are images (PNG, JPEG, TIFF, BMP, GIF), DICOM files or NIfTI files (``.nii``, ``.nii.gz``), told apart by
 content (:mod:`medseg.serve.uploads`). An image, or a volume of one slice, is segmented in 2D: ``png`` is the mask
 (binary tasks: {0, 255} grey; multi-class: a palette PNG whose pixel values are the class ids, shown in the legend
-colours of :func:`~medseg.engine.visualize.class_colour` with the background transparent), ``json`` the per-class
+colours of :func:`~medseg.visualize.class_colour` with the background transparent), ``json`` the per-class
 areas (pixels, and mm² when the upload says its pixel spacing) and objects, ``tiff`` the probabilities. A volume
 of several slices is segmented as a volume: ``nifti`` is the label volume (``.nii.gz``, the upload's affine),
 ``json`` the per-class voxel counts and volumes in mm³; ``nifti`` also takes a single-slice DICOM or NIfTI.
@@ -35,8 +35,8 @@ from starlette.requests import ClientDisconnect
 
 import medseg
 from medseg.data.readers import ImageTooLarge, encode_array, mask_pixels
-from medseg.engine.inference import Predictor
-from medseg.engine.visualize import class_colour, label_png
+from medseg.inference.predictor import Predictor
+from medseg.visualize import class_colour, label_png
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 from medseg.serve.queue import InferenceQueue, QueueFull

@@ -1,6 +1,6 @@
 """One model instance behind a bounded queue: a worker thread takes requests in order, batching same-size images
 (up to ``batch_size``, waiting at most ``batch_wait_ms`` for company) when batching is on. A volume is a request of
-its own, segmented slice by slice with :func:`~medseg.engine.predict.predict_volume`; one whose request was
+its own, segmented slice by slice with :func:`~medseg.inference.predict.predict_volume`; one whose request was
 abandoned (timed out) stops at its next slice."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from medseg.data.volumes import Volume
-from medseg.engine.inference import Predictor
-from medseg.engine.predict import predict_volume
+from medseg.inference.predictor import Predictor
+from medseg.inference.predict import predict_volume
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 

@@ -24,9 +24,10 @@ import yaml
 
 from medseg.claims import CLAIM_FILE, shard_order, try_claim
 from medseg.config import Config, load_config
-from medseg.engine.checkpoint import CONTRACT_FILE, load_checkpoint, load_model
-from medseg.engine.evaluate import EvaluationSummary, evaluate
-from medseg.engine.train import train
+from medseg.run.folder import RunFolder
+from medseg.run.weights import load_checkpoint, load_model
+from medseg.inference.evaluate import EvaluationSummary, evaluate
+from medseg.training.trainer import train
 from medseg.errors import MedsegError
 from medseg.files import atomic_create_json, atomic_write_json, csv_float, read_csv, read_json
 from medseg.log import get_logger
@@ -180,7 +181,7 @@ def _train_one(spec: StudySpec, trained: ModelChoice, seed: int, out: Path) -> N
         get_logger().info("study: %s seed %d is being trained by another process", trained.label, seed)
         return
     with claim:
-        if (train_dir / CONTRACT_FILE).is_file():
+        if RunFolder(train_dir).finished:
             return
         if (train_dir / "checkpoint.safetensors").is_file():
             get_logger().info("study: resuming %s seed %d", trained.label, seed)
@@ -197,7 +198,7 @@ def _evaluate_one(spec: StudySpec, choice: ModelChoice, seed: int, out: Path) ->
     """Evaluate one (model, seed) on the test split once its network is trained."""
     run_dir = out / "runs" / choice.folder / f"seed{seed}"
     train_dir = out / "runs" / choice.trained_as().folder / f"seed{seed}"
-    if (run_dir / "record.json").is_file() or not (train_dir / CONTRACT_FILE).is_file():
+    if (run_dir / "record.json").is_file() or not RunFolder(train_dir).finished:
         return
     claim = try_claim(run_dir / "eval", f"{choice.label} seed {seed} evaluation")
     if claim is None:

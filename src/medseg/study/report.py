@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from medseg.data.datasets import load_items, load_sample
-from medseg.engine.inference import Predictor
-from medseg.engine.state import read_history
-from medseg.engine.visualize import (ERROR_LEGEND, GridRow, class_colour, figure_png, image_grid, legend_handles,
+from medseg.inference.predictor import Predictor
+from medseg.training.state import read_history
+from medseg.visualize import (ERROR_LEGEND, GridRow, class_colour, figure_png, image_grid, legend_handles,
                                      legend_image, overlay, png_bytes, pyplot, to_display)
 from medseg.files import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, csv_float,
                           read_csv)

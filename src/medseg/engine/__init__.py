@@ -1,1 +1,0 @@
-"""The engine: training, prediction, evaluation, checkpoints."""

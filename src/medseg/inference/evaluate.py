@@ -1,0 +1,157 @@
+"""Evaluation: predict a split of a dataset with a trained run and score it.
+
+The split is the one the run recorded, recognised by the dataset's ids and hash wherever the dataset lives now; a
+different dataset is evaluated on its own split. Writes ``per_image.csv`` (every metric per image),
+``summary.json`` (mean, std and pooled value per metric, and what was applied) and ``overlays.png`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medseg.data.datasets import Item, load_items, load_sample
+from medseg.data.fingerprint import dataset_hash
+from medseg.data.readers import Reader
+from medseg.run.contract import RunContract
+from medseg.inference.predictor import Predictor
+from medseg.visualize import ERROR_LEGEND, GridRow, image_grid, overlay, png_bytes, to_display
+from medseg.errors import MedsegError
+from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from medseg.log import get_logger, progress
+from medseg.metrics import EmptyRule, MetricAccumulator
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What ``summary.json`` holds: per metric ``mean``, ``std``, ``n`` and ``pooled``, and how it was made."""
+
+    metrics: dict[str, dict[str, float]]
+    n_images: int  # images scored, a volume counting once (scored in 3D)
+    class_names: tuple[str, ...]
+    split: str
+    data: str
+    dataset: str  # how the images were chosen (the run's recorded split, or the dataset's own)
+    run: str
+    threshold: float
+    postprocess: str
+    tta: bool
+    members: int  # models averaged (folds of a cross-validation run)
+    empty_rule: str
+    prune_depth: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def per_class(self) -> str:
+        """Mean Dice of each foreground class and of their mean, as one line."""
+        parts = [f"{name} {self.metrics[f'dice_c{k}']['mean']:.4f}" for k, name in enumerate(self.class_names)
+                 if k and f"dice_c{k}" in self.metrics]
+        return ", ".join(parts + [f"mean foreground {self.metrics['dice']['mean']:.4f}"])
+
+
+def select_items(items: list[Item], contract: RunContract, split: str, data: Path) -> tuple[list[Item], str]:
+    """The items to evaluate and a note saying how they were chosen. A dataset holding every recorded id is the
+    run's dataset (its hash says whether the files are the same); its recorded ``split`` is used and may never
+    overlap the training images. Any other dataset is evaluated on its own split."""
+    log = get_logger()
+    recorded = contract.data.splits
+    by_id = {item.id: item for item in items}
+    if split == "all":
+        return items, "all images"
+    known = set(recorded.train) | set(recorded.val) | set(recorded.test)
+    if known and known <= set(by_id):
+        if dataset_hash([by_id[i] for i in known]) != contract.data.hash:
+            log.warning("%s holds the ids the run was trained with, but the files differ (hash); using the "
+                        "recorded %s split", data, split)
+        chosen = [by_id[i] for i in getattr(recorded, split)]
+        trained = set(recorded.train) | (set(recorded.val) if split == "test" else set())
+        if split != "train" and {i.id for i in chosen} & trained:
+            raise MedsegError(data, f"the {split} split overlaps the model's training images")
+        return chosen, f"the run's recorded {split} split"
+    chosen = [item for item in items if item.split == split] or (items if split == "test" else [])
+    overlap = {i.id for i in chosen} & set(recorded.train)
+    if overlap:
+        log.warning("%s is not the dataset the run was trained on, but %d of its ids match training ids (e.g. %s)",
+                    data, len(overlap), sorted(overlap)[0])
+    note = f"the dataset's own {split} split" if any(i.split == split for i in items) else "all images (no split)"
+    log.info("%s is not the dataset the run was trained on: evaluating %s", data, note)
+    return chosen, note
+
+
+def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "test", fmt: str = "auto",
+             empty: EmptyRule = "perfect", max_overlays: int = 12, backend: str = "torch", device: str = "cpu",
+             folds: Sequence[int] | None = None, prune_depth: int | None = None,
+             **overrides: Any) -> EvaluationSummary:
+    """Evaluate a run folder (or weights file) on ``split`` of ``data``; the function `medseg evaluate` calls.
+    ``overrides`` replace inference settings (``threshold``, ``tta``, ``postprocess``, ...)."""
+    predictor = Predictor.from_run(run, backend, device, folds, prune_depth, **overrides)
+    data = Path(data)
+    recorded = predictor.contract.data
+    if fmt == "auto" and recorded.root and Path(recorded.root).resolve() == data.resolve():
+        fmt = recorded.format  # the format the run was trained with, on the same folder
+    chosen, note = select_items(load_items(data, fmt, predictor.spec.slice_axis), predictor.contract, split, data)
+    if not chosen:
+        raise MedsegError(data, f"the {split!r} split is empty")
+    spec = predictor.spec
+    accumulator = MetricAccumulator(n_classes=spec.n_classes, empty=empty)
+    grid_rows = []
+    with Reader() as reader:
+        for case in progress(_cases(chosen), desc="evaluate", unit="case"):
+            shown = _score_case(case, predictor, reader, accumulator)
+            if len(grid_rows) < max_overlays:
+                grid_rows.append(shown)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(out / "per_image.csv", accumulator.rows())
+    summary = EvaluationSummary(
+        metrics=accumulator.summary(), n_images=len(accumulator.rows()), class_names=spec.class_names, split=split,
+        data=str(data), dataset=note, run=str(run),
+        threshold=spec.threshold, postprocess=spec.postprocess.describe(), tta=spec.tta,
+        members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth)
+    atomic_write_json(out / "summary.json", summary.to_dict())
+    if grid_rows:
+        atomic_write_bytes(out / "overlays.png", png_bytes(image_grid(grid_rows, tile=192)))
+    dice = summary.metrics["dice"]
+    unit = "cases (3D)" if any(item.case for item in chosen) else "images"
+    get_logger().info("%s split: Dice %.4f +/- %.4f (pooled %.4f) over %d %s (threshold %.2f, post-processing: "
+                      "%s); report in %s", split, dice["mean"], dice["std"], dice["pooled"], summary.n_images, unit,
+                      spec.threshold, summary.postprocess, out)
+    if spec.n_classes > 2:
+        get_logger().info("Dice per class: %s", summary.per_class())
+    return summary
+
+
+def _cases(items: list[Item]) -> list[list[Item]]:
+    """Items grouped by case: a volume's slices together (in slice order), every other image alone."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.group, []).append(item)
+    return [sorted(group, key=lambda i: i.frame or 0) for group in groups.values()]
+
+
+def _score_case(case: list[Item], predictor: Predictor, reader: Reader, accumulator: MetricAccumulator) -> GridRow:
+    """Predict and score one image, or one volume in 3D (its slices stacked, with its spacing in mm); returns the
+    overlay row of the image (a volume's slice with the most foreground)."""
+    spec = predictor.spec
+    samples = [load_sample(item, spec.channels, spec.n_classes, reader) for item in case]
+    if any(sample.mask is None for sample in samples):
+        raise MedsegError(case[0].image, "no ground-truth mask to evaluate against")
+    probabilities = [predictor.probabilities(sample.image, sample.statistics, sample.spacing) for sample in samples]
+    if case[0].case is None:
+        sample, labels = samples[0], predictor.labels(probabilities[0])
+        row = accumulator.add(sample.id, labels, sample.mask, sample.region)
+    else:
+        labels = predictor.volume_labels(probabilities)
+        spacing = reader.volume(case[0].image).stacked_spacing(case[0].axis if case[0].axis is not None else 2)
+        row = accumulator.add(case[0].case, labels, np.stack([s.mask for s in samples]), None, spacing)
+        shown = int(np.argmax([(s.mask > 0).sum() for s in samples]))
+        sample, labels = samples[shown], labels[shown]
+    name = case[0].case or sample.id
+    caption = f"{name}  Dice {row['dice']:.3f}" if not math.isnan(row["dice"]) else name
+    return GridRow(caption, [("image", to_display(sample.image)), ("truth", overlay(sample.image, sample.mask)),
+                             (ERROR_LEGEND, overlay(sample.image, labels, sample.mask))])

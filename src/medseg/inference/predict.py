@@ -1,0 +1,127 @@
+"""Prediction on files: images, folders, TIFF stacks and volumes of any size -> masks on disk (and, on request,
+probability maps and overlays), through a :class:`~medseg.inference.predictor.Predictor`. A NIfTI volume's mask is
+a NIfTI with the image's affine and header; a DICOM's is a PNG (a TIFF stack for several slices) and a DICOM
+Segmentation object that references its source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from medseg.data.readers import IMAGE_EXTENSIONS, Reader, mask_pixels, volume_slice, write_array, write_mask
+from medseg.data.volumes import Volume, is_nifti, is_volume_file, volume_stem, write_nifti_labels
+from medseg.inference.predictor import Predictor
+from medseg.visualize import overlay
+from medseg.errors import MedsegError
+from medseg.log import get_logger, progress
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders expanded to their image and volume files and DICOM series folders (sorted); a
+    DICOM series folder given itself is one input. Missing or empty inputs are errors."""
+    files: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir() and is_volume_file(path):
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if not p.name.startswith(".")
+                           and (p.suffix.lower() in IMAGE_EXTENSIONS or is_volume_file(p)))
+            if not found:
+                raise MedsegError(path, "folder contains no images")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise MedsegError(path, "input not found")
+    return files
+
+
+def frames(reader: Reader, path: Path, channels: int) -> Iterator[np.ndarray]:
+    """The 2D images of a file: the image itself, or each frame of a TIFF stack (one page read each)."""
+    count = reader.frames(path)
+    for frame in range(count):
+        yield reader.image(path, channels, frame if count > 1 else None)
+
+
+def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "volume") -> np.ndarray:
+    """Class ids of a whole volume in its own voxel order (uint8, ``X x Y x Z``): slices along the run's axis
+    (else the volume's coarsest), normalised with the volume's statistics, resampled to the run's spacing and
+    back, post-processed in 3D."""
+    spec = predictor.spec
+    axis = spec.slice_axis if spec.slice_axis is not None else volume.info.slice_axis()
+    statistics, spacing = volume.statistics(), volume.info.in_plane_spacing(axis)
+    probabilities = [predictor.probabilities(volume_slice(volume, axis, z, spec.channels, where), statistics, spacing)
+                     for z in range(volume.data.shape[axis])]
+    return np.moveaxis(predictor.volume_labels(probabilities), 0, axis)
+
+
+def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str | Path,
+                  save_probabilities: bool = False, save_overlays: bool = False) -> list[Path]:
+    """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths."""
+    spec = predictor.spec
+    files = expand_inputs(inputs)
+    stems: dict[str, Path] = {}
+    for path in files:
+        stem = volume_stem(path) if is_volume_file(path) else path.stem
+        if stems.setdefault(stem, path) != path:
+            raise MedsegError(path, f"has the same name as {stems[stem]}, so their masks would overwrite each "
+                                    "other in --out; predict them into separate folders")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with Reader() as reader:
+        for path in progress(files, desc="predict", unit="img"):
+            if is_volume_file(path):
+                labels = predict_volume(predictor, reader.volume(path), path)
+                written.append(_write_volume(out, path, predictor, labels))
+                continue
+            labels_stack, prob_stack, overlays = [], [], []
+            for image in frames(reader, path, spec.channels):
+                probabilities = predictor.probabilities(image)
+                labels = predictor.labels(probabilities)
+                labels_stack.append(labels)
+                if save_probabilities:
+                    prob_stack.append(probabilities)
+                if save_overlays:
+                    overlays.append(overlay(image, labels))
+            written.append(_write(out, path, spec.n_classes, labels_stack, prob_stack, overlays))
+    get_logger().info("wrote %d mask file(s) to %s (threshold %.2f, post-processing: %s)", len(written), out,
+                      spec.threshold, spec.postprocess.describe())
+    return written
+
+
+def _write_volume(out: Path, source: Path, predictor: Predictor, labels: np.ndarray) -> Path:
+    """A volume's mask: NIfTI beside a NIfTI input; PNG (TIFF stack) and DICOM SEG for a DICOM input."""
+    from medseg.data.dicom import write_dicom_seg
+
+    spec, stem = predictor.spec, volume_stem(source)
+    if is_nifti(source):
+        path = out / f"{stem}.nii.gz"
+        write_nifti_labels(path, labels, source)
+        return path
+    write_dicom_seg(out / f"{stem}_seg.dcm", labels, source, spec.class_names)
+    planes = [mask_pixels(labels[:, :, z], spec.n_classes) for z in range(labels.shape[2])]
+    if len(planes) == 1:
+        write_array(out / f"{stem}.png", planes[0])
+        return out / f"{stem}.png"
+    write_array(out / f"{stem}.tif", np.stack(planes), stack=True)
+    return out / f"{stem}.tif"
+
+
+def _write(out: Path, source: Path, n_classes: int, labels: list[np.ndarray], probabilities: list[np.ndarray],
+           overlays: list[np.ndarray]) -> Path:
+    is_stack = len(labels) > 1
+    mask_path = out / f"{source.stem}{'.tif' if is_stack else '.png'}"
+    if is_stack:
+        write_array(mask_path, np.stack([mask_pixels(frame, n_classes) for frame in labels]), stack=True)
+    else:
+        write_mask(mask_path, labels[0], n_classes)
+    if probabilities:
+        write_array(out / f"{source.stem}_prob.tif", np.stack(probabilities) if is_stack else probabilities[0],
+                    stack=is_stack)
+    for z, picture in enumerate(overlays):
+        write_array(out / f"{source.stem}{f'_{z:03d}' if is_stack else ''}_overlay.png", picture)
+    return mask_path

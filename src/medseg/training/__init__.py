@@ -1,0 +1,1 @@
+"""Training: the trainer and its observers, components, schedule, run state, DDP and cross-validation."""

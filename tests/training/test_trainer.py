@@ -1,0 +1,223 @@
+"""The training loop: a run's outputs, resume equivalence (step- and budget-driven), NaN stop, selection."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from medseg.training import components as components_module
+from medseg.training.callbacks import Callback
+from medseg.run.weights import load_checkpoint
+from medseg.training.trainer import train
+from medseg.errors import MedsegError
+
+
+def test_run_folder_contents(tiny_config, tmp_path):
+    result = train(tiny_config, tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "contract.json", "fingerprint.json", "checkpoint.safetensors", "checkpoint.json",
+                 "best_model.safetensors", "best_model.json", "final_model.safetensors", "final_model.json",
+                 "history.csv", "train.log", "curves.png"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and result.steps_run == 6
+    contract = json.loads((run / "contract.json").read_text())
+    assert contract["model"]["name"] == "unet" and contract["inference"]["normalize"] == "zscore"
+    splits = contract["data"]["splits"]
+    assert not set(splits["train"]) & set(splits["val"]) and not set(splits["train"]) & set(splits["test"])
+    assert result.selected == contract["selected"] == "final_model"  # the cosine schedule anneals
+    with pytest.raises(MedsegError, match="already holds a run"):
+        train(tiny_config, run)
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(epoch_to_die: int):
+    def kill(epoch, _row):
+        if epoch == epoch_to_die:
+            raise Killed
+
+    return kill
+
+
+def _assert_same_weights(a_path, b_path):
+    a, b = load_checkpoint(a_path).weights, load_checkpoint(b_path).weights
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_config, tmp_path):
+    tiny_config.train.epochs = 4
+    train(tiny_config, tmp_path / "straight")
+    with pytest.raises(Killed):
+        train(tiny_config, tmp_path / "resumed", on_epoch_end=_kill_after(2))
+    assert not (tmp_path / "resumed" / "final_model.safetensors").exists()
+    train(None, tmp_path / "resumed", resume=True)
+    _assert_same_weights(tmp_path / "straight" / "final_model.safetensors",
+                         tmp_path / "resumed" / "final_model.safetensors")
+    rows = list(csv.DictReader((tmp_path / "resumed" / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+class FakeClock:
+    """Time that passes only when a step ends: one second per optimizer step."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def now(self) -> float:
+        return self.seconds
+
+
+class Tick(Callback):
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def on_step_end(self, trainer, loss):
+        self.clock.seconds += 1.0
+
+
+def _budget_callbacks(config, clock, kill_at=None):
+    from medseg.training.trainer import default_callbacks
+
+    # Tick runs first, so every callback and the deadline see the step's second.
+    return [Tick(clock), *default_callbacks(config, _kill_after(kill_at) if kill_at else None)]
+
+
+def test_budgeted_schedule_anneals_at_the_deadline_and_resumes_exactly(tiny_config, tmp_path):
+    tiny_config.train.budget_minutes = 0.2  # 12 fake seconds = 12 steps (fake validation takes no time)
+    tiny_config.train.steps_per_epoch = 5
+    clock = FakeClock()
+    lrs = []
+
+    class RecordLr(Callback):
+        def on_step_end(self, trainer, loss):
+            lrs.append(trainer.current_lr)
+
+    result = train(tiny_config, tmp_path / "straight", clock=clock,
+                   callbacks=[*_budget_callbacks(tiny_config, clock), RecordLr()])
+    assert result.steps_run == 12 and result.epochs_run == 3  # 5 + 5 + 2: the deadline ends the last epoch
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < 0.03 * lrs[0]  # decays to ~0 exactly at the deadline
+    assert lrs == sorted(lrs, reverse=True)
+
+    clock = FakeClock()
+    with pytest.raises(Killed):
+        train(tiny_config, tmp_path / "resumed", clock=clock, callbacks=_budget_callbacks(tiny_config, clock, 1))
+    clock = FakeClock()
+    train(None, tmp_path / "resumed", resume=True, clock=clock, callbacks=_budget_callbacks(tiny_config, clock))
+    _assert_same_weights(tmp_path / "straight" / "final_model.safetensors",
+                         tmp_path / "resumed" / "final_model.safetensors")
+
+
+def test_validation_costs_at_most_its_share_of_the_time(tiny_config, tmp_path, monkeypatch):
+    """Epochs of one 1-second step and validations of 3 seconds: validating every epoch would cost 75% of the
+    time; paced at a 10% share, it costs at most 10%, and the last epoch is still validated."""
+    from medseg.training import callbacks as callbacks_module
+    from medseg.training.trainer import default_callbacks
+
+    tiny_config.train.epochs, tiny_config.train.steps_per_epoch = 60, 1
+    tiny_config.train.val_time_share = 0.1
+    clock = FakeClock()
+    real_validate = callbacks_module.validate
+
+    def costly_validate(*args, **kwargs):
+        clock.seconds += 3.0
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks_module, "validate", costly_validate)
+    result = train(tiny_config, tmp_path / "run", clock=clock,
+                   callbacks=[Tick(clock), *default_callbacks(tiny_config)])
+    validated = [row.epoch for row in result.history if row.validated]
+    total_validation = sum(row.val_seconds for row in result.history)
+    assert len(validated) >= 2 and validated[-1] == 60
+    assert total_validation <= 0.1 * result.seconds
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    real_build_loss = components_module.build_loss
+    calls = {"n": 0}
+
+    def exploding_loss(*args, **kwargs):
+        loss = real_build_loss(*args, **kwargs)
+
+        def forward(outputs, mask, region=None):
+            calls["n"] += 1
+            value = loss(outputs, mask, region)
+            return value * float("nan") if calls["n"] > 3 else value
+
+        return forward
+
+    monkeypatch.setattr(components_module, "build_loss", exploding_loss)
+    with pytest.raises(MedsegError, match="loss became nan at step 4"):
+        train(tiny_config, tmp_path / "run")
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert checkpoint.info.epoch == 1 and checkpoint.train_state["step"] == 2
+
+
+@pytest.mark.parametrize(("schedule", "optimizer"), [("constant", "sgd"), ("poly", "adamw"), ("plateau", "sgd")])
+def test_optimizers_and_schedules_are_applied(tiny_config, tmp_path, schedule, optimizer):
+    tiny_config.optim.schedule, tiny_config.optim.name = schedule, optimizer
+    tiny_config.optim.grad_clip = 1.0
+    tiny_config.optim.plateau_patience = 0
+    result = train(tiny_config, tmp_path / "run")
+    lrs = [row.lr for row in result.history]
+    if schedule == "constant":
+        assert lrs == [pytest.approx(1e-3)] * 3
+    elif schedule == "poly":  # (1 - step/6) ** 0.9 at steps 1, 3, 5
+        assert lrs == pytest.approx([1e-3 * (1 - s / 6) ** 0.9 for s in (1, 3, 5)])
+    else:  # no improvement on a constant validation score halves the rate after each validation
+        assert all(b <= a for a, b in zip(lrs, lrs[1:]))
+    optim = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors").train_state["optimizer"]
+    expected = {"sgd": "momentum", "adamw": "amsgrad"}[optimizer]
+    assert expected in optim["param_groups"][0]
+    assert result.selected == ("final_model" if schedule == "poly" else "best_model")
+
+
+def test_unetpp_deep_supervision_trains(tiny_config, tmp_path):
+    tiny_config.model.name = "unetpp"
+    tiny_config.model.widths = [4, 8, 8]
+    tiny_config.train.epochs = 1
+    assert train(tiny_config, tmp_path / "run").steps_run == 2
+
+
+def test_fold_all_trains_on_every_labelled_image_without_validation(tiny_config, tmp_path):
+    tiny_config.data.fold = "all"
+    result = train(tiny_config, tmp_path / "run")
+    contract = json.loads((tmp_path / "run" / "contract.json").read_text())
+    assert contract["data"]["splits"]["val"] == [] and len(contract["data"]["splits"]["train"]) == 10
+    assert result.selected == "final_model" and not any(row.validated for row in result.history)
+
+
+def test_tensorboard_logs_scalars_and_validation_overlays(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_config.train.tensorboard, tiny_config.train.log_every = True, 1
+    train(tiny_config, tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "val/dice", "val/iou"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert len(events.Scalars("val/dice")) == 3 and len(tags["images"]) == 2  # the 2 validation images
+
+
+def test_resuming_on_data_whose_split_changed_is_refused(tiny_config, tmp_path, synthetic_data):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    tiny_config.data.root = str(data)
+    with pytest.raises(Killed):
+        train(tiny_config, tmp_path / "run", on_epoch_end=_kill_after(1))
+    lines = (data / "split.csv").read_text().splitlines()
+    first_train = next(i for i, line in enumerate(lines) if line.endswith(",train"))
+    lines[first_train] = lines[first_train].replace(",train", ",test")  # a training image becomes a test image
+    (data / "split.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MedsegError, match="split differs from the one this run started with"):
+        train(None, tmp_path / "run", resume=True)

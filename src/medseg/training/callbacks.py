@@ -24,14 +24,14 @@ from medseg.run.weights import WeightsInfo, load_checkpoint, load_weights_into, 
 from medseg.run.contract import InferenceSpec, PostprocessSpec, WeightsName
 from medseg.training.distributed import DistributedContext
 from medseg.inference.predictor import Predictor, TorchBackend
-from medseg.inference.postprocess import ValidationCase, choose_postprocessing, stack_cases, to_labels
+from medseg.inference.scoring import score_samples
+from medseg.inference.postprocess import ValidationCase, choose_postprocessing, to_labels
 from medseg.inference.sliding_window import tile_starts
 from medseg.training.state import HistoryRow
 from medseg.visualize import figure_png, overlay, pyplot
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from medseg.log import get_logger, is_interactive
-from medseg.metrics import MetricAccumulator
 
 if TYPE_CHECKING:
     from medseg.training.trainer import Trainer
@@ -51,21 +51,10 @@ class Callback:
 
 def validate(predictor: Predictor, store: SampleStore, indices: list[int], context: DistributedContext,
              keep_cases: bool = False) -> tuple[dict[str, float], list[ValidationCase]]:
-    """Mean per-image Dice, IoU and accuracy of whole validation images (predicted as ``medseg predict`` does).
-    Under DDP each rank scores a shard and the scores are gathered, so every rank gets the single-process result.
-    ``keep_cases`` also returns the probabilities (this rank's shard; float16 to halve the memory): one case per
-    image, or per volume with its slices stacked, so post-processing is chosen in 3D."""
-    accumulator = MetricAccumulator(n_classes=predictor.spec.n_classes, with_hd95=False)
-    scores, slices = [], []
-    for index in indices[context.rank :: context.world_size]:
-        sample = store[index]
-        probabilities = predictor.probabilities(sample.image, sample.statistics)
-        labels = predictor.labels(probabilities)
-        scores.append((index, accumulator.add(sample.id, labels, sample.mask, sample.region)))
-        if keep_cases:
-            slices.append((store.items[index].group, probabilities.astype(np.float16), sample))
-    rows = [row for _, row in sorted(s for shard in context.all_gather(scores) for s in shard)]
-    cases = [case for _, case in stack_cases(slices, predictor.spec.n_classes)]
+    """Mean per-image Dice, IoU and accuracy of whole validation images. Under DDP each rank scores a shard and the
+    scores are gathered, so every rank gets the single-process result. ``keep_cases``: this rank's cases too."""
+    rows, cases = score_samples(predictor, store, indices[context.rank :: context.world_size], keep_cases)
+    rows = [row for _, row in sorted(s for shard in context.all_gather(rows) for s in shard)]
     return {name: float(np.nanmean([row[name] for row in rows])) for name in ("dice", "iou", "accuracy")}, cases
 
 

@@ -63,3 +63,11 @@ def test_fields_that_must_agree():
         load_config(None, ["data.n_classes=3", "data.class_names=[bg,cell]"])
     with pytest.raises(MedsegError, match="must leave images for training"):
         load_config(None, ["data.val_fraction=0.5", "data.test_fraction=0.5"])
+
+
+def test_leaf_keys_are_dotted_and_model_options_is_one_leaf():
+    from medseg.config import config_keys, leaf_keys, parse_overrides
+
+    mapping = parse_overrides(["optim.lr=1e-3", "model.options.skips=2", "data.patch_size=null", "train.seed=1"])
+    assert leaf_keys(mapping) == ["optim.lr", "model.options", "data.patch_size", "train.seed"]
+    assert leaf_keys({}) == [] and {"optim.lr", "model.options", "train.budget_minutes"} <= set(config_keys())

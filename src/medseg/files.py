@@ -1,5 +1,6 @@
-"""The one atomic writer: every file medseg writes goes through a temp file in the same folder, fsync and rename,
-so a kill at any moment leaves either the old file or the new one, never a torn one. Also the one CSV reader."""
+"""Reading and writing files: the one atomic writer (every file medseg writes goes through a temp file in the same
+folder, fsync and rename, so a kill at any moment leaves either the old file or the new one, never a torn one) and
+the readers of JSON, YAML and CSV files, whose failures are one-line MedsegErrors naming the file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
 
 from medseg.errors import MedsegError
 
@@ -77,6 +80,24 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise MedsegError(path, f"cannot read the {what} ({exc})") from None
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON or YAML file (by its suffix) that must hold a mapping; ``what`` names it in errors."""
+    path = Path(path)
+    if path.suffix.lower() not in YAML_SUFFIXES:
+        mapping = read_json(path, what)
+    else:
+        try:
+            mapping = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise MedsegError(path, f"cannot read the {what} ({exc})") from None
+    if not isinstance(mapping, dict):
+        raise MedsegError(path, f"the {what} is not a mapping")
+    return mapping
 
 
 def csv_float(text: str | None) -> float:

@@ -5,40 +5,53 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 
 from medseg.data.synthetic import make_synthetic_dataset
 from medseg.errors import MedsegError
+from medseg.run.folder import RunFolder
 from medseg.study import compare as compare_module
 from medseg.study.compare import StudySpec, run_study
 from tests.study.browser import render
 
 
-def _spec(data, models=("unet", "usegnet:skips=1")):
-    return StudySpec(data=str(data), models=list(models), seeds=[0], epochs=2,
-                     overrides=["data.patch_size=32", "model.width_scale=0.125", "train.steps_per_epoch=2",
-                                "train.batch_size=2", "train.val_time_share=null"])
+def _spec(data, models=("unet", "usegnet:skips=1"), epochs=2):
+    return StudySpec(data=str(data), models=list(models), seeds=[0],
+                     overrides=[f"train.epochs={epochs}", "data.patch_size=32", "model.width_scale=0.125",
+                                "train.steps_per_epoch=2", "train.batch_size=2", "train.val_time_share=null"])
+
+
+def _trainings(monkeypatch, interrupt: str | None = None) -> list[tuple[str, bool]]:
+    """Each network the study trains (not one already finished): its folder, and whether it resumed. The first
+    training of a folder containing ``interrupt`` raises :class:`Interrupted` after its first epoch."""
+    real_train_run = compare_module.train_run
+    calls = []
+
+    def stop(epoch, _row):
+        raise Interrupted
+
+    def recording_train_run(request):
+        folder = RunFolder(request.out)
+        if not folder.finished:
+            calls.append((str(request.out), folder.started))
+        if interrupt and interrupt in str(request.out) and not folder.started:
+            request = replace(request, hooks=replace(request.hooks, on_epoch_end=stop))
+        return real_train_run(request)
+
+    monkeypatch.setattr(compare_module, "train_run", recording_train_run)
+    return calls
+
+
+class Interrupted(Exception):
+    pass
 
 
 def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
     data = make_synthetic_dataset(tmp_path / "data", n_images=12, size=48)
     out = tmp_path / "study"
-    real_train = compare_module.train
-    calls = []
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupting_train(config, run_dir, resume=False):
-        calls.append((str(run_dir), resume))
-        if "usegnet" in str(run_dir) and not resume:
-            def stop(epoch, _row):
-                raise Interrupted
-            return real_train(config, run_dir, resume, on_epoch_end=stop)
-        return real_train(config, run_dir, resume)
-
-    monkeypatch.setattr(compare_module, "train", interrupting_train)
+    calls = _trainings(monkeypatch, interrupt="usegnet")
     with pytest.raises(Interrupted):
         run_study(_spec(data), out)
     assert (out / "runs" / "unet" / "seed0" / "record.json").is_file()
@@ -46,7 +59,7 @@ def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
     rows = run_study(_spec(data), out)
     # unet was not retrained; usegnet resumed from its checkpoint
     assert calls == [(str(out / "runs" / "usegnet__skips=1" / "seed0"), True)]
-    assert [r["model"] for r in rows] == ["unet", "usegnet:skips=1"]
+    assert [r.model for r in rows] == ["unet", "usegnet:skips=1"]
     for name in ("results.csv", "results.json", "results.md", "pairs.csv", "dice_intervals.png", "dice_vs_params.png",
                  "dice_vs_latency.png", "val_dice_curves.png", "dice_boxplot.png", "gallery.png", "report.html"):
         assert (out / name).is_file(), name
@@ -69,16 +82,12 @@ def test_study_end_to_end_with_resume_and_browser_check(tmp_path, monkeypatch):
 
 def test_pruned_unetpp_is_evaluated_from_the_trained_network(tmp_path, monkeypatch):
     data = make_synthetic_dataset(tmp_path / "data", n_images=10, size=32)
-    trained = []
-    real_train = compare_module.train
-    monkeypatch.setattr(compare_module, "train", lambda config, run_dir, *a, **k: (
-        trained.append(str(run_dir)), real_train(config, run_dir, *a, **k))[1])
-    spec = _spec(data, models=("unetpp", "unetpp:prune_depth=1"))
-    spec.epochs = 1
-    rows = run_study(spec, tmp_path / "study")
-    assert trained == [str(tmp_path / "study" / "runs" / "unetpp" / "seed0")]
+    trained = _trainings(monkeypatch)
+    rows = run_study(_spec(data, models=("unetpp", "unetpp:prune_depth=1"), epochs=1), tmp_path / "study")
+    assert trained == [(str(tmp_path / "study" / "runs" / "unetpp" / "seed0"), False)]
     full, pruned = rows
-    assert pruned["gflops"] < full["gflops"] and pruned["train_seconds"] == full["train_seconds"]
+    assert pruned.value("gflops") < full.value("gflops")
+    assert pruned.value("train_seconds") == full.value("train_seconds")
 
 
 def test_two_shards_share_a_study_and_merge_to_the_single_process_result(tmp_path):
@@ -100,7 +109,7 @@ def test_two_shards_share_a_study_and_merge_to_the_single_process_result(tmp_pat
     assert len(runs) == 4
     for run in runs:  # trained exactly once, by one of the shards
         assert (run / "train.log").read_text().count("parameters on cpu") == 1, run
-    trained_by = [output.count("study: training ") for output in outputs]
+    trained_by = [output.count("study: trained ") for output in outputs]
     assert sum(trained_by) == 4
     merged = subprocess.run([*base, "--out", str(tmp_path / "sharded")], env=env, capture_output=True, text=True)
     single = subprocess.run([*base, "--out", str(tmp_path / "single")], env=env, capture_output=True, text=True)
@@ -139,8 +148,9 @@ def test_a_three_class_study_reports_per_class_dice_and_the_legend(tmp_path):
     spec.overrides += ["data.n_classes=3", "data.class_names=[background,left,right]"]
     out = tmp_path / "study"
     (row,) = run_study(spec, out)
-    assert {"dice_c1", "dice_c2"} <= set(row) and 0 <= row["dice_c1"] <= 1
-    assert row["dice"] == pytest.approx((row["dice_c1"] + row["dice_c2"]) / 2, abs=1e-9) or np.isnan(row["dice"])
+    c1, c2 = row.value("dice_c1"), row.value("dice_c2")
+    assert 0 <= c1 <= 1 and c2 is not None
+    assert row.dice == pytest.approx((c1 + c2) / 2, abs=1e-9) or np.isnan(row.dice)
     header = (out / "results.md").read_text().splitlines()[0]
     assert "| Dice (mean fg) | Dice 95% CI | Dice left | Dice right |" in header
     assert {"dice_c1", "dice_c2"} <= set(next(csv.DictReader((out / "results.csv").open())))

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from medseg.study.compare import ModelChoice, aggregate
+from medseg.study.compare import ModelChoice
 from medseg.stats import PairedComparison
+from medseg.study.records import StudyRecord, aggregate
 from medseg.study.report import (box_plot, class_dice_plot, curves_plot, gallery, markdown_table, power_note,
                                  scatter_plot, table_cells)
 
-RECORDS = [
-    {"model": "unet", "seed": 0, "dice": 0.80, "hd95": 5.0, "params": 1000, "cpu_latency_ms": 10.0, "epochs": 3,
-     "gpu_latency_ms": None},
-    {"model": "unet", "seed": 1, "dice": 0.90, "hd95": 3.0, "params": 1000, "cpu_latency_ms": 12.0, "epochs": 3,
-     "gpu_latency_ms": None},
-    {"model": "segnet", "seed": 0, "dice": 0.70, "hd95": 2.0, "params": 5000, "cpu_latency_ms": 20.0, "epochs": 3,
-     "gpu_latency_ms": None},
-    {"model": "segnet", "seed": 1, "dice": 0.70, "hd95": 4.0, "params": 5000, "cpu_latency_ms": 20.0, "epochs": 3,
-     "gpu_latency_ms": None},
-]
+
+def _record(model: str, seed: int, dice: float, hd95: float, params: int, cpu_latency_ms: float,
+            **extra) -> StudyRecord:
+    scores = {name: value for metric in ("dice", "iou", "accuracy", "precision", "recall", "hd95")
+              for name, value in ((metric, dice), (f"{metric}_pooled", dice))}
+    scores |= {"hd95": hd95, "hd95_pooled": hd95}
+    return StudyRecord(model=model, seed=seed, params=params, gflops=1.0, input_size=64, cpu_latency_ms=cpu_latency_ms,
+                       gpu_latency_ms=None, train_seconds=60.0, epochs=3, steps=30, weights="best_model",
+                       n_test_images=16, trained_in=f"runs/{model}/seed{seed}", prune_depth=None, **scores, **extra)
+
+
+RECORDS = [_record("unet", 0, 0.80, 5.0, 1000, 10.0), _record("unet", 1, 0.90, 3.0, 1000, 12.0),
+           _record("segnet", 0, 0.70, 2.0, 5000, 20.0), _record("segnet", 1, 0.70, 4.0, 5000, 20.0)]
 
 
 def test_model_choice_parsing():
@@ -34,9 +41,35 @@ def test_model_choice_parsing():
 def test_aggregate_mean_and_std_over_seeds():
     rows = aggregate(RECORDS, ["unet", "segnet"])
     unet = rows[0]
-    assert math.isclose(unet["dice"], 0.85) and math.isclose(unet["dice_std"], 0.05) and unet["seeds"] == 2
+    assert math.isclose(unet.dice, 0.85) and math.isclose(unet.spread("dice"), 0.05) and unet.seeds == 2
     single = aggregate(RECORDS[:1], ["unet"])[0]
-    assert math.isnan(single["dice_std"])
+    assert math.isnan(single.spread("dice"))
+
+
+def test_records_round_trip_flat_and_rows_keep_their_columns(tmp_path):
+    from medseg.files import atomic_write_json
+
+    record = _record("unet", 0, 0.8, 5.0, 1000, 10.0, class_names=("bg", "a", "b"), class_dice={1: 0.7, 2: 0.9})
+    flat = record.to_dict()
+    assert list(flat)[:3] == ["model", "seed", "params"] and list(flat)[-3:] == ["class_names", "dice_c1", "dice_c2"]
+    atomic_write_json(tmp_path / "record.json", flat)
+    assert StudyRecord.load(tmp_path / "record.json") == record
+    row = aggregate([record], ["unet"])[0].to_dict()
+    assert list(row)[:4] == ["model", "seeds", "params", "params_std"] and list(row)[-1] == "gpu_latency_ms"
+    assert row["dice_c2"] == 0.9 and "class_names" not in row and "seed" not in row and "prune_depth" not in row
+
+
+def test_a_record_with_a_missing_or_unknown_key_is_an_error_naming_the_file(tmp_path):
+    from medseg.errors import MedsegError
+
+    flat = RECORDS[0].to_dict()
+    (tmp_path / "record.json").write_text(json.dumps({**flat, "dise": 0.5}))
+    with pytest.raises(MedsegError, match="record.json: study record: unknown key 'dise'"):
+        StudyRecord.load(tmp_path / "record.json")
+    del flat["hd95"]
+    (tmp_path / "record.json").write_text(json.dumps(flat))
+    with pytest.raises(MedsegError, match="record.json: study record: missing key 'hd95'"):
+        StudyRecord.load(tmp_path / "record.json")
 
 
 def test_power_note_only_when_no_pair_can_be_significant():
@@ -86,16 +119,13 @@ def test_gallery_layout_and_error_colours():
 
 
 def test_significance_marks_render_in_the_browser(tmp_path):
-    from dataclasses import replace
-
     from medseg.stats import PairedComparison
     from medseg.study.compare import StudySpec
     from medseg.study.report import pairs_markdown, render_html
     from tests.study.browser import render
 
-    rows = aggregate(RECORDS, ["unet", "segnet"])
-    for row, (low, high, rank) in zip(rows, [(0.8, 0.9, 1), (0.6, 0.75, 2)]):
-        row.update(dice_ci_low=low, dice_ci_high=high, rank=rank)
+    rows = [replace(row, dice_ci=(low, high), rank=rank) for row, (low, high, rank)
+            in zip(aggregate(RECORDS, ["unet", "segnet"]), [(0.8, 0.9, 1), (0.6, 0.75, 2)])]
     pairs = [PairedComparison("unet", "segnet", 16, 0.15, 0.08, 0.22, 0.0004, 0.0008),
              PairedComparison("unet", "unet", 16, 0.0, -0.01, 0.01, 0.9, 1.0)]
     assert pairs_markdown(pairs).count("| * |") == 1
@@ -109,21 +139,21 @@ def test_significance_marks_render_in_the_browser(tmp_path):
     assert replace(pairs[1], p_holm=0.01).significant
 
 
-MULTI_CLASS = [{**record, "dice_c1": record["dice"] + 0.05, "dice_c2": record["dice"] - 0.05,
-                "class_names": ["background", "liver", "tumour"]} for record in RECORDS]
+MULTI_CLASS = [replace(record, class_dice={1: record.dice + 0.05, 2: record.dice - 0.05},
+                       class_names=("background", "liver", "tumour")) for record in RECORDS]
 
 
 def test_multi_class_tables_show_per_class_dice_named_by_class_beside_the_mean():
     rows = aggregate(MULTI_CLASS, ["unet", "segnet"])
     headers, body = table_cells(rows, ["background", "liver", "tumour"])
     dice = headers.index("Dice (mean fg)")
-    assert headers[dice:dice + 4] == ["Dice (mean fg)", "Dice liver", "Dice tumour", "HD95 (px)"]
+    assert headers[dice:dice + 4] == ["Dice (mean fg)", "Dice liver", "Dice tumour", "IoU"]
     assert body[0][headers.index("Dice liver")] == ("0.9000 ± 0.0500", True)
     assert body[1][headers.index("Dice tumour")] == ("0.6500 ± 0.0000", False)
     assert "| Dice liver | Dice tumour |" in markdown_table(rows, ["background", "liver", "tumour"])
     assert "Dice class 1" in table_cells(rows)[0]  # names unknown: the class id
     binary_headers, _ = table_cells(aggregate(RECORDS, ["unet", "segnet"]), ["background", "foreground"])
-    assert "Dice" in binary_headers and not any(h.startswith("Dice (") for h in binary_headers)
+    assert "Dice" in binary_headers and "Dice (mean fg)" not in binary_headers
     assert _decodes(class_dice_plot(rows, ["background", "liver", "tumour"]))[0] > 100
 
 

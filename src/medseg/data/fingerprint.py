@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict
 from scipy import ndimage
 
 from medseg.data.datasets import Item, Sample
-from medseg.errors import MedsegError, first_error
-from medseg.files import atomic_write_json, read_json
+from medseg.errors import MedsegError
+from medseg.files import atomic_write_json
+from medseg.typed_file import TypedFile
 
 MAX_SAMPLES = 32  # the fingerprint measures at most this many images, spread over the dataset
 
@@ -59,10 +60,7 @@ class Fingerprint:
 
     @classmethod
     def load(cls, path: Path) -> "Fingerprint":
-        try:
-            return TypeAdapter(cls).validate_python(read_json(path, "fingerprint"))
-        except ValidationError as exc:
-            raise MedsegError(path, f"not a fingerprint ({first_error(exc)})") from None
+        return TypedFile(cls, "fingerprint").load(path)
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict
 
 import medseg
 from medseg.config import Config, Normalization
 from medseg.data.datasets import default_class_names
 from medseg.data.fingerprint import Fingerprint
-from medseg.errors import MedsegError, first_error
-from medseg.files import atomic_write_json, read_json
+from medseg.errors import MedsegError
+from medseg.files import atomic_write_json
 from medseg.models import ModelSpec
 from medseg.plan import Plan
+from medseg.typed_file import TypedFile
 
 SCHEMA_VERSION = 1
 STRICT = ConfigDict(extra="forbid", strict=False)
@@ -120,26 +121,12 @@ class RunContract:
 
     @classmethod
     def load(cls, path: Path) -> "RunContract":
-        return contract_from_dict(read_json(path, "run contract"), path)
-
-
-_ADAPTER = TypeAdapter(RunContract)
+        return CONTRACT_FILE.load(path)
 
 
 def contract_from_dict(mapping: dict[str, Any], where: str | Path) -> RunContract:
-    """Validate a stored contract (migrating schema 0); errors name the key."""
-    if not isinstance(mapping, dict):
-        raise MedsegError(where, "the run contract is not a mapping")
-    version = mapping.get("schema_version", 0)
-    if version == 0:
-        mapping = _migrate_v0(mapping, where)
-    elif version != SCHEMA_VERSION:
-        raise MedsegError(where, f"run contract schema {version} is newer than this medseg understands "
-                                 f"({SCHEMA_VERSION}); upgrade medseg")
-    try:
-        return _ADAPTER.validate_python(mapping)
-    except ValidationError as exc:
-        raise MedsegError(where, f"run contract: {first_error(exc)}") from None
+    """Validate a stored contract (a weights file's header; schema 0 migrated); errors name the key."""
+    return CONTRACT_FILE.validate(mapping, where)
 
 
 def _migrate_v0(meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
@@ -168,6 +155,9 @@ def _migrate_v0(meta: dict[str, Any], where: str | Path) -> dict[str, Any]:
         "plan": None,
         "selected": "best_model",
     }
+
+
+CONTRACT_FILE = TypedFile(RunContract, "run contract", SCHEMA_VERSION, _migrate_v0)
 
 
 def new_contract(model: ModelSpec, inference: InferenceSpec, data: DataRecord, plan: Plan | None,

@@ -11,19 +11,24 @@ import math
 import platform
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from medseg.data.datasets import load_items, load_sample
 from medseg.inference.predictor import Predictor
-from medseg.training.state import read_history
+from medseg.run.history import read_history
 from medseg.visualize import (ERROR_LEGEND, GridRow, class_colour, figure_png, image_grid, legend_handles,
                                      legend_image, overlay, png_bytes, pyplot, to_display)
 from medseg.files import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, csv_float,
                           read_csv)
 from medseg.stats import PairedComparison, smallest_holm_p
+from medseg.study.records import ModelRow, StudyFolder, StudyRecord
+
+if TYPE_CHECKING:
+    from medseg.config import Config
+    from medseg.study.compare import ModelChoice, StudySpec
 
 # (column, header, higher is better)
 TABLE_COLUMNS = [
@@ -55,9 +60,9 @@ def _format(column: str, value: Any, std: Any = None) -> str:
     return text
 
 
-def _best(rows: list[dict], column: str, higher: bool | None) -> float | None:
-    values = [r.get(column) for r in rows if r.get(column) is not None and not
-              (isinstance(r.get(column), float) and math.isnan(r[column]))]
+def _best(rows: Sequence[ModelRow], column: str, higher: bool | None) -> float | None:
+    values = [v for v in (r.value(column) for r in rows)
+              if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if higher is None or not values or len(rows) < 2:
         return None
     return max(values) if higher else min(values)
@@ -69,10 +74,11 @@ def _class_id(column: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def table_columns(rows: list[dict], class_names: Sequence[str] | None = None) -> list[tuple[str, str, bool | None]]:
+def table_columns(rows: Sequence[ModelRow], class_names: Sequence[str] | None = None
+                  ) -> list[tuple[str, str, bool | None]]:
     """:data:`TABLE_COLUMNS`; with per-class Dice in the rows (multi-class), the mean foreground Dice followed by
     each class's (``dice_c<k>``, headed with the class name)."""
-    ids = sorted({k for row in rows for k in map(_class_id, row) if k is not None})
+    ids = sorted({k for row in rows for k in map(_class_id, row.means) if k is not None})
     if not ids:
         return TABLE_COLUMNS
     names = [class_names[k] if class_names and k < len(class_names) else f"class {k}" for k in ids]
@@ -81,26 +87,24 @@ def table_columns(rows: list[dict], class_names: Sequence[str] | None = None) ->
             + [(f"dice_c{k}", f"Dice {name}", True) for k, name in zip(ids, names)] + TABLE_COLUMNS[at:])
 
 
-def table_cells(rows: list[dict], class_names: Sequence[str] | None = None
+def table_cells(rows: Sequence[ModelRow], class_names: Sequence[str] | None = None
                 ) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Headers and, per row, ``(text, is_best)`` cells; shared by the Markdown and HTML tables."""
-    rows = [{**row, "dice_ci": (row["dice_ci_low"], row["dice_ci_high"])} if "dice_ci_low" in row else row
-            for row in rows]
-    columns = [c for c in table_columns(rows, class_names) if any(r.get(c[0]) is not None for r in rows)]
+    columns = [c for c in table_columns(rows, class_names) if any(r.value(c[0]) is not None for r in rows)]
     headers = ["Model"] + [header for _, header, _ in columns]
     body = []
     for row in rows:
-        cells = [(row["model"], False)]
+        cells = [(row.model, False)]
         for column, _, higher in columns:
             best = _best(rows, column, higher)
-            value = row.get(column)
-            cells.append((_format(column, value, row.get(f"{column}_std")),
+            value = row.value(column)
+            cells.append((_format(column, value, row.spread(column)),
                           best is not None and value is not None and value == best))
         body.append(cells)
     return headers, body
 
 
-def markdown_table(rows: list[dict], class_names: Sequence[str] | None = None) -> str:
+def markdown_table(rows: Sequence[ModelRow], class_names: Sequence[str] | None = None) -> str:
     headers, body = table_cells(rows, class_names)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for cells in body:
@@ -141,40 +145,43 @@ def power_note(pairs: Sequence[PairedComparison], alpha: float = 0.05) -> str:
             f"{smallest:.3g}; more test images are needed to tell these models apart.")
 
 
-def write_tables(out: Path, rows: list[dict], records: list[dict], pairs: Sequence[PairedComparison],
-                 note: str, class_names: Sequence[str] | None = None) -> None:
-    atomic_write_csv(out / "results.csv", rows)
+def write_tables(out: Path, rows: Sequence[ModelRow], records: Sequence[StudyRecord],
+                 pairs: Sequence[PairedComparison], note: str, class_names: Sequence[str] | None = None) -> None:
+    models = [row.to_dict() for row in rows]
+    atomic_write_csv(out / "results.csv", models)
     atomic_write_csv(out / "pairs.csv", [asdict(p) | {"significant": p.significant} for p in pairs])
-    atomic_write_json(out / "results.json", {"models": rows, "pairs": [asdict(p) for p in pairs], "runs": records})
+    atomic_write_json(out / "results.json", {"models": models, "pairs": [asdict(p) for p in pairs],
+                                             "runs": [record.to_dict() for record in records]})
     atomic_write_text(out / "results.md", markdown_table(rows, class_names) + "\n" + note + "\n\n"
                       + pairs_markdown(pairs) + "\n" + STATISTICS_NOTE + "\n")
 
 
-def interval_plot(rows: list[dict]) -> bytes:
-    """Each model's mean test Dice with its 95% interval, best first."""
+def interval_plot(rows: Sequence[ModelRow]) -> bytes:
+    """Each (ranked) model's mean test Dice with its 95% interval, best first."""
     plt = pyplot()
-    ordered = sorted(rows, key=lambda r: r["dice"])
+    ordered = sorted(rows, key=lambda r: r.dice)
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.2))
     for y, row in enumerate(ordered):
-        ax.errorbar(row["dice"], y, xerr=[[row["dice"] - row["dice_ci_low"]], [row["dice_ci_high"] - row["dice"]]],
-                    fmt="o", capsize=3, color="tab:blue")
-    ax.set_yticks(range(len(ordered)), [f"{r['model']} (rank {r['rank']})" for r in ordered], fontsize=8)
+        low, high = row.dice_ci
+        ax.errorbar(row.dice, y, xerr=[[row.dice - low], [high - row.dice]], fmt="o", capsize=3, color="tab:blue")
+    ax.set_yticks(range(len(ordered)), [f"{r.model} (rank {r.rank})" for r in ordered], fontsize=8)
     ax.set(xlabel="test Dice (mean per image) with 95% bootstrap interval", title="Model Dice with intervals")
     ax.grid(alpha=0.3, axis="x")
     return figure_png(fig)
 
 
-def scatter_plot(rows: list[dict], x_key: str, x_label: str, log_x: bool) -> bytes:
+def scatter_plot(rows: Sequence[ModelRow], x_key: str, x_label: str, log_x: bool) -> bytes:
     """Test Dice against ``x_key``, one point per model with error bars across seeds."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in rows:
-        if row.get(x_key) is None:
+        x = row.value(x_key)
+        if x is None:
             continue
-        err = row.get("dice_std")
-        ax.errorbar(row[x_key], row["dice"], yerr=None if err is None or math.isnan(err) else err, fmt="o",
-                    capsize=3, label=row["model"])
-        ax.annotate(row["model"], (row[x_key], row["dice"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        err = row.spread("dice")
+        ax.errorbar(x, row.dice, yerr=None if err is None or math.isnan(err) else err, fmt="o", capsize=3,
+                    label=row.model)
+        ax.annotate(row.model, (x, row.dice), fontsize=7, xytext=(4, 4), textcoords="offset points")
     if log_x:
         ax.set_xscale("log")
     ax.set(xlabel=x_label, ylabel="test Dice (mean per image)", title=f"Dice vs {x_label}")
@@ -182,19 +189,19 @@ def scatter_plot(rows: list[dict], x_key: str, x_label: str, log_x: bool) -> byt
     return figure_png(fig)
 
 
-def class_dice_plot(rows: list[dict], class_names: Sequence[str]) -> bytes:
+def class_dice_plot(rows: Sequence[ModelRow], class_names: Sequence[str]) -> bytes:
     """Each model's test Dice per foreground class (bars in the class colours, error bars across seeds)."""
     plt = pyplot()
     ids = list(range(1, len(class_names)))
     width = 0.8 / len(ids)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(rows) * len(ids) + 2), 4))
     for j, k in enumerate(ids):
-        values = [row.get(f"dice_c{k}", math.nan) for row in rows]
-        spread = [row.get(f"dice_c{k}_std", math.nan) for row in rows]
+        values = [row.means.get(f"dice_c{k}", math.nan) for row in rows]
+        spread = [row.stds.get(f"dice_c{k}", math.nan) for row in rows]
         ax.bar(np.arange(len(rows)) + (j - (len(ids) - 1) / 2) * width, values, width,
                yerr=None if all(math.isnan(e) for e in spread) else np.nan_to_num(spread), capsize=2,
                color=np.array(class_colour(k)) / 255, edgecolor="0.3")
-    ax.set_xticks(range(len(rows)), [row["model"] for row in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(rows)), [row.model for row in rows], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="test Dice (mean per image)", title="Dice per class", ylim=(0, 1.02))
     ax.legend(handles=legend_handles(class_names), fontsize=7)
     ax.grid(alpha=0.3, axis="y")
@@ -246,18 +253,17 @@ def gallery(entries: list[tuple[str, np.ndarray, np.ndarray, dict[str, tuple[np.
     return framed
 
 
-def build_gallery(out: Path, spec, choices) -> Image.Image:
+def build_gallery(study: StudyFolder, spec: StudySpec, choices: Sequence[ModelChoice]) -> Image.Image:
     """Worst, median and best test images by mean Dice over models (first seed), every model's prediction."""
     seed = spec.seeds[0]
-    per_model = {c.label: {r["id"]: csv_float(r["dice"]) for r in
-                           read_csv(out / "runs" / c.folder / f"seed{seed}" / "eval" / "per_image.csv")}
+    per_model = {c.label: {r["id"]: csv_float(r["dice"]) for r in read_csv(study.per_image(c.folder, seed))}
                  for c in choices}
     ids = sorted(set.intersection(*(set(v) for v in per_model.values())))
     mean_dice = {i: float(np.nanmean([per_model[m][i] for m in per_model])) for i in ids}
     ranked = sorted(ids, key=lambda i: mean_dice[i])
     picks = {"worst": ranked[0], "median": ranked[len(ranked) // 2], "best": ranked[-1]}
     items = {item.id: item for item in load_items(spec.data, spec.base_config().data.format)}
-    predictors = {c.label: Predictor.from_run(out / "runs" / c.trained_as().folder / f"seed{seed}",
+    predictors = {c.label: Predictor.from_run(study.run(c.trained_as().folder, seed).path,
                                               prune_depth=c.prune_depth) for c in choices}
     first = next(iter(predictors.values())).spec
     entries = []
@@ -270,8 +276,8 @@ def build_gallery(out: Path, spec, choices) -> Image.Image:
     return gallery(entries, class_names=first.class_names)
 
 
-def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices: Sequence,
-                 pairs: Sequence[PairedComparison]) -> None:
+def write_report(out: Path, spec: StudySpec, rows: Sequence[ModelRow], records: Sequence[StudyRecord],
+                 choices: Sequence[ModelChoice], pairs: Sequence[PairedComparison]) -> None:
     """All study outputs from finished runs."""
     config = spec.base_config()
     seeds_note = (f"mean ± std over seeds {spec.seeds}" if len(spec.seeds) > 1
@@ -279,7 +285,7 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
     size = config.data.resize or config.data.patch_size
     widths = (f"width scale {config.model.width_scale}" if config.model.width_scale
               else f"widths {config.model.widths}" if config.model.widths else "default (full) widths")
-    class_names = next((r["class_names"] for r in records if r.get("class_names")), None)  # multi-class only
+    class_names = next((r.class_names for r in records if r.class_names), None)  # multi-class only
     classes_note = (f" Dice is the mean over the foreground classes ({', '.join(class_names[1:])}), each class's "
                     "beside it; intervals, ranks and pairs use the mean." if class_names else "")
     note = (f"Test split only; each run's own weight selection and post-processing (chosen on validation). "
@@ -293,18 +299,17 @@ def write_report(out: Path, spec, rows: list[dict], records: list[dict], choices
         "dice_vs_params.png": scatter_plot(rows, "params", "parameters", log_x=True),
         "dice_vs_latency.png": scatter_plot(rows, "cpu_latency_ms", "CPU latency (ms)", log_x=False),
     }
-    histories, per_image = {}, {}
+    study, histories, per_image = StudyFolder(out), {}, {}
     for choice in choices:
-        history = read_history(out / "runs" / choice.trained_as().folder / f"seed{spec.seeds[0]}")
+        history = read_history(study.run(choice.trained_as().folder, spec.seeds[0]).path)
         histories[choice.label] = [(row.step, row.val_dice) for row in history if row.validated]
-        scores = [csv_float(r["dice"]) for s in spec.seeds
-                  for r in read_csv(out / "runs" / choice.folder / f"seed{s}" / "eval" / "per_image.csv")]
+        scores = [csv_float(r["dice"]) for s in spec.seeds for r in read_csv(study.per_image(choice.folder, s))]
         per_image[choice.label] = [d for d in scores if not math.isnan(d)]
     plots["val_dice_curves.png"] = curves_plot(histories)
     plots["dice_boxplot.png"] = box_plot(per_image)
     if class_names:
         plots["dice_per_class.png"] = class_dice_plot(rows, class_names)
-    plots["gallery.png"] = png_bytes(build_gallery(out, spec, choices))
+    plots["gallery.png"] = png_bytes(build_gallery(study, spec, choices))
     for name, data in plots.items():
         atomic_write_bytes(out / name, data)
     atomic_write_text(out / "report.html", render_html(spec, config, rows, pairs, note, plots, class_names))
@@ -319,8 +324,16 @@ def legend_html(class_names: Sequence[str] | None) -> str:
     return f'<p>Class colours (gallery and per-class plot):</p><ul id="legend">{items}</ul>'
 
 
-def render_html(spec, config, rows: list[dict], pairs: Sequence[PairedComparison], note: str,
-                plots: dict[str, bytes], class_names: Sequence[str] | None = None) -> str:
+def _schedule(config: Config) -> dict[str, Any]:
+    """How long each run trains: to the budget, else for the iterations, else for the epochs."""
+    train = config.train
+    return {"epochs": "-" if train.budget_minutes or train.iterations else train.epochs,
+            "iterations": "-" if train.budget_minutes else train.iterations or "-",
+            "budget per run (min)": train.budget_minutes}
+
+
+def render_html(spec: StudySpec, config: Config, rows: Sequence[ModelRow], pairs: Sequence[PairedComparison],
+                note: str, plots: dict[str, bytes], class_names: Sequence[str] | None = None) -> str:
     headers, body = table_cells(rows, class_names)
     pair_head = "".join(f"<th>{html.escape(h)}</th>" for h in PAIR_HEADERS)
     pair_rows = "".join(
@@ -336,8 +349,7 @@ def render_html(spec, config, rows: list[dict], pairs: Sequence[PairedComparison
         f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots.items())
     protocol = {
         "data": spec.data, "models": spec.models, "seeds": spec.seeds, "base config": spec.config or "(defaults)",
-        "overrides": spec.overrides, "epochs": config.train.epochs if not spec.budget_minutes else "-",
-        "budget per run (min)": spec.budget_minutes, "optimizer": f"{config.optim.name} lr {config.optim.lr}",
+        "overrides": spec.overrides, **_schedule(config), "optimizer": f"{config.optim.name} lr {config.optim.lr}",
         "schedule": config.optim.schedule, "loss": config.loss.name,
         "input": f"patch {config.data.patch_size}" if not config.data.resize else f"resize {config.data.resize}",
         "batch size": config.train.batch_size, "split seed": config.data.split_seed,

@@ -301,11 +301,11 @@ def score(dataset: Dataset, test: list[dict[str, Any]], predictions: list[np.nda
         accumulator.add(sample["id"], labels, sample["mask"], sample["region"])
     summary, rows = accumulator.summary(), accumulator.rows()
     result = {"dice_mean": summary["dice"]["mean"], "dice_pooled": summary["dice"]["pooled"],
-              "per_image": {row["id"]: row["dice"] for row in rows}}
+              "per_image": {row.id: row.dice for row in rows}}
     for k in range(1, dataset.n_classes) if dataset.n_classes > 2 else ():
         column = f"dice_c{k}"
         result.update({f"{column}_mean": summary[column]["mean"], f"{column}_pooled": summary[column]["pooled"],
-                       f"per_image_{column}": {row["id"]: row[column] for row in rows}})
+                       f"per_image_{column}": {row.id: row.per_class[k - 1].dice for row in rows}})
     return result
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.metrics import MetricAccumulator, confusion_counts, hd95, scores_from_counts
+from medseg.metrics import METRICS, MetricAccumulator, Scores, confusion_counts, hd95, scores_from_counts
 
 monai_metrics = pytest.importorskip("monai.metrics")
 
@@ -108,7 +108,7 @@ def test_region_restricts_every_metric():
     acc = MetricAccumulator()
     row = acc.add("a", pred, truth, region)
     # HD95: percentile 95 of the distances [0, 1]
-    assert row["dice"] == pytest.approx(2 / 3) and row["hd95"] == pytest.approx(0.95)
+    assert row.dice == pytest.approx(2 / 3) and row.hd95 == pytest.approx(0.95)
 
 
 def test_accumulator_per_image_and_pooled():
@@ -119,14 +119,26 @@ def test_accumulator_per_image_and_pooled():
     assert summary["dice"]["mean"] == pytest.approx(0.5)
     assert summary["dice"]["std"] == pytest.approx(0.5)
     assert summary["dice"]["pooled"] == pytest.approx(2 * 2 / (2 * 2 + 4))
-    assert [r["id"] for r in acc.rows()] == ["a", "b"]
+    assert [r.id for r in acc.rows()] == ["a", "b"]
 
 
 def test_accumulator_multiclass_columns():
     acc = MetricAccumulator(n_classes=3, with_hd95=False)
     row = acc.add("a", np.array([[1, 2, 2]]), np.array([[1, 2, 0]]))
-    assert row["dice_c1"] == 1 and row["dice_c2"] == pytest.approx(2 / 3)
-    assert row["dice"] == pytest.approx((1 + 2 / 3) / 2)
+    assert row.per_class[0].dice == 1 and row.per_class[1].dice == pytest.approx(2 / 3)
+    assert row.dice == pytest.approx((1 + 2 / 3) / 2)
+
+    assert list(row.columns()) == ["id", "dice_c1", "dice_c2", "dice", "iou_c1", "iou_c2", "iou", "accuracy_c1",
+                                   "accuracy_c2", "accuracy", "precision_c1", "precision_c2", "precision",
+                                   "recall_c1", "recall_c2", "recall", "specificity_c1", "specificity_c2",
+                                   "specificity"]
+    assert list(acc.summary()) == list(row.columns())[1:]
+
+
+def test_binary_row_columns_have_no_class_suffix_and_hd95_last():
+    row = MetricAccumulator().add("a", np.array([[1, 0]]), np.array([[1, 1]]))
+    assert len(row.per_class) == 1 and row.per_class[0] == Scores(**{k: getattr(row, k) for k in METRICS})
+    assert list(row.columns()) == ["id", *METRICS] and row.columns()["dice"] == pytest.approx(2 / 3)
 
 
 def test_per_case_3d_dice_matches_monai_on_volumes(rng):
@@ -141,5 +153,6 @@ def test_per_case_3d_dice_matches_monai_on_volumes(rng):
     expected = monai_metrics.DiceMetric(include_background=False, reduction="none", ignore_empty=False)(*onehot)
     rows = accumulator.rows()
     for cls in (1, 2):
-        np.testing.assert_allclose([row[f"dice_c{cls}"] for row in rows], expected[:, cls - 1].numpy(), atol=1e-6)
-    np.testing.assert_allclose([row["dice"] for row in rows], expected.mean(dim=1).numpy(), atol=1e-6)
+        np.testing.assert_allclose([row.per_class[cls - 1].dice for row in rows], expected[:, cls - 1].numpy(),
+                                   atol=1e-6)
+    np.testing.assert_allclose([row.dice for row in rows], expected.mean(dim=1).numpy(), atol=1e-6)

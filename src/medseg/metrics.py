@@ -11,14 +11,15 @@ left out of means for that metric) -- and 0 when it does make errors (e.g. preci
 non-empty truth). HD95 when exactly one of prediction and truth is empty is the image diagonal (times spacing),
 the largest possible distance, so missed or hallucinated objects are penalised rather than skipped.
 
-Aggregation: per image then mean/std (NaN-skipping), and pooled (confusion counts summed over every pixel of the
-set; pooled HD95 is the 95th percentile of all surface distances of images where both masks have foreground).
+Aggregation: per image (or volume) a :class:`MetricRow`, then mean/std (NaN-skipping), and pooled (confusion
+counts summed over every pixel of the set; pooled HD95 is the 95th percentile of all surface distances of images
+where both masks have foreground).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Sequence
 
 import numpy as np
@@ -108,20 +109,70 @@ def hd95(
     return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Every metric of one foreground class, or their mean over the foreground classes; ``hd95`` is None when
+    not computed."""
+
+    dice: float
+    iou: float
+    accuracy: float
+    precision: float
+    recall: float
+    specificity: float
+    hd95: float | None = None
+
+    def values(self) -> dict[str, float]:
+        """Metric name -> value, of every computed metric, in report order."""
+        return {name: getattr(self, name) for name in METRICS if getattr(self, name) is not None}
+
+
+METRICS = tuple(f.name for f in fields(Scores))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricRow(Scores):
+    """One image's (or volume's) scores: the mean over foreground classes, and ``per_class[k - 1]`` for class
+    ``k`` (a binary task has one class, equal to the mean)."""
+
+    id: str
+    per_class: tuple[Scores, ...]
+
+    def columns(self) -> dict[str, str | float]:
+        """The row as ``per_image.csv`` writes it: ``id``, then per metric ``<metric>_c<k>`` for each class of a
+        multi-class task and ``<metric>`` (the mean)."""
+        columns: dict[str, str | float] = {"id": self.id}
+        for name, mean in self.values().items():
+            if len(self.per_class) > 1:
+                columns.update({f"{name}_c{k}": s.values()[name] for k, s in enumerate(self.per_class, 1)})
+            columns[name] = mean
+        return columns
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+
+
+def metric_row(row_id: str, scores: dict[str, np.ndarray]) -> MetricRow:
+    """A row from per-class arrays (foreground classes in order) of each metric name."""
+    per_class = tuple(Scores(**{name: float(values[i]) for name, values in scores.items()})
+                      for i in range(len(scores["dice"])))
+    return MetricRow(id=row_id, per_class=per_class, **{name: _nanmean(values) for name, values in scores.items()})
+
+
 @dataclass
 class MetricAccumulator:
     """Collects per-image scores and pooled counts over a set of images.
 
-    ``add(image_id, pred, truth, region)`` per image; then :meth:`rows` (one dict per image) and :meth:`summary`
-    (per metric: mean, std, n, pooled). For multi-class tasks, columns are ``<metric>_c<k>`` per foreground class
-    plus ``<metric>`` for their mean.
+    ``add(image_id, pred, truth, region)`` per image returns its :class:`MetricRow`; then :meth:`rows` (every row
+    so far) and :meth:`summary` (per column of :meth:`MetricRow.columns`: mean, std, n, pooled).
     """
 
     n_classes: int = 2
     empty: EmptyRule = "perfect"
     with_hd95: bool = True
     spacing: Sequence[float] | None = None
-    _rows: list[dict[str, float | str]] = field(default_factory=list)
+    _rows: list[MetricRow] = field(default_factory=list)
     _pooled: np.ndarray | None = None
     _distances: dict[int, list[np.ndarray]] = field(default_factory=dict)
 
@@ -130,7 +181,7 @@ class MetricAccumulator:
         return list(range(1, self.n_classes))
 
     def add(self, image_id: str, pred: np.ndarray, truth: np.ndarray, region: np.ndarray | None = None,
-            spacing: Sequence[float] | None = None) -> dict:
+            spacing: Sequence[float] | None = None) -> MetricRow:
         """Score one image or volume (any number of dimensions; HD95 in ``spacing`` units, else the
         accumulator's)."""
         counts = confusion_counts(pred, truth, self.n_classes, region)
@@ -139,11 +190,7 @@ class MetricAccumulator:
         if self.with_hd95:
             spacing = spacing if spacing is not None else self.spacing
             scores["hd95"] = np.array([self._hd95(pred, truth, region, c, spacing) for c in self.classes])
-        row: dict[str, float | str] = {"id": image_id}
-        for name, values in scores.items():
-            if self.n_classes > 2:
-                row.update({f"{name}_c{c}": float(v) for c, v in zip(self.classes, values)})
-            row[name] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+        row = metric_row(image_id, scores)
         self._rows.append(row)
         return row
 
@@ -157,30 +204,28 @@ class MetricAccumulator:
             self._distances.setdefault(cls, []).extend([forward, backward])
         return hd95(p, t, spacing, self.empty)
 
-    def rows(self) -> list[dict[str, float | str]]:
+    def rows(self) -> list[MetricRow]:
         return list(self._rows)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per metric column: ``mean``, ``std`` (population), ``n`` (images with a defined value) and ``pooled``."""
+        """Per column of the rows (``id`` aside): ``mean``, ``std`` (population), ``n`` (images with a defined
+        value) and ``pooled``."""
         if not self._rows:
             return {}
         pooled_scores = scores_from_counts(self._pooled[1:], self.empty)
         if self.with_hd95:
             pooled_scores["hd95"] = np.array([self._pooled_hd95(c) for c in self.classes])
-        pooled: dict[str, float] = {}
-        for name, values in pooled_scores.items():
-            if self.n_classes > 2:
-                pooled.update({f"{name}_c{c}": float(v) for c, v in zip(self.classes, values)})
-            pooled[name] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+        pooled = metric_row("pooled", pooled_scores).columns()
+        columns = [row.columns() for row in self._rows]
         result = {}
-        for column in (k for k in self._rows[0] if k != "id"):
-            values = np.array([row[column] for row in self._rows], dtype=np.float64)
+        for column in (k for k in columns[0] if k != "id"):
+            values = np.array([row[column] for row in columns], dtype=np.float64)
             defined = values[~np.isnan(values)]
             result[column] = {
                 "mean": float(defined.mean()) if defined.size else math.nan,
                 "std": float(defined.std()) if defined.size else math.nan,
                 "n": int(defined.size),
-                "pooled": pooled.get(column, math.nan),
+                "pooled": pooled[column],
             }
         return result
 

@@ -13,7 +13,7 @@ import pytest
 from medseg.run.weights import load_checkpoint, save_checkpoint
 from medseg.run.contract import RunContract
 from medseg.inference.evaluate import evaluate
-from medseg.training.trainer import train
+from medseg.workflow import train
 from medseg.errors import MedsegError
 
 
@@ -31,7 +31,7 @@ def test_evaluate_writes_report_on_the_test_split(run, tmp_path, synthetic_data)
     rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     test_ids = json.loads((run / "contract.json").read_text())["data"]["splits"]["test"]
     assert [r["id"] for r in rows] == test_ids and len(rows) == 2
-    assert {"dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95"} <= set(rows[0])
+    assert list(rows[0]) == ["id", "dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95"]
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert saved["metrics"]["dice"]["mean"] == pytest.approx(summary.metrics["dice"]["mean"])
     assert saved["empty_rule"] == "perfect" and saved["dataset"] == "the run's recorded test split"

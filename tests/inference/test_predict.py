@@ -15,7 +15,7 @@ from medseg.inference.predictor import Predictor, TorchBackend, prepare_for_infe
 from medseg.inference.postprocess import postprocess
 from medseg.inference.predict import predict_paths
 from medseg.inference.sliding_window import sliding_window_logits
-from medseg.training.trainer import train
+from medseg.workflow import train
 from medseg.errors import MedsegError
 from tests.helpers import contract_for
 

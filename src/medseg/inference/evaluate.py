@@ -14,11 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medseg.data.datasets import Item, load_items, load_sample
+from medseg.data.datasets import Item, load_items
 from medseg.data.fingerprint import dataset_hash
 from medseg.data.readers import Reader
 from medseg.run.contract import RunContract
 from medseg.inference.predictor import Predictor
+from medseg.inference.scoring import ScoredCase, case_groups, load_cases, score_cases
 from medseg.visualize import ERROR_LEGEND, GridRow, image_grid, overlay, png_bytes, to_display
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
@@ -85,29 +86,33 @@ def select_items(items: list[Item], contract: RunContract, split: str, data: Pat
 
 def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "test", fmt: str = "auto",
              empty: EmptyRule = "perfect", max_overlays: int = 12, backend: str = "torch", device: str = "cpu",
-             folds: Sequence[int] | None = None, prune_depth: int | None = None,
+             folds: Sequence[int] | None = None, prune_depth: int | None = None, items: list[Item] | None = None,
              **overrides: Any) -> EvaluationSummary:
     """Evaluate a run folder (or weights file) on ``split`` of ``data``; the function `medseg evaluate` calls.
-    ``overrides`` replace inference settings (``threshold``, ``tta``, ``postprocess``, ...)."""
+    ``items`` are the dataset's, when the caller has listed them; ``overrides`` replace inference settings
+    (``threshold``, ``tta``, ``postprocess``, ...)."""
     predictor = Predictor.from_run(run, backend, device, folds, prune_depth, **overrides)
     data = Path(data)
     recorded = predictor.contract.data
     if fmt == "auto" and recorded.root and Path(recorded.root).resolve() == data.resolve():
         fmt = recorded.format  # the format the run was trained with, on the same folder
-    chosen, note = select_items(load_items(data, fmt, predictor.spec.slice_axis), predictor.contract, split, data)
+    if items is None:
+        items = load_items(data, fmt, predictor.spec.slice_axis)
+    chosen, note = select_items(items, predictor.contract, split, data)
     if not chosen:
         raise MedsegError(data, f"the {split!r} split is empty")
     spec = predictor.spec
     accumulator = MetricAccumulator(n_classes=spec.n_classes, empty=empty)
     grid_rows = []
     with Reader() as reader:
-        for case in progress(_cases(chosen), desc="evaluate", unit="case"):
-            shown = _score_case(case, predictor, reader, accumulator)
+        cases = load_cases(chosen, spec.channels, spec.n_classes, reader)
+        for scored in progress(score_cases(predictor, cases, accumulator), desc="evaluate",
+                               total=len(case_groups(chosen)), unit="case"):
             if len(grid_rows) < max_overlays:
-                grid_rows.append(shown)
+                grid_rows.append(_overlay_row(scored))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(out / "per_image.csv", accumulator.rows())
+    atomic_write_csv(out / "per_image.csv", [row.columns() for row in accumulator.rows()])
     summary = EvaluationSummary(
         metrics=accumulator.summary(), n_images=len(accumulator.rows()), class_names=spec.class_names, split=split,
         data=str(data), dataset=note, run=str(run),
@@ -126,32 +131,12 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "t
     return summary
 
 
-def _cases(items: list[Item]) -> list[list[Item]]:
-    """Items grouped by case: a volume's slices together (in slice order), every other image alone."""
-    groups: dict[str, list[Item]] = {}
-    for item in items:
-        groups.setdefault(item.group, []).append(item)
-    return [sorted(group, key=lambda i: i.frame or 0) for group in groups.values()]
-
-
-def _score_case(case: list[Item], predictor: Predictor, reader: Reader, accumulator: MetricAccumulator) -> GridRow:
-    """Predict and score one image, or one volume in 3D (its slices stacked, with its spacing in mm); returns the
-    overlay row of the image (a volume's slice with the most foreground)."""
-    spec = predictor.spec
-    samples = [load_sample(item, spec.channels, spec.n_classes, reader) for item in case]
-    if any(sample.mask is None for sample in samples):
-        raise MedsegError(case[0].image, "no ground-truth mask to evaluate against")
-    probabilities = [predictor.probabilities(sample.image, sample.statistics, sample.spacing) for sample in samples]
-    if case[0].case is None:
-        sample, labels = samples[0], predictor.labels(probabilities[0])
-        row = accumulator.add(sample.id, labels, sample.mask, sample.region)
-    else:
-        labels = predictor.volume_labels(probabilities)
-        spacing = reader.volume(case[0].image).stacked_spacing(case[0].axis if case[0].axis is not None else 2)
-        row = accumulator.add(case[0].case, labels, np.stack([s.mask for s in samples]), None, spacing)
-        shown = int(np.argmax([(s.mask > 0).sum() for s in samples]))
-        sample, labels = samples[shown], labels[shown]
-    name = case[0].case or sample.id
-    caption = f"{name}  Dice {row['dice']:.3f}" if not math.isnan(row["dice"]) else name
+def _overlay_row(scored: ScoredCase) -> GridRow:
+    """The overlay row of a scored case: the image, or a volume's slice with the most foreground."""
+    case = scored.case
+    shown = int(np.argmax([(s.mask > 0).sum() for s in case.samples])) if case.volume else 0
+    sample, labels = case.samples[shown], scored.labels[shown] if case.volume else scored.labels
+    name, dice = case.name, scored.row.dice
+    caption = f"{name}  Dice {dice:.3f}" if not math.isnan(dice) else name
     return GridRow(caption, [("image", to_display(sample.image)), ("truth", overlay(sample.image, sample.mask)),
                              (ERROR_LEGEND, overlay(sample.image, labels, sample.mask))])

@@ -5,14 +5,12 @@ post-processed whole, in 3D."""
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medseg.data.datasets import Sample
 from medseg.run.contract import PostprocessSpec
 from medseg.metrics import confusion_counts, scores_from_counts
 
@@ -62,22 +60,6 @@ class ValidationCase:
     probabilities: np.ndarray
     truth: np.ndarray
     region: np.ndarray | None
-
-
-def stack_cases(slices: Sequence[tuple[str, np.ndarray, Sample]], n_classes: int) -> list[tuple[str, ValidationCase]]:
-    """Named validation cases from ``(group, probabilities, sample)`` in order: a volume's slices (one group, one
-    size) stacked along a new axis after the class axis and named by the group, other images as they are."""
-    cases = []
-    for group, members in itertools.groupby(slices, key=lambda part: part[0]):
-        members = list(members)
-        if len(members) == 1 or len({m[2].mask.shape for m in members}) > 1:
-            cases += [(s.id, ValidationCase(p, s.mask, s.region)) for _, p, s in members]
-            continue
-        regions = [s.region for _, _, s in members]
-        cases.append((group, ValidationCase(np.stack([p for _, p, _ in members], axis=0 if n_classes == 2 else 1),
-                                            np.stack([s.mask for _, _, s in members]),
-                                            None if any(r is None for r in regions) else np.stack(regions))))
-    return cases
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,122 @@
-"""The one scoring loop: predict cases with a Predictor and score them against their masks."""
+"""The one scoring loop of validation, out-of-fold scoring and evaluation: cases (an image, or a volume's slices in
+slice order) -> predicted probabilities -> labels -> a :class:`MetricRow` per case (a volume scored in 3D)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from medseg.data.datasets import Item, Sample, load_sample
+from medseg.data.readers import Reader
 from medseg.data.store import SampleStore
-from medseg.inference.postprocess import ValidationCase, stack_cases
+from medseg.errors import MedsegError
+from medseg.inference.postprocess import ValidationCase, postprocess, to_labels
 from medseg.inference.predictor import Predictor
-from medseg.metrics import MetricAccumulator
+from medseg.metrics import MetricAccumulator, MetricRow
+from medseg.run.contract import PostprocessSpec
 
 
-def score_samples(predictor: Predictor, store: SampleStore, indices: list[int], keep_cases: bool = False
-                  ) -> tuple[list[tuple[int, dict[str, Any]]], list[ValidationCase]]:
-    """Per-image metric rows ``(index, row)`` of ``store[indices]`` (whole images, predicted as ``medseg predict``
-    does). ``keep_cases`` also returns the probabilities (float16, to halve the memory): one case per image, or per
-    volume with its slices stacked, so post-processing is chosen in 3D."""
+@dataclass(frozen=True)
+class Case:
+    """What is scored as one: an image, or a volume's slices in slice order (``volume``), with the volume's voxel
+    spacing ``(slice, height, width)`` in mm for HD95 (None: pixels)."""
+
+    name: str
+    samples: tuple[Sample, ...]
+    volume: bool
+    spacing: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PredictedCase(ValidationCase):
+    """A case's probabilities (a volume's slices stacked after the class axis), truth and region, with its name
+    and spacing: what post-processing is chosen on, and what is scored."""
+
+    name: str
+    spacing: tuple[float, ...] | None = None
+
+    def compact(self) -> "PredictedCase":
+        """The case with float16 probabilities (half the memory), to keep for later scoring."""
+        return replace(self, probabilities=self.probabilities.astype(np.float16))
+
+
+@dataclass(frozen=True)
+class ScoredCase:
+    """A case as the loop leaves it: predicted, labelled and scored."""
+
+    case: Case
+    predicted: PredictedCase
+    labels: np.ndarray  # H x W, or Z x H x W for a volume
+    row: MetricRow
+
+
+def case_groups(items: Sequence[Item]) -> list[list[int]]:
+    """Positions in ``items`` grouped by case: a volume's slices together in slice order, every other image
+    alone; cases in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for position, item in enumerate(items):
+        groups.setdefault(item.group, []).append(position)
+    return [sorted(group, key=lambda p: items[p].frame or 0) for group in groups.values()]
+
+
+def make_case(items: Sequence[Item], samples: Sequence[Sample], spacing: tuple[float, ...] | None = None) -> Case:
+    """The case of one group's items and their decoded samples; every sample needs its mask."""
+    if any(sample.mask is None for sample in samples):
+        raise MedsegError(items[0].image, "no ground-truth mask to score against")
+    return Case(items[0].group, tuple(samples), items[0].case is not None, spacing)
+
+
+def load_cases(items: Sequence[Item], channels: int | None, n_classes: int, reader: Reader) -> Iterator[Case]:
+    """The cases of ``items`` decoded from disk one at a time (a volume with its spacing in mm)."""
+    for group in case_groups(items):
+        members = [items[p] for p in group]
+        first = members[0]
+        spacing = (reader.volume(first.image).stacked_spacing(first.axis if first.axis is not None else 2)
+                   if first.case is not None else None)
+        yield make_case(members, [load_sample(item, channels, n_classes, reader) for item in members], spacing)
+
+
+def predict_case(predictor: Predictor, case: Case) -> PredictedCase:
+    """The case's probabilities, each slice predicted from its own spacing, and its truth and region."""
+    samples = case.samples
+    probabilities = [predictor.probabilities(s.image, s.statistics, s.spacing) for s in samples]
+    if not case.volume:
+        return PredictedCase(probabilities[0], samples[0].mask, samples[0].region, case.name, case.spacing)
+    regions = [s.region for s in samples]
+    return PredictedCase(np.stack(probabilities, axis=0 if predictor.spec.n_classes == 2 else 1),
+                         np.stack([s.mask for s in samples]),
+                         None if any(r is None for r in regions) else np.stack(regions), case.name, case.spacing)
+
+
+def score_predicted(case: PredictedCase, accumulator: MetricAccumulator, threshold: float,
+                    spec: PostprocessSpec) -> tuple[np.ndarray, MetricRow]:
+    """The case's labels (threshold or argmax, then post-processing; a volume in 3D) and its metric row."""
+    labels = postprocess(to_labels(case.probabilities, threshold, accumulator.n_classes), spec)
+    return labels, accumulator.add(case.name, labels, case.truth, case.region, case.spacing)
+
+
+def score_cases(predictor: Predictor, cases: Iterable[Case], accumulator: MetricAccumulator) -> Iterator[ScoredCase]:
+    """Predict, label (as the predictor's spec says) and score each case in turn."""
+    spec = predictor.spec
+    for case in cases:
+        predicted = predict_case(predictor, case)
+        labels, row = score_predicted(predicted, accumulator, spec.threshold, spec.postprocess)
+        yield ScoredCase(case, predicted, labels, row)
+
+
+def score_store(predictor: Predictor, store: SampleStore, indices: Sequence[int], shard: tuple[int, int] = (0, 1),
+                keep_cases: bool = False) -> tuple[list[tuple[int, MetricRow]], list[PredictedCase]]:
+    """Rows ``(position, row)`` of shard ``(rank, world_size)`` of the cases of ``store[indices]`` (the
+    position of the case among all of them; no HD95). ``keep_cases`` also returns the compact predicted cases."""
+    items = [store.items[i] for i in indices]
+    groups = list(enumerate(case_groups(items)))[shard[0] :: shard[1]]
+    cases = (make_case([items[p] for p in group], [store[indices[p]] for p in group]) for _, group in groups)
     accumulator = MetricAccumulator(n_classes=predictor.spec.n_classes, with_hd95=False)
-    rows, slices = [], []
-    for index in indices:
-        sample = store[index]
-        probabilities = predictor.probabilities(sample.image, sample.statistics)
-        rows.append((index, accumulator.add(sample.id, predictor.labels(probabilities), sample.mask, sample.region)))
+    rows, kept = [], []
+    for (position, _), scored in zip(groups, score_cases(predictor, cases, accumulator)):
+        rows.append((position, scored.row))
         if keep_cases:
-            slices.append((store.items[index].group, probabilities.astype(np.float16), sample))
-    return rows, [case for _, case in stack_cases(slices, predictor.spec.n_classes)]
+            kept.append(scored.predicted.compact())
+    return rows, kept

@@ -18,26 +18,26 @@ class Stop(Exception):
 
 
 def test_three_folds_resume_summarise_and_ensemble(tiny_config, tmp_path, synthetic_data, monkeypatch):
-    from medseg.training import crossval
+    from medseg import workflow
 
     tiny_config.data.folds, tiny_config.train.epochs = 3, 1
-    real_train = crossval.train
+    real_fit = workflow._fit
     calls = []
 
-    def train_until_fold_1(config, run_dir, resume=False, plan=None):
-        calls.append((run_dir.name, resume))
-        if run_dir.name == "fold_1" and not resume:
+    def fit_until_fold_1(prepared, hooks, context):
+        calls.append((prepared.folder.path.name, prepared.resume))
+        if prepared.folder.path.name == "fold_1" and not prepared.resume:
             def stop(epoch, row):
                 raise Stop
-            real_train(config, run_dir, resume, on_epoch_end=stop)
-        return real_train(config, run_dir, resume)
+            return real_fit(prepared, workflow.Hooks(on_epoch_end=stop), context)
+        return real_fit(prepared, hooks, context)
 
-    monkeypatch.setattr(crossval, "train", train_until_fold_1)
+    monkeypatch.setattr(workflow, "_fit", fit_until_fold_1)
     run = tmp_path / "cv"
     with pytest.raises(Stop):
-        crossval.train_folds(tiny_config, run)
+        workflow.train_folds(tiny_config, run)
     calls.clear()
-    summary = crossval.train_folds(tiny_config, run)
+    summary = workflow.train_folds(tiny_config, run)
     assert calls == [("fold_1", True), ("fold_2", False)]  # fold 0 kept, fold 1 resumed, fold 2 trained
     assert summary.folds == 3 and len(summary.fold_dice) == 3 and summary.n_images == 10
     rows = list(csv.DictReader((run / "cv_per_image.csv").open()))

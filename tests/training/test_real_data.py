@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medseg.config import Config
-from medseg.training.trainer import train
+from medseg.workflow import train
 from tests.conftest import shared_dataset
 
 

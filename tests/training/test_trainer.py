@@ -1,18 +1,24 @@
-"""The training loop: a run's outputs, resume equivalence (step- and budget-driven), NaN stop, selection."""
+"""The training loop: a run's outputs with any observers, steps.csv and curves, resume equivalence (step- and
+budget-driven), validation pacing, NaN stop, selection."""
 
 from __future__ import annotations
 
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from medseg.training import components as components_module
-from medseg.training.callbacks import Callback
-from medseg.run.weights import load_checkpoint
-from medseg.training.trainer import train
+import medseg
 from medseg.errors import MedsegError
+from medseg.run.folder import RunFolder
+from medseg.run.history import read_history, read_steps
+from medseg.run.weights import load_checkpoint
+from medseg.training import components as components_module
+from medseg.training.callbacks import Callback, EpochFunction, ProgressCallback
+from medseg.training.trainer import default_callbacks
+from medseg.workflow import train
 
 
 def test_run_folder_contents(tiny_config, tmp_path):
@@ -20,7 +26,7 @@ def test_run_folder_contents(tiny_config, tmp_path):
     run = tmp_path / "run"
     for name in ("config.yaml", "contract.json", "fingerprint.json", "checkpoint.safetensors", "checkpoint.json",
                  "best_model.safetensors", "best_model.json", "final_model.safetensors", "final_model.json",
-                 "history.csv", "train.log", "curves.png"):
+                 "history.csv", "steps.csv", "train.log", "curves.png", "postprocess.json"):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and result.steps_run == 6
@@ -62,6 +68,37 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_config, tmp_path
                          tmp_path / "resumed" / "final_model.safetensors")
     rows = list(csv.DictReader((tmp_path / "resumed" / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    straight, resumed = read_steps(tmp_path / "straight"), read_steps(tmp_path / "resumed")
+    assert [r.step for r in resumed] == [r.step for r in straight] == list(range(1, 9))
+    assert [r.loss for r in resumed] == pytest.approx([r.loss for r in straight], rel=1e-4)
+
+
+@pytest.mark.parametrize("observers", [[], [ProgressCallback(), EpochFunction(lambda epoch, row: None)]],
+                         ids=["none", "some"])
+def test_any_observers_still_validate_checkpoint_and_keep_predictable_weights(tiny_config, tmp_path, observers):
+    """Validation, best weights, checkpoints and the contract are the trainer's own: with the constant schedule
+    the run keeps its best weights, and they exist whatever the callbacks."""
+    tiny_config.optim.schedule = "constant"
+    result = train(tiny_config, tmp_path / "run", callbacks=observers)
+    run = RunFolder(tmp_path / "run")
+    assert result.selected == run.read_contract().selected == "best_model"
+    assert run.weights("best_model").is_file() and run.weights("final_model").is_file() and run.checkpoint.is_file()
+    assert all(row.validated for row in read_history(run.path)) and run.curves.is_file()
+    predictor = medseg.Predictor.from_run(run.path)
+    image = np.random.default_rng(0).random((48, 48, predictor.spec.channels))
+    assert predictor.predict(image).shape == (48, 48)
+
+
+@pytest.mark.parametrize(("log_every", "logged"), [(1, list(range(1, 13))), (5, [5, 10, 12])])
+def test_steps_csv_has_a_row_per_logged_step_and_curves_plot_it(tiny_config, tmp_path, log_every, logged):
+    """3 epochs of 4 steps: a smoothed-loss row every ``log_every`` steps (and at the last step)."""
+    tiny_config.train.steps_per_epoch, tiny_config.train.log_every = 4, log_every
+    train(tiny_config, tmp_path / "run", callbacks=[])
+    rows = read_steps(tmp_path / "run")
+    assert [r.step for r in rows] == logged
+    assert all(r.loss > 0 and r.lr > 0 for r in rows)
+    assert [r.seconds for r in rows] == sorted(r.seconds for r in rows)
+    assert RunFolder(tmp_path / "run").curves.read_bytes().startswith(b"\x89PNG")
 
 
 class FakeClock:
@@ -78,13 +115,11 @@ class Tick(Callback):
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
 
-    def on_step_end(self, trainer, loss):
+    def on_step_end(self, view):
         self.clock.seconds += 1.0
 
 
 def _budget_callbacks(config, clock, kill_at=None):
-    from medseg.training.trainer import default_callbacks
-
     # Tick runs first, so every callback and the deadline see the step's second.
     return [Tick(clock), *default_callbacks(config, _kill_after(kill_at) if kill_at else None)]
 
@@ -96,8 +131,8 @@ def test_budgeted_schedule_anneals_at_the_deadline_and_resumes_exactly(tiny_conf
     lrs = []
 
     class RecordLr(Callback):
-        def on_step_end(self, trainer, loss):
-            lrs.append(trainer.current_lr)
+        def on_step_end(self, view):
+            lrs.append(view.lr)
 
     result = train(tiny_config, tmp_path / "straight", clock=clock,
                    callbacks=[*_budget_callbacks(tiny_config, clock), RecordLr()])
@@ -117,19 +152,18 @@ def test_budgeted_schedule_anneals_at_the_deadline_and_resumes_exactly(tiny_conf
 def test_validation_costs_at_most_its_share_of_the_time(tiny_config, tmp_path, monkeypatch):
     """Epochs of one 1-second step and validations of 3 seconds: validating every epoch would cost 75% of the
     time; paced at a 10% share, it costs at most 10%, and the last epoch is still validated."""
-    from medseg.training import callbacks as callbacks_module
-    from medseg.training.trainer import default_callbacks
+    from medseg.training import validation as validation_module
 
     tiny_config.train.epochs, tiny_config.train.steps_per_epoch = 60, 1
     tiny_config.train.val_time_share = 0.1
     clock = FakeClock()
-    real_validate = callbacks_module.validate
+    real_validate = validation_module.validate
 
     def costly_validate(*args, **kwargs):
         clock.seconds += 3.0
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(callbacks_module, "validate", costly_validate)
+    monkeypatch.setattr(validation_module, "validate", costly_validate)
     result = train(tiny_config, tmp_path / "run", clock=clock,
                    callbacks=[Tick(clock), *default_callbacks(tiny_config)])
     validated = [row.epoch for row in result.history if row.validated]

@@ -1,5 +1,5 @@
 """The run state: where a training run is, saved and restored as one object (the resume contract of
-``checkpoint.safetensors``), and the history row written after each epoch."""
+``checkpoint.safetensors``)."""
 
 from __future__ import annotations
 
@@ -9,43 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
-from medseg.files import read_csv
+from medseg.run.history import HistoryRow, StepRow
 
 NAN = math.nan
-
-
-@dataclass
-class HistoryRow:
-    """One epoch in ``history.csv``. Validation columns are NaN after an epoch that was not validated."""
-
-    epoch: int
-    step: int
-    lr: float
-    train_loss: float
-    val_dice: float = NAN
-    val_iou: float = NAN
-    val_accuracy: float = NAN
-    val_seconds: float = 0.0
-    data_wait: float = 0.0  # share of the epoch's training time spent waiting for data
-    seconds: float = 0.0  # elapsed training time at the end of the epoch
-
-    @property
-    def validated(self) -> bool:
-        return not math.isnan(self.val_dice)
-
-
-def read_history(run_dir: Path) -> list[HistoryRow]:
-    """The rows of ``RUN_DIR/history.csv``."""
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        raise MedsegError(path, "not found")
-    rows = read_csv(path)
-    names = {f.name: f.type for f in fields(HistoryRow)}
-    try:
-        return [HistoryRow(**{k: (int(v) if names[k] == "int" else float(v or "nan")) for k, v in row.items()})
-                for row in rows]
-    except (KeyError, ValueError) as exc:
-        raise MedsegError(path, f"unexpected history columns or values ({exc})") from None
 
 
 @dataclass
@@ -62,7 +28,9 @@ class RunState:
     best_score: float = -1.0  # best smoothed validation Dice
     best_epoch: int = 0
     smoothed_dice: float = NAN
+    smoothed_loss: float = NAN  # exponentially smoothed training loss (the loss column of steps.csv)
     history: list[HistoryRow] = field(default_factory=list)
+    steps: list[StepRow] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     schedule: dict[str, Any] | None = None
@@ -72,6 +40,7 @@ class RunState:
         """A mapping of plain values and tensors (see :func:`medseg.run.weights.flatten_state`)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["history"] = [asdict(row) for row in self.history]
+        values["steps"] = [asdict(row) for row in self.steps]
         return values
 
     @classmethod
@@ -83,4 +52,5 @@ class RunState:
                                     f"unknown {unknown}); start a new run")
         state = cls(**values)
         state.history = [HistoryRow(**row) for row in values["history"]]
+        state.steps = [StepRow(**row) for row in values["steps"]]
         return state

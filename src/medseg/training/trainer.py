@@ -1,5 +1,6 @@
-"""The training loop: epochs of optimizer steps until the step count or the time budget is spent, with
-callbacks for everything else (:mod:`medseg.training.callbacks`).
+"""The training loop and its own steps: epochs of optimizer steps until the step count or the time budget is spent,
+validation paced by time, best-weights tracking, checkpoints and history; then what the run keeps. Callbacks only
+observe (:mod:`medseg.training.callbacks`).
 
 Every sample's crop and augmentation are seeded from ``(seed, epoch, position)`` and the whole run state is saved
 with each checkpoint, so a resumed run continues exactly as the uninterrupted run would have. With a budget, the
@@ -11,30 +12,38 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from medseg.config import Config, load_config, save_config
-from medseg.data.fingerprint import Fingerprint
-from medseg.training.callbacks import (Callback, CheckpointCallback, EpochFunction, HistoryCallback, ProgressCallback,
-                                     SignalAtStep, TensorBoardCallback, ValidationCallback)
-from medseg.run.weights import load_checkpoint, load_weights_into
-from medseg.training.components import (Components, build_components, epoch_loader, model_options, prepare_data,
-                                      resolve_classes, seed_everything, select_device)
+from medseg.config import Config
+from medseg.files import atomic_write_bytes, atomic_write_csv
+from medseg.inference.postprocess import ValidationCase
+from medseg.training.callbacks import (Callback, EpochFunction, PauseAtStep, ProgressCallback, SignalAtStep,
+                                     TensorBoardCallback, TrainingView)
+from medseg.run.folder import RunFolder
+from medseg.run.history import HistoryRow, StepRow
+from medseg.run.weights import WeightsInfo, load_checkpoint, load_weights_into, save_checkpoint
+from medseg.training.components import (Components, TrainingData, build_components, epoch_loader, seed_everything,
+                                      select_device)
 from medseg.run.contract import RunContract, WeightsName, training_contract
-from medseg.training.distributed import DistributedContext, init_distributed, parameter_checksum, shutdown_distributed
+from medseg.training.distributed import DistributedContext, parameter_checksum
 from medseg.training.schedule import Clock, WallClock
-from medseg.training.state import HistoryRow, RunState
+from medseg.training.curves import curves_png
+from medseg.training.selection import keep
+from medseg.training.state import RunState
+from medseg.training.validation import ValidationPicture, Validator
 from medseg.errors import MedsegError
-from medseg.log import get_logger, log_to_file
-from medseg.models import count_parameters, get_entry
-from medseg.plan import Plan
+from medseg.log import get_logger
+from medseg.models import count_parameters
+from medseg.plan import STEPS_PER_EPOCH, Plan
 
-MIN_STEPS_PER_EPOCH = 250  # as nnU-Net: an epoch is never a handful of steps, whatever the dataset size
+RESERVE_FACTOR = 1.5  # the end of a budget keeps 1.5 validations: the final one and the choices after it
+STEP_ROW_EVERY = 10  # steps.csv gets a row every train.log_every steps, at least every 10 (and at the last step)
+LOSS_SMOOTHING = 0.9  # steps.csv's loss: an EMA of the training loss (the weight of the past)
 
 
 @dataclass
@@ -65,32 +74,39 @@ class StopRequest:
 
 
 class Trainer:
-    """One training run in ``run_dir``: components, data, state and callbacks, and the loop. Use :func:`train`.
-
-    Callbacks read and write a few attributes: ``improved`` (the epoch's smoothed validation Dice is the best so
-    far), ``finishing`` (the epoch is the last), ``reserve`` (seconds kept at the end of a budget for the final
-    validation), ``current_lr``, ``seconds_per_pixel`` (training time per input pixel, measured every epoch)."""
+    """One training run in ``run_dir``: components, data and state, the loop, and the loop's own steps (as nnU-Net's
+    trainer owns its hooks): validation paced by time with an EMA of its Dice, best-weights tracking, checkpoints,
+    ``history.csv`` and ``steps.csv``, and after the loop the choice of what the run keeps
+    (:func:`medseg.training.selection.keep`), the final weights, the contract and ``curves.png``. Callbacks only
+    observe, through a :class:`TrainingView`. Use :func:`fit_run`."""
 
     def __init__(self, config: Config, run_dir: Path, context: DistributedContext, clock: Clock,
-                 callbacks: Sequence[Callback], plan: Plan | None = None, fingerprint: Fingerprint | None = None,
+                 callbacks: Sequence[Callback], data: TrainingData, plan: Plan | None = None,
                  resume: bool = False) -> None:
         self.config, self.run_dir, self.context, self.clock = config, run_dir, context, clock
+        self.run = RunFolder(run_dir)
         self.device = select_device(config.train.device, context.local_rank)
         seed_everything(config.train.seed, config.train.deterministic)
-        self.data = prepare_data(config, fingerprint)
+        self.data = data
         self.components: Components = build_components(config, self.data.channels, self.device, context)
         self.contract: RunContract = training_contract(config, self.components.model.spec, self.data.channels,
                                                        self.data.record, plan)
         self.callbacks = list(callbacks)
+        self.observed_config = config.model_copy(deep=True)  # what observers see: changing it changes nothing
         self.state = RunState()
         self.stop = StopRequest()
-        self.improved = self.finishing = False
-        self.current_lr = config.optim.lr
-        self.seconds_per_pixel = self.reserve = math.nan
-        self.val_indices = self._val_indices()
+        self.improved = False  # the epoch's smoothed validation Dice is the best so far
+        self.finishing = False  # the epoch is the run's last
+        self.current_lr, self.last_loss = config.optim.lr, math.nan
+        self.seconds_per_pixel = math.nan  # training time per input pixel, measured every epoch
+        self.reserve = math.nan  # seconds kept at the end of a budget for the final validation
+        self.validator = Validator(data.val, self._val_indices(), self.contract.inference, self.device,
+                                   config.train.batch_size, context)
+        self.last_cases: list[ValidationCase] = []  # the last validation's predictions, when it kept them
+        self.step_row_every = min(config.train.log_every, STEP_ROW_EVERY)
         global_batch = config.train.batch_size * context.world_size
         self.steps_per_epoch = config.train.steps_per_epoch or max(
-            MIN_STEPS_PER_EPOCH, math.ceil(len(self.data.train) / global_batch))
+            STEPS_PER_EPOCH, math.ceil(len(self.data.train) / global_batch))
         self.budget = config.train.budget_minutes * 60 if config.train.budget_minutes else None
         self.total_steps = None if self.budget else (config.train.iterations or
                                                      config.train.epochs * self.steps_per_epoch)
@@ -113,7 +129,7 @@ class Trainer:
         return state.to_checkpoint()
 
     def restore(self) -> None:
-        path = self.run_dir / "checkpoint.safetensors"
+        path = self.run.checkpoint
         checkpoint = load_checkpoint(path)
         if checkpoint.train_state is None:
             raise MedsegError(path, "has no training state to resume from")
@@ -169,40 +185,57 @@ class Trainer:
     def epoch_total_text(self) -> str:
         return f"/{math.ceil(self.total_steps / self.steps_per_epoch)}" if self.total_steps else ""
 
-    # -- the loop ------------------------------------------------------------------------------------------------
-    def call(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+    # -- observers -----------------------------------------------------------------------------------------------
+    def view(self, row: HistoryRow | None = None) -> TrainingView:
+        """What the callbacks see now (``row``: the epoch's, on ``on_epoch_end``)."""
+        state = self.state
+        return TrainingView(self.observed_config, self.run_dir, self.context.rank, state.step, state.epoch,
+                            self.step_total_text(), self.epoch_total_text(), state.elapsed, self.current_lr,
+                            self.last_loss, None if row is None else replace(row), self.improved,
+                            self.validation_pictures)
 
+    def notify(self, hook: str, row: HistoryRow | None = None) -> None:
+        if self.callbacks:
+            view = self.view(row)
+            for callback in self.callbacks:
+                getattr(callback, hook)(view)
+
+    def validation_pictures(self, count: int) -> list[ValidationPicture]:
+        """The first ``count`` validation images, predicted by the current weights."""
+        return self.validator.pictures(self.components.model, count)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         parts = self.components
         get_logger().info("model %s: %s parameters on %s; %s, batch %d, %d steps per epoch",
                           parts.model.spec.name, f"{count_parameters(parts.model):,}", self.device,
                           f"{self.budget / 60:g} min budget" if self.budget else f"{self.total_steps} steps",
                           self.config.train.batch_size, self.steps_per_epoch)
-        self.call("on_fit_start")
+        self.notify("on_fit_start")
         self._last_tick = self.clock.now()
         while not self.done():
-            try:
-                row = self.train_epoch()
-            except KeyboardInterrupt:
-                if self.stop.requested and not self.stop.forced:  # stopped at a step boundary: consistent state
-                    self.call("on_interrupt")
-                raise
-            self.improved, self.finishing = False, self.done()
-            self.state.history.append(row)
-            self.call("on_epoch_end", row)
+            self.run_epoch()
             if self.stop.requested:
                 get_logger().warning("stopped after epoch %d; continue with `medseg train --resume %s`",
                                      self.state.epoch, self.run_dir)
                 raise KeyboardInterrupt("stop requested")
         self._check_ranks_in_sync()
-        self.call("on_fit_end")
+        self.on_train_end()
         state = self.state
         get_logger().info("done: %d steps in %.0fs (validation %.0fs); using %s weights; run folder %s",
                           state.step, state.elapsed, state.val_seconds, self.contract.selected, self.run_dir)
         return TrainResult(self.run_dir, state.best_score, state.best_epoch, state.epoch, state.step, state.elapsed,
                            self.contract.selected, list(state.history))
+
+    def run_epoch(self) -> None:
+        """Train an epoch, then :meth:`on_epoch_end`; a stop request inside it saves a checkpoint and re-raises."""
+        try:
+            row = self.train_epoch()
+        except KeyboardInterrupt:
+            if self.stop.requested and not self.stop.forced:  # stopped at a step boundary: consistent state
+                self.on_interrupt()
+            raise
+        self.on_epoch_end(row)
 
     def train_epoch(self) -> HistoryRow:
         """Train until the epoch's steps are done or the budget is spent; returns the epoch's history row."""
@@ -218,10 +251,7 @@ class Trainer:
         for batch in loader:
             waiting += self.clock.now() - fetch_started
             losses.append(self.train_step(batch))
-            state.step += 1
-            state.epoch_step += 1
-            self.call("on_step_end", losses[-1])
-            self.tick()
+            self.on_step_end(losses[-1])
             if self.stop.requested:
                 raise KeyboardInterrupt("stop requested")
             if self.done():
@@ -262,6 +292,47 @@ class Trainer:
         parts.scaler.update()
         return float(loss.item())
 
+    def on_step_end(self, loss: float) -> None:
+        """Count the step, tell the observers, add the step's time, and record its ``steps.csv`` row when due."""
+        state = self.state
+        state.step += 1
+        state.epoch_step += 1
+        self.last_loss = loss
+        self.notify("on_step_end")
+        self.tick()
+        previous = state.smoothed_loss
+        state.smoothed_loss = loss if math.isnan(previous) else LOSS_SMOOTHING * previous + (1 - LOSS_SMOOTHING) * loss
+        if state.step % self.step_row_every == 0 or self.done():
+            state.steps.append(StepRow(state.step, round(state.elapsed, 2), state.smoothed_loss, self.current_lr))
+
+    def on_epoch_end(self, row: HistoryRow) -> None:
+        """Validate when due (tracking the best), save the epoch's files, then tell the observers."""
+        self.improved, self.finishing = False, self.done()
+        self.state.history.append(row)
+        self.on_validation_epoch_end(row)
+        self.save_epoch(row)
+        self.notify("on_epoch_end", row)
+
+    def on_interrupt(self) -> None:
+        """A stop request inside an epoch: save a checkpoint at this step boundary (rank 0)."""
+        if self.context.is_main:
+            self.write_checkpoint(math.nan)
+            get_logger().warning("interrupted: checkpoint saved at epoch %d, step %d; continue with "
+                                 "`medseg train --resume %s`", self.state.epoch + 1, self.state.step, self.run_dir)
+        self.notify("on_interrupt")
+
+    def on_train_end(self) -> None:
+        """Choose what the run keeps, write its final files (rank 0; every rank waits), then tell the observers."""
+        parts = self.components
+        self.contract = keep(self.config, self.run, self.contract, parts.model, parts.schedule.anneals,
+                             self.validator, self.last_cases)
+        if self.context.is_main:
+            self.save_final()
+        self.context.barrier()
+        if self.context.is_main and self.state.history:
+            atomic_write_bytes(self.run.curves, curves_png(self.state.steps, self.state.history))
+        self.notify("on_fit_end")
+
     def _check_ranks_in_sync(self) -> None:
         if not self.context.enabled:
             return
@@ -271,6 +342,86 @@ class Trainer:
         if spread > 1e-6 * max(1.0, abs(checksums[0])):
             raise RuntimeError(f"DDP ranks diverged: parameter checksums {checksums}")
 
+    # -- validation ----------------------------------------------------------------------------------------------
+    def validation_cost(self) -> float:
+        """Seconds the next validation should take: the last one's, or an estimate from the training speed."""
+        cost = self.state.val_cost
+        return cost if not math.isnan(cost) else self.validator.estimated_cost(self.seconds_per_pixel)
+
+    def validation_due(self) -> bool:
+        """After the last epoch; after any other when the validation time so far, this validation and the final
+        one stay within ``train.val_time_share`` of the elapsed time (every epoch when the share is None). So
+        validation never costs more than that share of the run, however small the epochs."""
+        share, state = self.config.train.val_time_share, self.state
+        if not self.validator.indices:
+            return False
+        if share is None or self.finishing:
+            return True
+        return state.val_seconds + 2 * self.validation_cost() <= share * state.elapsed
+
+    def on_validation_epoch_end(self, row: HistoryRow) -> None:
+        """Validate when rank 0 finds it due, and keep ``reserve`` for the final validation."""
+        if self.context.agree(self.validation_due()):
+            self.validate_epoch(row)
+        if self.validator.indices:
+            self.reserve = RESERVE_FACTOR * self.validation_cost()
+
+    def validate_epoch(self, row: HistoryRow) -> None:
+        """Score the validation images into ``row`` (its time counts as training time), then track the best."""
+        started = self.clock.now()
+        metrics, self.last_cases = self.validator.scores(self.components.model,
+                                                         keep_cases=self.finishing and self.context.is_main)
+        state = self.state
+        state.val_cost = self.context.maximum(self.clock.now() - started)
+        state.val_seconds += state.val_cost
+        self.tick()
+        row.val_dice, row.val_iou, row.val_accuracy = metrics["dice"], metrics["iou"], metrics["accuracy"]
+        row.val_seconds, row.seconds = round(state.val_cost, 3), round(state.elapsed, 2)
+        self.track_best(row.val_dice)
+
+    def track_best(self, dice: float) -> None:
+        """Smooth the validation Dice (an EMA of weight ``train.val_smoothing``); ``improved`` when it is the
+        best so far. The schedule sees the raw Dice (plateau)."""
+        state, smoothing = self.state, self.config.train.val_smoothing
+        previous = state.smoothed_dice
+        state.smoothed_dice = dice if math.isnan(previous) else smoothing * previous + (1 - smoothing) * dice
+        self.components.schedule.on_validation(dice)
+        if state.smoothed_dice > state.best_score:
+            state.best_score, state.best_epoch = state.smoothed_dice, state.epoch
+            self.improved = True
+
+    # -- files ---------------------------------------------------------------------------------------------------
+    def write_weights(self, path: Path, val_dice: float, train_state: dict[str, Any] | None = None) -> None:
+        state = self.state
+        save_checkpoint(path, self.components.model.state_dict(), self.contract,
+                        WeightsInfo(state.epoch, state.step, round(state.elapsed, 3), val_dice), train_state)
+
+    def write_checkpoint(self, val_dice: float) -> None:
+        """``checkpoint.safetensors``: the weights and the whole run state (resume)."""
+        self.write_weights(self.run.checkpoint, val_dice, self.state_for_checkpoint())
+
+    def save_epoch(self, row: HistoryRow) -> None:
+        """``best_model`` when the epoch improved, the checkpoint, ``history.csv`` and ``steps.csv`` (rank 0);
+        every rank waits for them."""
+        if self.context.is_main:
+            if self.improved:
+                self.write_weights(self.run.weights("best_model"), row.val_dice)
+            self.write_checkpoint(row.val_dice)
+            atomic_write_csv(self.run.history, [asdict(r) for r in self.state.history])
+            atomic_write_csv(self.run.steps, [asdict(r) for r in self.state.steps],
+                             [f.name for f in fields(StepRow)])
+        self.context.barrier()
+
+    def save_final(self) -> None:
+        """``final_model``, ``best_model`` again under the final contract (the same weights), ``contract.json``."""
+        last = self.state.history[-1].val_dice if self.state.history else math.nan
+        self.write_weights(self.run.weights("final_model"), last)
+        best = self.run.weights("best_model")
+        if best.is_file():
+            checkpoint = load_checkpoint(best)
+            save_checkpoint(best, checkpoint.weights, self.contract, checkpoint.info)
+        self.contract.save(self.run.contract)
+
 
 def tensorboard_installed() -> bool:
     import importlib.util
@@ -279,29 +430,14 @@ def tensorboard_installed() -> bool:
 
 
 def default_callbacks(config: Config, on_epoch_end: Callable[[int, HistoryRow], None] | None = None) -> list[Callback]:
-    """Validation, checkpoints, history, progress; TensorBoard when asked for (or installed); the user's
-    function; the test hook."""
-    callbacks: list[Callback] = [ValidationCallback(), CheckpointCallback(), HistoryCallback(), ProgressCallback()]
+    """The observers: progress; TensorBoard when asked for (or installed); the user's function; the test hooks."""
+    callbacks: list[Callback] = [ProgressCallback()]
     if config.train.tensorboard or (config.train.tensorboard is None and tensorboard_installed()):
         callbacks.append(TensorBoardCallback())
     if on_epoch_end is not None:
         callbacks.append(EpochFunction(on_epoch_end))
-    hook = SignalAtStep.from_environment()
-    if hook is not None:
-        callbacks.append(hook)
-    return callbacks
-
-
-def _check_config(config: Config) -> None:
-    """Problems that need no data: fail before decoding anything."""
-    if not config.data.root:
-        raise MedsegError("data.root", "no dataset given (--data DIR)")
-    get_entry(config.model.name)
-    model_options(config.model)
-    if config.train.tensorboard and not tensorboard_installed():
-        raise MedsegError("train.tensorboard", "needs the tensorboard package (pip install 'medseg[tensorboard]')")
-    if config.train.select == "best" and config.data.fold == "all":
-        raise MedsegError("train.select", "'best' needs validation images; --fold all has none")
+    hooks = [SignalAtStep.from_environment(), PauseAtStep.from_environment()]
+    return callbacks + [hook for hook in hooks if hook is not None]
 
 
 def _install_stop_handlers(stop: StopRequest) -> dict[int, Any]:
@@ -311,55 +447,15 @@ def _install_stop_handlers(stop: StopRequest) -> dict[int, Any]:
     return {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def train(config: Config | None, run_dir: str | Path, resume: bool = False,
-          on_epoch_end: Callable[[int, HistoryRow], None] | None = None, plan: Plan | None = None,
-          fingerprint: Fingerprint | None = None, clock: Clock | None = None,
-          callbacks: Sequence[Callback] | None = None) -> TrainResult:
-    """Train (or, with ``resume``, continue) a run in ``run_dir``; the function `medseg train` calls.
-
-    When resuming, the run's saved config is used. ``callbacks`` replaces the default list
-    (:func:`default_callbacks`); ``clock`` replaces wall time (tests)."""
-    run_dir = Path(run_dir)
-    context = init_distributed()
-    if not context.is_main:
-        get_logger().setLevel("WARNING")
-    if resume:
-        if not (run_dir / "checkpoint.safetensors").is_file():
-            raise MedsegError(run_dir, "no checkpoint.safetensors to resume from")
-        config = load_config(run_dir / "config.yaml")
-        plan = Plan.load(run_dir / "plan.yaml") if (run_dir / "plan.yaml").is_file() else None
-        if (run_dir / "fingerprint.json").is_file():
-            fingerprint = Fingerprint.load(run_dir / "fingerprint.json")
-    elif config is None:
-        raise ValueError("config is required unless resuming")
-    elif (run_dir / "checkpoint.safetensors").exists():
-        raise MedsegError(run_dir, "already holds a run; use --resume to continue it or choose another --out")
-    else:
-        config = resolve_classes(config)
-    _check_config(config)
-    context.barrier()  # every rank has checked the folder before rank 0 writes to it
-    handler = None
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = log_to_file(run_dir / "train.log")
-    previous: dict[int, Any] = {}
+def fit_run(config: Config, run_dir: Path, data: TrainingData, context: DistributedContext,
+            callbacks: Sequence[Callback], plan: Plan | None = None, resume: bool = False,
+            clock: Clock | None = None) -> TrainResult:
+    """Train (or, with ``resume``, continue) the run in ``run_dir`` on prepared ``data``, stopping at a step
+    boundary on SIGINT/SIGTERM. The caller has opened the folder (:func:`medseg.workflow.train_run`)."""
+    trainer = Trainer(config, run_dir, context, clock or WallClock(), callbacks, data, plan, resume)
+    previous = _install_stop_handlers(trainer.stop)
     try:
-        if context.is_main and not resume:
-            save_config(config, run_dir / "config.yaml")
-            if plan is not None:
-                plan.save(run_dir / "plan.yaml")
-        trainer = Trainer(config, run_dir, context, clock or WallClock(),
-                          callbacks if callbacks is not None else default_callbacks(config, on_epoch_end),
-                          plan, fingerprint, resume)
-        if context.is_main:
-            trainer.data.record.fingerprint.save(run_dir / "fingerprint.json")
-        previous = _install_stop_handlers(trainer.stop)
         return trainer.fit()
     finally:
         for sig, previous_handler in previous.items():
             signal.signal(sig, previous_handler)
-        if handler is not None:
-            get_logger().removeHandler(handler)
-            handler.close()
-        if context.enabled:
-            shutdown_distributed()

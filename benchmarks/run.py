@@ -199,7 +199,7 @@ def train_step_section(repeats: int, workdir: Path) -> dict[str, Any]:
 
     from medseg.config import Config
     from medseg.data.synthetic import make_synthetic_dataset
-    from medseg.training.trainer import train
+    from medseg.workflow import train
 
     data = make_synthetic_dataset(workdir / "train_data", n_images=16, size=256)
     config = Config()

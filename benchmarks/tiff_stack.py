@@ -47,7 +47,7 @@ def child(folder: str, cache_gb: float) -> None:
     3 steps (256 patches) -- the store is built again inside train, as a user's run does."""
     from medseg.config import Config
     from medseg.data.datasets import load_items
-    from medseg.training.trainer import train
+    from medseg.workflow import train
 
     result = {}
     started = time.perf_counter()

@@ -112,3 +112,49 @@ def test_inputs_whose_masks_would_collide_are_refused(capsys, tmp_path, weights)
     code = main(["predict", "--weights", str(weights), str(tmp_path / "a"), str(tmp_path / "b"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "has the same name as" in _error_line(capsys)
+
+
+RUN_FLAGS = ["--data", "d", "--config", "c.yaml", "--budget", "90s", "--epochs", "2", "--iterations", "7",
+             "--batch-size", "4", "--patch-size", "64", "--lr", "0.001", "--val-fraction", "0.2", "--device", "cpu",
+             "--deterministic", "--set", "optim.name=sgd"]
+
+
+def test_train_and_compare_turn_the_same_flags_into_the_same_overrides():
+    from medseg.cli import build_parser, run_overrides
+
+    parser = build_parser()
+    train = parser.parse_args(["train", *RUN_FLAGS])
+    compare = parser.parse_args(["compare", "--models", "unet", "--out", "o", *RUN_FLAGS])
+    assert run_overrides(train) == run_overrides(compare) == [
+        'data.root="d"', "train.epochs=2", "train.iterations=7", "train.batch_size=4", "data.patch_size=64",
+        "optim.lr=0.001", "data.val_fraction=0.2", 'train.device="cpu"', "train.deterministic=true",
+        "optim.name=sgd"]
+    assert (train.budget, train.config) == (compare.budget, compare.config) == ("90s", "c.yaml")
+    one_run = parser.parse_args(["train", "--model", "unet", "--seed", "3", "--fold", "all", "--no-plan"])
+    assert run_overrides(one_run) == ['model.name="unet"', "train.seed=3", 'data.fold="all"'] and one_run.no_plan
+    plan = parser.parse_args(["plan", "d", "--config", "c.yaml", "--device", "cpu", "--set", "optim.name=sgd"])
+    assert run_overrides(plan) == ['data.root="d"', 'train.device="cpu"', "optim.name=sgd"] and plan.budget == "15m"
+
+
+@pytest.mark.parametrize(("text", "minutes"), [("90s", 1.5), ("15m", 15.0), ("1.5h", 90.0), ("2", 2.0)])
+def test_budget_durations(text, minutes):
+    from medseg.cli import parse_duration
+
+    assert parse_duration(text) == minutes
+
+
+def test_compare_takes_iterations_and_a_budget_like_train(tmp_path, monkeypatch, capsys):
+    import medseg.study.compare as compare_module
+
+    specs = []
+    monkeypatch.setattr(compare_module, "run_study", lambda spec, out, shard: specs.append(spec))
+    argv = ["compare", "--data", str(tmp_path), "--models", "unet,segnet", "--seeds", "0,1", "--out", "o"]
+    assert main([*argv, "--iterations", "5", "--budget", "90s", "--set", "data.patch_size=32"]) == 0
+    (spec,) = specs
+    assert (spec.models, spec.seeds, spec.budget_minutes) == (["unet", "segnet"], [0, 1], 1.5)
+    config = spec.base_config()
+    assert (config.train.iterations, config.train.budget_minutes, config.data.patch_size) == (5, 1.5, 32)
+    assert main([*argv, "--budget", "soon"]) == 2
+    assert "--budget: expected a duration like 90s" in _error_line(capsys)
+    with pytest.raises(SystemExit):  # the old flag is gone
+        main([*argv, "--budget-minutes", "1"])

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from medseg.cli import main
-from medseg.config import load_config
+from medseg.config import Config, load_config
 from medseg.data.datasets import Sample
 from medseg.data.fingerprint import compute_fingerprint
 from medseg.data.synthetic import make_synthetic_dataset
@@ -51,7 +51,7 @@ def test_thin_structures_get_native_patches_and_large_objects_get_resizing():
 @pytest.fixture
 def inputs():
     return PlanInputs(data="d", classes=("background", "foreground"), classes_source="binary masks", n_train=20,
-                      n_val=5, test_fraction=0.0, budget_minutes=0.2, device="cpu", fixed=frozenset())
+                      n_val=5, test_fraction=0.0, budget_minutes=0.2, device="cpu", fixed=frozenset(), base=Config())
 
 
 def test_plan_choices_reasons_and_user_keys(inputs):

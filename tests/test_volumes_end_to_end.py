@@ -17,7 +17,7 @@ from medseg.run.folder import run_contract
 from medseg.inference.evaluate import evaluate
 from medseg.inference.predictor import Predictor
 from medseg.inference.predict import predict_paths
-from medseg.training.trainer import train
+from medseg.workflow import train
 from tests.conftest import shared_dataset
 from tests.data import fixtures
 from tests.helpers import tiny_config
@@ -97,7 +97,7 @@ def test_msd_hippocampus_trains_end_to_end_in_a_minute(tmp_path):
 
 
 def test_cross_validation_scores_each_held_out_volume_once_in_3d(tmp_path):
-    from medseg.training.crossval import train_folds
+    from medseg.workflow import train_folds
 
     root = fixtures.make_msd(tmp_path / "task", n=4)
     config = tiny_config(root, epochs=1, steps=1)

@@ -18,7 +18,7 @@ __version__ = "0.2.0"
 
 _API = {
     "Predictor": "medseg.inference.predictor",
-    "train": "medseg.training.trainer",
+    "train": "medseg.workflow",
     "evaluate": "medseg.inference.evaluate",
     "load_config": "medseg.config",
     "create_model": "medseg.models",

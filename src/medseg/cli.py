@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from medseg.errors import MedsegError
+
+if TYPE_CHECKING:
+    from medseg.study.compare import StudySpec
+    from medseg.workflow import RunOutcome, TrainRequest
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -53,15 +57,20 @@ def parse_duration(text: str) -> float:
     return minutes
 
 
-def _train_overrides(args: argparse.Namespace) -> list[str]:
-    flags = {
-        "data.root": args.data, "model.name": args.model, "train.epochs": args.epochs,
-        "train.iterations": args.iterations, "train.batch_size": args.batch_size, "data.patch_size": args.patch_size,
-        "optim.lr": args.lr, "train.seed": args.seed, "data.val_fraction": args.val_fraction,
-        "train.device": args.device, "data.fold": args.fold, "data.folds": args.folds,
-    }
-    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
-    if args.deterministic:
+RUN_FLAG_KEYS = {  # the destination of each run flag -> the config key it sets
+    "data": "data.root", "model": "model.name", "epochs": "train.epochs", "iterations": "train.iterations",
+    "batch_size": "train.batch_size", "patch_size": "data.patch_size", "lr": "optim.lr", "seed": "train.seed",
+    "val_fraction": "data.val_fraction", "device": "train.device", "fold": "data.fold", "folds": "data.folds",
+}
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The dotted config overrides the run flags of `train`, `compare` and `plan` stand for (flags left unset, or
+    that the command lacks, are skipped), then every ``--set``: the same flags give the same overrides in every
+    command. ``--budget`` is not among them (see :func:`parse_duration`)."""
+    values = {key: getattr(args, dest, None) for dest, key in RUN_FLAG_KEYS.items()}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
+    if getattr(args, "deterministic", False):
         overrides.append("train.deterministic=true")
     return overrides + list(args.set or [])
 
@@ -86,62 +95,62 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from medseg.claims import parse_shard
-    from medseg.config import load_config
-    from medseg.training.crossval import train_folds
-    from medseg.training.trainer import train
-    from medseg.workflow import run_planned
+    from medseg.workflow import train_run
 
-    cross_validate, shard = args.folds is not None and args.fold is None, parse_shard(args.shard)
-    if args.nproc and args.nproc > 1 and cross_validate:
+    request = train_request(args)
+    if args.nproc and args.nproc > 1 and request.cross_validate:
         raise MedsegError("--nproc", "DDP trains one run at a time: with --folds, run one fold per command "
                                      "(--fold i) or shard the folds across processes (--shard i/N)")
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args.nproc, args.argv)
-    overrides = _train_overrides(args)
-    if shard and not cross_validate:
-        raise MedsegError("--shard", "shards split the folds of a cross-validation (--folds K without --fold)")
-    if args.resume:
-        _print_result(train(None, args.resume, resume=True))
-    elif args.budget or args.plan:
-        budget = parse_duration(args.budget) if args.budget else None
-        run = run_planned(args.config, overrides, budget, args.plan, args.out, cross_validate, shard)
-        _print_result(run.train or run.cross_validation, run.run_dir)
-    elif not args.out:
-        raise MedsegError("--out", "give the run folder to write (or --resume RUN_DIR, or --budget to plan)")
-    elif cross_validate:
-        _print_result(train_folds(load_config(args.config, overrides), args.out, shard), Path(args.out))
-    else:
-        _print_result(train(load_config(args.config, overrides), args.out))
+    _print_outcome(train_run(request))
     return 0
 
 
-def _print_result(result: Any, run_dir: Path | None = None) -> None:
-    from medseg.training.crossval import CrossValidationSummary
+def train_request(args: argparse.Namespace) -> "TrainRequest":
+    """The parsed `medseg train` command as one typed request."""
+    from medseg.claims import parse_shard
+    from medseg.workflow import TrainRequest
 
-    if result is None:
-        print(f"not every fold is finished; run the command again without --shard to summarise {run_dir}")
-    elif isinstance(result, CrossValidationSummary):
-        dice = result.metrics["dice"]
-        print(f"cross-validation over {result.folds} folds: out-of-fold Dice {dice['mean']:.4f} +/- "
-              f"{dice['std']:.4f} (pooled {dice['pooled']:.4f}); run folder {run_dir}")
-    else:
+    cross_validate, shard = args.folds is not None and args.fold is None, parse_shard(args.shard)
+    if shard and not cross_validate:
+        raise MedsegError("--shard", "shards split the folds of a cross-validation (--folds K without --fold)")
+    if args.resume and args.out:
+        raise MedsegError("--resume", "give the run folder once: --resume RUN_DIR continues the run in RUN_DIR")
+    if args.no_plan and args.plan:
+        raise MedsegError("--no-plan", "--plan gives a plan to train; --no-plan trains the config without one")
+    return TrainRequest(
+        out=Path(args.resume or args.out) if args.resume or args.out else None,
+        config_path=Path(args.config) if args.config else None, overrides=tuple(run_overrides(args)),
+        budget_minutes=parse_duration(args.budget) if args.budget else None,
+        plan_path=Path(args.plan) if args.plan else None, planning=not args.no_plan,
+        resume="resume" if args.resume else ("auto" if cross_validate else "new"),
+        cross_validate=cross_validate, shard=shard)
+
+
+def _print_outcome(outcome: "RunOutcome") -> None:
+    if outcome.train is not None:
+        result = outcome.train
         print(f"{result.steps_run} steps in {result.seconds / 60:.1f} min; using the {result.selected} weights; "
-              f"run folder {result.run_dir}")
+              f"run folder {outcome.run_dir}")
+    elif outcome.cross_validation is not None:
+        summary = outcome.cross_validation
+        dice = summary.metrics["dice"]
+        print(f"cross-validation over {summary.folds} folds: out-of-fold Dice {dice['mean']:.4f} +/- "
+              f"{dice['std']:.4f} (pooled {dice['pooled']:.4f}); run folder {outcome.run_dir}")
+    else:
+        print(f"not every fold is finished; run the command again without --shard to summarise {outcome.run_dir}")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from medseg.config import load_config
     from medseg.workflow import plan_dataset
 
-    plan, _ = plan_dataset(args.config, _data_overrides(args), parse_duration(args.budget), args.device,
-                           Path(args.out))
+    config = load_config(args.config, run_overrides(args))
+    plan, _ = plan_dataset(config, parse_duration(args.budget), Path(args.out))
     print(plan.table())
-    print(f"wrote {args.out} (edit it, then: medseg train --plan {args.out} --data {args.dir})")
+    print(f"wrote {args.out} (edit it, then: medseg train --plan {args.out} --data {args.data})")
     return 0
-
-
-def _data_overrides(args: argparse.Namespace) -> list[str]:
-    return [f"data.root={json.dumps(str(args.dir))}"] + list(args.set or [])
 
 
 def _inference_overrides(args: argparse.Namespace) -> dict:
@@ -246,10 +255,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from medseg.claims import parse_shard
+def study_spec(args: argparse.Namespace) -> "StudySpec":
+    """The parsed `medseg compare` command as the study's protocol."""
     from medseg.config import load_config
-    from medseg.study.compare import StudySpec, parse_models, run_study
+    from medseg.study.compare import StudySpec, parse_models
 
     preset = load_config(args.config).study if args.config else None
     if args.models:
@@ -258,16 +267,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         models = list(preset.models)
     else:
         raise MedsegError("--models", "give --models or a --config with study.models")
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise MedsegError("--seeds", f"expected comma-separated integers, got {args.seeds!r}") from None
-    else:
-        seeds = list(preset.seeds) if preset else [0]
-    spec = StudySpec(data=args.data, models=models, seeds=seeds, config=args.config,
-                     overrides=list(args.set or []), budget_minutes=args.budget_minutes, epochs=args.epochs)
-    rows = run_study(spec, args.out, parse_shard(args.shard))
+    return StudySpec(data=args.data, models=models, seeds=_seeds(args.seeds) or list(preset.seeds if preset else [0]),
+                     config=args.config, overrides=run_overrides(args),
+                     budget_minutes=parse_duration(args.budget) if args.budget else None)
+
+
+def _seeds(text: str | None) -> list[int]:
+    try:
+        return [int(s) for s in (text or "").split(",") if s.strip()]
+    except ValueError:
+        raise MedsegError("--seeds", f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from medseg.claims import parse_shard
+    from medseg.study.compare import run_study
+
+    rows = run_study(study_spec(args), args.out, parse_shard(args.shard))
     if rows is None:
         print(f"this shard is done; run the command again without --shard to finish and report {args.out}")
         return 0
@@ -322,40 +338,53 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-depth", type=int, help="UNet++ only: run the sub-network of depth 1..4")
 
 
+def _add_config_flags(parser: argparse.ArgumentParser, budget_help: str, budget_default: str | None = None) -> None:
+    """The flags of every command that plans or trains: --config, --budget, --device and --set."""
+    parser.add_argument("--config", help="YAML config (see configs/)")
+    parser.add_argument("--budget", default=budget_default, metavar="DURATION",
+                        help=f"{budget_help}: 90s, 15m, 1.5h or minutes")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.name=sgd")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, budget_help: str, one_run: bool) -> None:
+    """The flags of every command that trains (`train`; `compare`, whose --models and --seeds replace --model and
+    --seed), the same in each; :func:`run_overrides` turns them into config overrides."""
+    _add_config_flags(parser, budget_help)
+    parser.add_argument("--data", required=not one_run, help="dataset folder (folder format or a supported layout)")
+    if one_run:
+        parser.add_argument("--model", help="zoo model name (medseg models)")
+        parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int, help="epochs of at least 250 steps (default 50)")
+    parser.add_argument("--iterations", type=int, help="total optimizer steps (overrides --epochs)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--patch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--val-fraction", type=float)
+    parser.add_argument("--deterministic", action="store_true", help="reproducible run to run (CPU)")
+
+
 def _add_plan_parser(commands: Any) -> None:
     plan = commands.add_parser("plan", help="fingerprint a dataset and plan a training recipe for a time budget")
-    plan.add_argument("dir", help="dataset folder (folder format or a supported layout)")
-    plan.add_argument("--budget", default="15m", help="training time, e.g. 90s, 15m, 1.5h (default 15m)")
-    plan.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    plan.add_argument("data", metavar="DIR", help="dataset folder (folder format or a supported layout)")
     plan.add_argument("--out", default="plan.yaml", help="plan file to write (default plan.yaml)")
-    plan.add_argument("--config", help="YAML config whose data settings (format, classes, split) apply")
-    plan.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. data.n_classes=3")
+    _add_config_flags(plan, "training time to plan for (default 15m)", budget_default="15m")
     plan.set_defaults(handler=_cmd_plan)
 
 
 def _add_train_parser(commands: Any) -> None:
     train = commands.add_parser("train", help="train a model on a dataset folder")
-    train.add_argument("--config", help="YAML config (see configs/)")
-    train.add_argument("--data", help="dataset folder (folder format or a supported layout)")
-    train.add_argument("--budget", help="plan, then train to this deadline, e.g. 15m (the schedule follows it)")
+    _add_run_flags(train, "train to this deadline, planned for it unless --no-plan (the schedule follows it)",
+                   one_run=True)
+    train.add_argument("--no-plan", action="store_true",
+                       help="train the config as it is, without planning from the data")
     train.add_argument("--plan", help="a plan file from `medseg plan` (flags and --config still override it)")
-    train.add_argument("--model", help="zoo model name (medseg models)")
-    train.add_argument("--out", help="run folder to create (default with --budget: runs/<dataset>)")
+    train.add_argument("--out", help="run folder to create (default: runs/<dataset>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--iterations", type=int, help="total optimizer steps (overrides --epochs)")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--patch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--val-fraction", type=float)
     train.add_argument("--folds", type=int, help="cross-validation: train every one of K folds into --out")
     train.add_argument("--fold", type=_fold, help="train only fold i of --folds K; 'all': no validation split")
     train.add_argument("--shard", help="with --folds: this process's share i/N of the folds (others run the rest)")
-    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--deterministic", action="store_true", help="reproducible run to run (CPU)")
     train.add_argument("--nproc", type=int, help="launch N processes with torchrun (DDP) on this machine")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. optim.name=sgd")
     train.set_defaults(handler=_cmd_train)
 
 
@@ -411,15 +440,10 @@ def _add_serve_parser(commands: Any) -> None:
 
 def _add_compare_parser(commands: Any) -> None:
     compare = commands.add_parser("compare", help="train, evaluate and compare several models with one protocol")
-    compare.add_argument("--data", required=True)
+    _add_run_flags(compare, "training time per run (the schedule follows it)", one_run=False)
     compare.add_argument("--models", help="comma-separated, options as name:key=value (default: study.models)")
-    compare.add_argument("--out", required=True, help="study folder (re-run the command to resume)")
-    compare.add_argument("--config", help="base YAML config shared by every model")
     compare.add_argument("--seeds", help="comma-separated training seeds (default: study.seeds, else 0)")
-    budget = compare.add_mutually_exclusive_group()
-    budget.add_argument("--budget-minutes", type=float, help="training time per run (the schedule follows it)")
-    budget.add_argument("--epochs", type=int)
-    compare.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the base config")
+    compare.add_argument("--out", required=True, help="study folder (re-run the command to resume)")
     compare.add_argument("--shard", help="this process's share i/N of the runs (a GPU, machine or Slurm task); "
                                          "a final call without --shard reports")
     compare.set_defaults(handler=_cmd_compare)

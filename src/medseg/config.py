@@ -58,6 +58,18 @@ class ModelConfig(Section):
     width_scale: float | None = Field(None, gt=0)  # scale the model's default widths (multiples of 4), e.g. 0.25
     options: dict[str, Any] = Field(default_factory=dict)
 
+    def zoo_options(self) -> dict[str, Any]:
+        """The zoo options of this model: ``widths``, else widths in ``options`` (a study's per-model choice),
+        else the default widths scaled by ``width_scale``."""
+        from medseg.models import scaled_widths
+
+        options = dict(self.options)
+        if self.widths is not None:
+            options["widths"] = list(self.widths)
+        elif self.width_scale is not None and "widths" not in options:
+            options["widths"] = scaled_widths(self.name, self.width_scale)
+        return options
+
 
 class LossConfig(Section):
     name: LossName = "auto"  # cross-entropy + soft Dice: bce_dice for binary tasks, ce_dice for several classes
@@ -162,16 +174,22 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    """Every leaf key of the schema, dotted (``optim.lr``)."""
+def leaf_keys(mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every leaf key of a nested config mapping, dotted (``optim.lr``); ``model.options`` is one leaf (its keys are
+    the model's own, not config sections)."""
     keys = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys += config_keys(annotation, f"{prefix}{name}.")
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted != "model.options":
+            keys += leaf_keys(value, f"{dotted}.")
         else:
-            keys.append(f"{prefix}{name}")
+            keys.append(dotted)
     return keys
+
+
+def config_keys() -> list[str]:
+    """Every leaf key of the schema, dotted (``optim.lr``)."""
+    return leaf_keys(Config().to_dict())
 
 
 def _field_path(loc: tuple[Any, ...]) -> tuple[str, Any]:

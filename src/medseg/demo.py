@@ -9,20 +9,24 @@ from pathlib import Path
 
 from medseg.data.synthetic import make_synthetic_dataset
 from medseg.inference.evaluate import EvaluationSummary
-from medseg.workflow import run_planned
+from medseg.workflow import TrainRequest, train_run
 from medseg.log import get_logger
+from medseg.run.folder import RunFolder
 
 
 def run_demo(out: str | Path, minutes: float = 1.5) -> EvaluationSummary:
-    """Run the demo into ``out`` (a fresh run each time: data/, run/ with run/eval/); returns the test summary."""
+    """Run the demo into ``out`` (data/, run/ with run/eval/), continuing an interrupted one; returns the test
+    summary."""
     out = Path(out)
     started = time.perf_counter()
     data = make_synthetic_dataset(out / "data")
     run_dir = out / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if RunFolder(run_dir).finished:  # a finished demo runs again; an interrupted one continues
+        shutil.rmtree(run_dir)
     get_logger().info("demo: synthetic dataset in %s; planning and training for %.1f min", data, minutes)
-    planned = run_planned(None, [f"data.root={data}", "train.seed=0"], minutes, None, run_dir)
-    summary, result = planned.test, planned.train
+    outcome = train_run(TrainRequest(out=run_dir, overrides=(f"data.root={data}", "train.seed=0"),
+                                     budget_minutes=minutes, resume="auto"))
+    summary, result = outcome.test, outcome.train
     dice, total = summary.metrics["dice"], time.perf_counter() - started
     print()
     print(f"medseg demo finished in {total / 60:.1f} min ({result.steps_run} steps in {result.seconds:.0f} s, "

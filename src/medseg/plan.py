@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict
 
-from medseg.config import read_yaml_mapping, set_key, validate_config
+from medseg.config import Config, set_key, validate_config
 from medseg.data.fingerprint import Fingerprint
-from medseg.errors import MedsegError, first_error
+from medseg.errors import MedsegError
 from medseg.files import atomic_write_text
+from medseg.typed_file import TypedFile
 
 PLAN_SCHEMA = 1
 _STRICT = ConfigDict(extra="forbid")
@@ -46,7 +47,7 @@ class Plan:
     __pydantic_config__ = _STRICT
     schema_version: int
     data: str
-    budget_minutes: float
+    budget_minutes: float | None  # None: planned for a step count
     device: str
     choices: tuple[PlanChoice, ...]
     probes: tuple[Probe, ...]
@@ -70,7 +71,8 @@ class Plan:
         values = [yaml.safe_dump(c.value, default_flow_style=True).strip().removesuffix("...").strip()
                   for c in self.choices]
         value_width = max(len(v) for v in values)
-        lines = [f"plan for {self.data} ({self.budget_minutes:g} min on {self.device})"]
+        target = f"{self.budget_minutes:g} min" if self.budget_minutes is not None else "a step count"
+        lines = [f"plan for {self.data} ({target} on {self.device})"]
         lines += [f"  {c.key:<{width}}  {v:<{value_width}}  {c.reason}" for c, v in zip(self.choices, values)]
         return "\n".join(lines)
 
@@ -82,7 +84,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: Path) -> "Plan":
-        plan = plan_from_dict(read_yaml_mapping(path), path)
+        plan = PLAN_FILE.load(path)
         try:
             validate_config(plan.mapping())
         except MedsegError as exc:
@@ -90,17 +92,7 @@ class Plan:
         return plan
 
 
-_ADAPTER = TypeAdapter(Plan)
-
-
-def plan_from_dict(mapping: dict[str, Any], where: str | Path) -> Plan:
-    if mapping.get("schema_version") != PLAN_SCHEMA:
-        raise MedsegError(where, f"plan schema {mapping.get('schema_version')!r} is not {PLAN_SCHEMA}")
-    try:
-        return _ADAPTER.validate_python(mapping)
-    except ValidationError as exc:
-        raise MedsegError(where, f"plan: {first_error(exc)}") from None
-
+PLAN_FILE = TypedFile(Plan, "plan", PLAN_SCHEMA)
 
 
 # -- planning ------------------------------------------------------------------------------------------------------
@@ -116,6 +108,8 @@ SMALL_PX = 96  # images no larger than this are trained and predicted whole, at 
 STRIDE = 16  # the U-Net's total downsampling: input sizes are multiples of it
 PIXELS_PER_STEP = 4 * 256**2  # small inputs are batched up to this many pixels a step (nnU-Net batches small patches)
 MAX_BATCH = 64
+STEPS_PER_EPOCH = 250  # an epoch is at least this many steps (nnU-Net's epoch), whatever the dataset size
+NETWORK_KEYS = ("model.name", "model.widths", "model.width_scale", "model.options")
 UPRIGHT_CONTRAST = 0.5  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
 LAYOUT_ORDER = 0.8  # classes whose centroid offsets keep one sign this consistently on an axis are never flipped
 
@@ -130,9 +124,10 @@ class PlanInputs:
     n_train: int
     n_val: int
     test_fraction: float  # the share of cases held out for testing (0: the dataset's own test split, if any)
-    budget_minutes: float
+    budget_minutes: float | None  # None: plan for the config's step count
     device: str
     fixed: frozenset[str]  # config keys the user set: the plan keeps out of their way
+    base: Config  # the user's config: the values of the fixed keys (the probes time the run that will train)
 
     @property
     def n_classes(self) -> int:
@@ -184,9 +179,10 @@ def _round_down(value: float, multiple: int) -> int:
     return max(multiple, int(value) // multiple * multiple)
 
 
-def probe_step(widths: tuple[int, ...], size: int, batch_size: int, channels: int, n_classes: int,
+def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
                device: str, steps: int = 2) -> float:
-    """Median seconds of a training step (forward, loss, backward, Adam) on random data, after one warm-up."""
+    """Median seconds of a training step of zoo ``model`` with ``options`` (forward, loss, backward, Adam) on random
+    data, after one warm-up."""
     import statistics
     import time
 
@@ -197,9 +193,9 @@ def probe_step(widths: tuple[int, ...], size: int, batch_size: int, channels: in
 
     out_channels = 1 if n_classes == 2 else n_classes
     torch.manual_seed(0)
-    model = create_model("unet", channels, out_channels, widths=widths).to(device)
+    network = create_model(model, channels, out_channels, **options).to(device)
     loss_fn = build_loss("auto", out_channels)
-    optimizer = torch.optim.Adam(model.parameters())
+    optimizer = torch.optim.Adam(network.parameters())
     x = torch.randn(batch_size, channels, size, size, device=device)
     y = torch.randint(0, n_classes, (batch_size, size, size), device=device)
     timings = []
@@ -207,7 +203,7 @@ def probe_step(widths: tuple[int, ...], size: int, batch_size: int, channels: in
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         started = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(network(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -228,9 +224,10 @@ def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs
     probes: list[Probe] = []
     chosen = WIDTHS[0]
     for widths in WIDTHS:
-        if probes and time.perf_counter() - started > PROBE_SHARE * inputs.budget_minutes * 60 / 2:
+        if probes and time.perf_counter() - started > PROBE_SHARE * train_seconds / 2:
             break
-        seconds = probe_step(widths, size, batch_size, channels, inputs.n_classes, inputs.device)
+        seconds = probe_step("unet", {"widths": widths}, size, batch_size, channels, inputs.n_classes,
+                             inputs.device)
         probes.append(Probe(_label(widths), size, batch_size, round(seconds, 4)))
         if train_seconds / seconds < MIN_STEPS and widths != WIDTHS[0]:
             break
@@ -247,38 +244,97 @@ def _label(widths: tuple[int, ...]) -> str:
 
 
 def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float = 0.0) -> Plan:
-    """The recipe for this dataset, budget and machine, each choice with its reason. ``spent_seconds`` of
-    planning already done (the fingerprint) count against the budget, as the probes do."""
+    """The recipe for this dataset, budget (or step count) and machine, each choice with its reason. Keys the user
+    set keep the user's values, and the probes time them. ``spent_seconds`` of planning already done (the
+    fingerprint) count against the budget, as the probes do."""
     import time
 
     started = time.perf_counter()
     choices = _Choices(inputs.fixed)
-    budget = inputs.budget_minutes * 60
-    mode, size, geometry_reason = input_geometry(fingerprint)
-    if mode == "patch":
-        choices.add("data.patch_size", size, geometry_reason)
-        choices.add("data.resize", None, "patches, not resizing")
-    else:
-        choices.add("data.resize", size, geometry_reason)
-        choices.add("data.patch_size", None, "whole images, not patches")
-    batch_size = 8 if size <= 128 else 4
-    if size < 128:
-        batch_size = min(MAX_BATCH, PIXELS_PER_STEP // size**2)
-    choices.add("train.batch_size", batch_size, f"{batch_size} x {size}x{size} inputs per step")
-    widths, probes, network_reason = choose_network(size, batch_size, fingerprint.channels, inputs,
-                                                    budget * (1 - VAL_SHARE))
-    choices.add("model.name", "unet", "U-Net: the fastest zoo network per step on CPU (benchmarks/run.py)")
-    choices.add("model.widths", list(widths), network_reason)
+    mode, size = _add_geometry(choices, fingerprint, inputs)
+    batch_size = _add_batch(choices, inputs, size)
+    step, probes = _add_network(choices, fingerprint, inputs, size, batch_size)
     _add_optimisation(choices, inputs)
-    step = next(p.seconds_per_step for p in probes if p.label == _label(widths))
-    _add_validation(choices, fingerprint, inputs, mode, size, step / batch_size / size**2)
+    run_seconds = inputs.budget_minutes * 60 if inputs.budget_minutes else _steps(inputs, batch_size) * step
+    _add_validation(choices, fingerprint, inputs, mode, size, step / batch_size / size**2, run_seconds)
     _add_augmentation(choices, fingerprint, mode)
     loss = "bce_dice" if inputs.n_classes == 2 else "ce_dice"
     choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "
                                    "foreground: Dice keeps the foreground from being ignored)")
     _add_data(choices, fingerprint, inputs)
-    _add_training_time(choices, inputs.budget_minutes, spent_seconds + time.perf_counter() - started)
+    if inputs.budget_minutes:
+        _add_training_time(choices, inputs.budget_minutes, spent_seconds + time.perf_counter() - started)
+    else:
+        _add_step_count(choices, inputs, batch_size, step)
     return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes))
+
+
+def _add_geometry(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -> tuple[str, int]:
+    """Patches or whole resized images, and their size: the user's where set, else from the fingerprint."""
+    data = inputs.base.data
+    if "data.patch_size" in inputs.fixed and data.patch_size:
+        return "patch", data.patch_size
+    if "data.resize" in inputs.fixed and data.resize:
+        return "resize", data.resize
+    mode, size, reason = input_geometry(fingerprint)
+    if mode == "patch":
+        choices.add("data.patch_size", size, reason)
+        choices.add("data.resize", None, "patches, not resizing")
+    else:
+        choices.add("data.resize", size, reason)
+        choices.add("data.patch_size", None, "whole images, not patches")
+    return mode, size
+
+
+def _add_batch(choices: _Choices, inputs: PlanInputs, size: int) -> int:
+    if "train.batch_size" in inputs.fixed:
+        return inputs.base.train.batch_size
+    batch_size = 8 if size <= 128 else 4
+    if size < 128:
+        batch_size = min(MAX_BATCH, PIXELS_PER_STEP // size**2)
+    choices.add("train.batch_size", batch_size, f"{batch_size} x {size}x{size} inputs per step")
+    return batch_size
+
+
+def _add_network(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int,
+                 batch_size: int) -> tuple[float, list[Probe]]:
+    """The network (the user's, timed; else the widest U-Net the budget allows; without a budget the middle
+    width) and its measured seconds per step."""
+    model = inputs.base.model
+    if inputs.fixed & set(NETWORK_KEYS):
+        seconds = probe_step(model.name, model.zoo_options(), size, batch_size, fingerprint.channels,
+                             inputs.n_classes, inputs.device)
+        return seconds, [Probe(f"{model.name} (the config's)", size, batch_size, round(seconds, 4))]
+    if inputs.budget_minutes:
+        widths, probes, reason = choose_network(size, batch_size, fingerprint.channels, inputs,
+                                                inputs.budget_minutes * 60 * (1 - VAL_SHARE))
+    else:
+        widths = WIDTHS[1]
+        seconds = probe_step("unet", {"widths": widths}, size, batch_size, fingerprint.channels, inputs.n_classes,
+                             inputs.device)
+        probes = [Probe(_label(widths), size, batch_size, round(seconds, 4))]
+        reason = (f"no budget: the middle U-Net of the plan's three ({seconds:.2f} s/step measured); give --budget "
+                  "to fit the width to a deadline")
+    choices.add("model.name", "unet", "U-Net: the fastest zoo network per step on CPU (benchmarks/run.py)")
+    choices.add("model.widths", list(widths), reason)
+    return next(p.seconds_per_step for p in probes if p.label == _label(widths)), probes
+
+
+def _steps(inputs: PlanInputs, batch_size: int) -> int:
+    """The config's step count: ``train.iterations``, else its epochs of at least :data:`STEPS_PER_EPOCH` steps."""
+    train = inputs.base.train
+    per_epoch = train.steps_per_epoch or max(STEPS_PER_EPOCH, -(-inputs.n_train // batch_size))
+    return train.iterations or train.epochs * per_epoch
+
+
+def _add_step_count(choices: _Choices, inputs: PlanInputs, batch_size: int, step: float) -> None:
+    if inputs.fixed & {"train.iterations", "train.epochs", "train.steps_per_epoch"}:
+        return
+    steps = _steps(inputs, batch_size)
+    choices.add("train.iterations", steps,
+                f"no budget: the config's {inputs.base.train.epochs} epochs of >= {STEPS_PER_EPOCH} steps "
+                f"(nnU-Net's epoch; fewer epochs than its 1000, for a CPU), ~{steps * step / 60:.0f} min at the "
+                "measured step time")
 
 
 def _add_data(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -> None:
@@ -327,14 +383,14 @@ def _add_optimisation(choices: _Choices, inputs: PlanInputs) -> None:
 
 
 def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, mode: str, size: int,
-                    seconds_per_pixel: float) -> None:
+                    seconds_per_pixel: float, run_seconds: float) -> None:
     """Validation paced to at most :data:`VAL_SHARE` of the time, on a subset when one pass would cost more than
-    a fortieth of the budget."""
+    a fortieth of the run's ``run_seconds``."""
     choices.add("train.val_time_share", VAL_SHARE, f"validation costs at most {100 * VAL_SHARE:.0f}% of the time")
     # A forward pass costs ~1/3 of a training step per pixel; tiles overlapping by half see each pixel ~4 times.
     pixels = size**2 if mode == "resize" else 4 * fingerprint.height[1] * fingerprint.width[1]
     per_image = pixels * seconds_per_pixel / 3
-    limit = inputs.budget_minutes * 60 / 40
+    limit = run_seconds / 40
     if inputs.n_val * per_image > limit:
         images = max(2, int(limit / per_image))
         choices.add("train.val_images", images, f"one validation pass over all {inputs.n_val} images would take "

@@ -17,7 +17,7 @@ from medseg.data.synthetic import make_synthetic_dataset
 from medseg.run import weights as checkpoint_module
 from medseg.training.callbacks import SIGNAL_HOOK
 from medseg.run.weights import load_checkpoint
-from medseg.training.trainer import train
+from medseg.workflow import train
 from medseg.errors import MedsegError
 
 TINY = ["--set", "data.patch_size=32", "--set", "model.widths=[4,8,16]", "--set", "train.log_every=1",

@@ -487,13 +487,17 @@ def find_classes(root: str | Path, items: Iterable[Item]) -> Classes:
     names = dataset_json_classes(Path(root))
     if names is not None:
         return Classes(names, "dataset.json")
-    values: set[int] = set()
+    values: dict[Path, set[int]] = {}
     with Reader() as reader:
         for path in dict.fromkeys(path for item in items for path in item.masks):
-            values.update(reader.mask_values(path).tolist())
-    top = max(values, default=1)
-    if top + 1 > 2 and values <= set(range(top + 1)) and top < MAX_AUTO_CLASSES:
-        return Classes(default_class_names(top + 1), f"masks hold the values 0..{top}")
+            values[path] = set(reader.mask_values(path).tolist())
+        union = set().union(*values.values())
+        top = max(union, default=1)
+        if top + 1 > 2 and union <= set(range(top + 1)) and top < MAX_AUTO_CLASSES:
+            return Classes(default_class_names(top + 1), f"masks hold the values 0..{top}")
+        for path, found in values.items():  # binary: a mask with other values is an error, before any training
+            if not (found <= {0, 1} or found <= {0, 255}):
+                reader.mask(path, 2)
     return Classes(default_class_names(2), "binary masks")
 
 

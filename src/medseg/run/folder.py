@@ -23,6 +23,10 @@ from medseg.errors import MedsegError
 from medseg.run.contract import RunContract, WeightsName
 
 
+class FolderInUse(MedsegError):
+    """Another process holds the run folder."""
+
+
 class RunFolder:
     """One run folder (or a cross-validation's top folder) and the paths of its files."""
 
@@ -141,7 +145,7 @@ class RunFolder:
         that holds it gets a one-line error naming that process."""
         claim = try_claim(self.path, owner)
         if claim is None:
-            raise MedsegError(self.path, f"is in use by {holder(self.path)}; wait for it to finish or choose "
+            raise FolderInUse(self.path, f"is in use by {holder(self.path)}; wait for it to finish or choose "
                                          "another --out")
         return claim
 

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from medseg.run.contract import RunContract, WeightsName, contract_from_dict
+from medseg.run.contract import RunContract, contract_from_dict
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes, atomic_write_text
 

@@ -16,8 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from medseg.config import Config, ModelConfig, OptimConfig
-from medseg.data.datasets import Classes, Splits, find_classes, load_items, load_sample, split_items
+from medseg.config import Config, OptimConfig
+from medseg.data.datasets import Classes, Item, Splits, load_sample, split_items
 from medseg.data.fingerprint import MAX_SAMPLES, Fingerprint, compute_fingerprint, dataset_hash, spread
 from medseg.data.store import PatchDataset, SampleStore, epoch_keys
 from medseg.run.contract import DataRecord, SplitIds
@@ -26,7 +26,7 @@ from medseg.training.schedule import LearningRateSchedule
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 from medseg.losses import build_loss
-from medseg.models import create_model, scaled_widths
+from medseg.models import create_model
 
 
 @dataclass
@@ -38,20 +38,22 @@ class TrainingData:
     record: DataRecord
 
 
-def input_channels(config: Config, splits: Splits) -> int:
-    """``data.channels``, else the first training image's channel count (every image is converted to it)."""
+def input_channels(config: Config, splits: Splits, fingerprint: Fingerprint | None = None) -> int:
+    """``data.channels``, else the fingerprint's, else the first training image's channel count (every image is
+    converted to it)."""
     if config.data.channels:
         return config.data.channels
+    if fingerprint is not None:
+        return fingerprint.channels
     return load_sample(splits.train[0], None, config.data.n_classes).image.shape[2]
 
 
-def resolve_classes(config: Config, classes: Classes | None = None) -> Config:
+def resolve_classes(config: Config, classes: Classes) -> Config:
     """``config`` with ``data.n_classes`` and ``data.class_names`` filled in from the dataset's ``classes``
-    (dataset.json, else the mask values; found here unless given) where the config leaves them open."""
+    (dataset.json, else the mask values) where the config leaves them open."""
     data = config.data
     if data.n_classes is not None and (data.class_names is not None or data.n_classes == 2):
         return config
-    classes = classes or find_classes(data.root, load_items(data.root, data.format, data.slice_axis))
     if data.n_classes is not None and data.n_classes != classes.count:
         return config
     resolved = config.model_copy(deep=True)
@@ -61,17 +63,17 @@ def resolve_classes(config: Config, classes: Classes | None = None) -> Config:
     return resolved
 
 
-def prepare_data(config: Config, fingerprint: Fingerprint | None = None) -> TrainingData:
-    """Items, splits and decoded stores; the data record (hash, split ids and fingerprint) for the contract."""
+def prepare_data(config: Config, items: list[Item], fingerprint: Fingerprint | None = None) -> TrainingData:
+    """Splits of the dataset's ``items`` and their decoded stores; the data record (hash, split ids and
+    fingerprint) for the contract."""
     data = config.data
-    items = load_items(data.root, data.format, data.slice_axis)
     splits = split_items(items, data.val_fraction, data.test_fraction, data.split_seed, data.fold, data.folds)
     if not splits.train:
         raise MedsegError(data.root, "the train split is empty (check split.csv)")
     if not splits.val and data.fold != "all":
         raise MedsegError(data.root, "the val split is empty (check split.csv or data.val_fraction; "
                                      "--fold all trains on every labelled image without validation)")
-    channels = input_channels(config, splits)
+    channels = input_channels(config, splits, fingerprint)
     train_store = SampleStore(splits.train, channels, data.n_classes, data.cache_gb, data.spacing)
     val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb, data.spacing)
     if fingerprint is None:  # streamed: one decoded sample at a time
@@ -108,17 +110,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def model_options(model: ModelConfig) -> dict[str, Any]:
-    """The zoo options of a model config: ``model.widths``, else widths in ``model.options`` (a study's per-model
-    choice), else the default widths scaled by ``width_scale``."""
-    options = dict(model.options)
-    if model.widths is not None:
-        options["widths"] = list(model.widths)
-    elif model.width_scale is not None and "widths" not in options:
-        options["widths"] = scaled_widths(model.name, model.width_scale)
-    return options
-
-
 def output_channels(n_classes: int) -> int:
     """One sigmoid output for a binary task, else one softmax output per class."""
     return 1 if n_classes == 2 else n_classes
@@ -149,7 +140,7 @@ class Components:
 def build_components(config: Config, channels: int, device: torch.device,
                      context: DistributedContext) -> Components:
     out_channels = output_channels(config.data.n_classes)
-    model = create_model(config.model.name, channels, out_channels, **model_options(config.model)).to(device)
+    model = create_model(config.model.name, channels, out_channels, **config.model.zoo_options()).to(device)
     network: nn.Module = model
     if context.enabled:
         if config.train.sync_batchnorm:

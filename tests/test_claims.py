@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from medseg.claims import parse_shard, shard_order, try_claim
+from medseg.claims import shard_order, try_claim
+from medseg.cli import parse_shard
 from medseg.errors import MedsegError
 
 

@@ -1,5 +1,5 @@
-"""Claims on units of work shared by several processes (study shards, cross-validation folds): an exclusive,
-non-blocking ``flock`` on ``<folder>/.claim``. The lock is atomic, and the operating system drops it when its
+"""Claims on units of work shared by several processes (a training run's folder, study runs, cross-validation
+folds): an exclusive, non-blocking ``flock`` on ``<folder>/.claim``. The lock is atomic, and the operating system drops it when its
 process ends, however it ends, so an interrupted unit can be picked up by any other process."""
 
 from __future__ import annotations
@@ -63,19 +63,6 @@ def holder(folder: Path) -> str:
         return (Path(folder) / CLAIM_FILE).read_text(encoding="utf-8").strip() or "another process"
     except OSError:
         return "another process"
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"i/N"`` -> ``(i, N)`` with 0 <= i < N."""
-    if text is None:
-        return None
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise MedsegError("--shard", f"expected i/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= index < count:
-        raise MedsegError("--shard", f"shard {index} is outside 0..{count - 1}")
-    return index, count
 
 
 def shard_order(n_units: int, shard: tuple[int, int] | None) -> list[int]:

@@ -75,6 +75,19 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
     return overrides + list(args.set or [])
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/N"`` -> ``(i, N)`` with 0 <= i < N."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise MedsegError("--shard", f"expected i/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise MedsegError("--shard", f"shard {index} is outside 0..{count - 1}")
+    return index, count
+
+
 def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     """Re-run this `medseg train` command under torchrun with ``nproc`` processes on this machine."""
     import subprocess
@@ -109,7 +122,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def train_request(args: argparse.Namespace) -> "TrainRequest":
     """The parsed `medseg train` command as one typed request."""
-    from medseg.claims import parse_shard
     from medseg.workflow import TrainRequest
 
     cross_validate, shard = args.folds is not None and args.fold is None, parse_shard(args.shard)
@@ -280,7 +292,6 @@ def _seeds(text: str | None) -> list[int]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from medseg.claims import parse_shard
     from medseg.study.compare import run_study
 
     rows = run_study(study_spec(args), args.out, parse_shard(args.shard))

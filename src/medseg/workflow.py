@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from medseg.claims import shard_order, try_claim
 from medseg.config import Config, leaf_keys, load_config, merge, save_config, validate_config
@@ -89,27 +89,28 @@ def train_run(request: TrainRequest) -> RunOutcome:
     if not context.is_main:
         get_logger().setLevel("WARNING")
     try:
-        if request.cross_validate:
-            return _cross_validate(request)
-        return _single_run(request, context)
+        return _run(request, context)
     finally:
         if context.enabled:
             shutdown_distributed()
 
 
-def _single_run(request: TrainRequest, context: DistributedContext) -> RunOutcome:
+def _run(request: TrainRequest, context: DistributedContext) -> RunOutcome:
+    """Open the folder (a single run holds its lock throughout; folds are claimed one by one), prepare once,
+    train one run or every fold, then test."""
+    if request.cross_validate and request.out is None:
+        raise MedsegError("--out", "cross-validation needs a run folder (--out)")
     config = None if request.out else _load_config(request)
     folder = RunFolder(request.out or default_run_dir(config.data.root))
-    claim = folder.lock("medseg train") if context.is_main else None
+    claim = folder.lock("medseg train") if context.is_main and not request.cross_validate else None
     try:
-        mode = context.all_gather(_resume_mode(folder, request.resume))[0]  # rank 0's reading of the folder
-        prepared = _prepare(request, folder, config, mode, context)
-        result = None if prepared.finished else _fit(prepared, request.hooks, context)
+        prepared = _prepare(request, folder, config, context)
+        result, summary = _train(prepared, request, context)
     finally:
         if claim is not None:
             claim.release()
     test = _test(prepared, request) if context.is_main else None
-    return RunOutcome(folder.path, prepared.plan, result, None, test)
+    return RunOutcome(folder.path, prepared.plan, result, summary, test)
 
 
 def _resume_mode(folder: RunFolder, rule: ResumeRule) -> str:
@@ -127,17 +128,27 @@ def _load_config(request: TrainRequest) -> Config:
     return request.config if request.config is not None else load_config(request.config_path, request.overrides)
 
 
-def _prepare(request: TrainRequest, folder: RunFolder, config: Config | None, mode: str,
+def _prepare(request: TrainRequest, folder: RunFolder, config: Config | None,
              context: DistributedContext) -> _Prepared:
-    """The config, items, plan and fingerprint of a fresh run, or those the folder recorded."""
+    """The config, items, plan and fingerprint of a fresh run, or those the folder recorded (a cross-validation
+    folder keeps its own, so shards, resumes and the summary agree)."""
+    if request.cross_validate:
+        mode = "resume" if folder.config.is_file() else "fresh"
+    else:
+        mode = context.all_gather(_resume_mode(folder, request.resume))[0]  # rank 0's reading of the folder
     if mode != "fresh":
         recorded = load_config(folder.config)
+        items = _items(recorded) if mode == "resume" else []
+        if request.cross_validate and request.config is not None and _with_classes(request.config,
+                                                                                   items)[0] != recorded:
+            raise MedsegError(folder.path, "holds a cross-validation with another config; choose another --out")
         plan = Plan.load(folder.plan) if folder.plan.is_file() else None
         fingerprint = Fingerprint.load(folder.fingerprint) if folder.fingerprint.is_file() else None
-        items = _items(recorded) if mode == "resume" else []
         return _Prepared(folder, recorded, items, plan, fingerprint, mode == "resume", mode == "finished")
     config = config or _load_config(request)
     _check_config(config)
+    if request.cross_validate and request.budget_minutes is not None:
+        request = replace(request, budget_minutes=request.budget_minutes / config.data.folds)  # a share per fold
     config, items, plan, fingerprint = _plan(request, config, context)
     return _Prepared(folder, config, items, plan, fingerprint, False, False)
 
@@ -301,39 +312,21 @@ def fold_config(config: Config, fold: int) -> Config:
     return fold_config
 
 
-def _cross_validate(request: TrainRequest) -> RunOutcome:
-    """Train (or resume, or skip when done) every fold of ``data.folds`` in one folder; with ``shard``, only folds
-    no other process holds, this shard's share first. A folder that already holds the cross-validation keeps its
-    config and plan, so shards, resumes and the summary agree. Summarised once every fold is done."""
-    if request.out is None:
-        raise MedsegError("--out", "cross-validation needs a run folder (--out)")
-    folder = RunFolder(request.out)
-    context = DistributedContext()
-    if folder.config.is_file():
-        prepared = _prepare(request, folder, None, "resume", context)
-        if request.config is not None and _with_classes(request.config, prepared.items)[0] != prepared.config:
-            raise MedsegError(folder.path, "holds a cross-validation with another config; choose another --out")
-    else:
-        config = _load_config(request)
-        _check_config(config)
-        if request.budget_minutes is not None:
-            request = _per_fold_budget(request, config.data.folds)
-        config, items, plan, fingerprint = _plan(request, config, context)
-        prepared = _Prepared(folder, config, items, plan, fingerprint, False, False)
+def _train(prepared: _Prepared, request: TrainRequest,
+           context: DistributedContext) -> tuple[TrainResult | None, CrossValidationSummary | None]:
+    """One run (unless it is finished), or every fold and, once all are done, their out-of-fold summary."""
+    if not request.cross_validate:
+        return (None if prepared.finished else _fit(prepared, request.hooks, context)), None
+    folder, config = prepared.folder, prepared.config
+    if not prepared.resume:
         save_config(config, folder.config)
-        if plan is not None:
-            plan.save(folder.plan)
+        if prepared.plan is not None:
+            prepared.plan.save(folder.plan)
     _train_folds(prepared, request, context)
-    done = all(folder.fold(k).finished for k in range(prepared.config.data.folds))
-    summary = summarise_folds(folder.path, prepared.config) if done else None
-    if not done:
+    if not all(folder.fold(k).finished for k in range(config.data.folds)):
         get_logger().info("not every fold is finished yet; run again (without --shard) to summarise")
-    return RunOutcome(folder.path, prepared.plan, None, summary, _test(prepared, request) if done else None)
-
-
-def _per_fold_budget(request: TrainRequest, folds: int) -> TrainRequest:
-    """The budget covers every fold: each plans for its share."""
-    return replace(request, budget_minutes=request.budget_minutes / folds)
+        return None, None
+    return None, summarise_folds(folder.path, config)
 
 
 def _train_folds(prepared: _Prepared, request: TrainRequest, context: DistributedContext) -> None:

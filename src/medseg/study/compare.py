@@ -10,18 +10,15 @@ refused), ``runs/<model>/seed<k>/`` (a run folder, its test-split evaluation and
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import ConfigDict
 
 from medseg.claims import shard_order, try_claim
-from medseg.config import Config, load_config
+from medseg.config import Config
 from medseg.run.folder import FolderInUse, RunFolder
 from medseg.run.weights import load_checkpoint, load_model
 from medseg.inference.evaluate import EvaluationSummary, evaluate
@@ -31,81 +28,8 @@ from medseg.files import atomic_create_json, atomic_write_json, csv_float, read_
 from medseg.log import get_logger
 from medseg.models import count_gflops, count_parameters, measure_latency
 from medseg.stats import all_pairs, bootstrap_mean_ci, rank_with_ties
-from medseg.study.records import REPORTED_METRICS, ModelRow, StudyFolder, StudyRecord, aggregate
-from medseg.typed_file import TypedFile
-
-EVAL_ONLY_OPTIONS = ("prune_depth",)  # change how a trained network runs, not what is trained
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """``name:key=value:key=value`` from the command line: a zoo name plus options."""
-
-    label: str
-    name: str
-    options: dict[str, Any]
-
-    @classmethod
-    def parse(cls, text: str) -> "ModelChoice":
-        name, *pairs = text.strip().split(":")
-        options = {}
-        for pair in pairs:
-            if "=" not in pair:
-                raise MedsegError("--models", f"expected name:key=value, got {text!r}")
-            key, value = pair.split("=", 1)
-            options[key] = yaml.safe_load(value)
-        return cls(text.strip(), name, options)
-
-    @property
-    def folder(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.label.replace(":", "__"))
-
-    @property
-    def prune_depth(self) -> int | None:
-        return self.options.get("prune_depth")
-
-    def trained_as(self) -> "ModelChoice":
-        """The choice whose training this one shares: the same without eval-only options (UNet++ pruning is
-        applied to the fully trained network, as in the paper)."""
-        options = {k: v for k, v in self.options.items() if k not in EVAL_ONLY_OPTIONS}
-        label = ":".join([self.name] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                                        for k, v in options.items()])
-        return ModelChoice(label, self.name, options)
-
-
-@dataclass
-class StudySpec:
-    """The protocol every run of a study shares, stored as ``study.json``: the data, models and seeds, the base
-    config and its overrides (those `medseg train` flags give, :func:`medseg.cli.run_overrides`: the epochs or
-    iterations among them) and the training time per run (None: the config's steps)."""
-
-    __pydantic_config__ = ConfigDict(extra="forbid")
-    data: str
-    models: list[str]
-    seeds: list[int] = field(default_factory=lambda: [0])
-    config: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    budget_minutes: float | None = None
-
-    def base_config(self) -> Config:
-        config = load_config(self.config, self.overrides)
-        config.data.root = self.data
-        if self.budget_minutes is not None:
-            config.train.budget_minutes = self.budget_minutes
-        if config.data.test_fraction <= 0:
-            config.data.test_fraction = 0.2  # only used when the dataset has no test split of its own
-        return config
-
-    def run_config(self, choice: ModelChoice, seed: int) -> Config:
-        config = self.base_config().model_copy(deep=True)
-        config.model.name = choice.name
-        config.model.options = {**config.model.options, **choice.options}
-        config.train.seed = seed
-        return config
-
-
-PROTOCOL_FILE = TypedFile(StudySpec, "study protocol")
-
+from medseg.study.records import (PROTOCOL_FILE, REPORTED_METRICS, ModelChoice, ModelRow, StudyFolder, StudyRecord,
+                                  StudySpec, aggregate)
 
 def _record(trained: RunFolder, choice: ModelChoice, seed: int, config: Config,
             summary: EvaluationSummary) -> StudyRecord:

@@ -24,11 +24,10 @@ from medseg.visualize import (ERROR_LEGEND, GridRow, class_colour, figure_png, i
 from medseg.files import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, csv_float,
                           read_csv)
 from medseg.stats import PairedComparison, smallest_holm_p
-from medseg.study.records import ModelRow, StudyFolder, StudyRecord
+from medseg.study.records import ModelChoice, ModelRow, StudyFolder, StudyRecord, StudySpec
 
 if TYPE_CHECKING:
     from medseg.config import Config
-    from medseg.study.compare import ModelChoice, StudySpec
 
 # (column, header, higher is better)
 TABLE_COLUMNS = [

@@ -208,10 +208,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from medseg.inference.predictor import Predictor
     from medseg.inference.predict import predict_paths
+    from medseg.run.folder import RunFolder
 
     paths = list(args.paths)
     if args.weights:
-        if paths and Path(paths[0]).is_dir() and (Path(paths[0]) / "best_model.safetensors").is_file():
+        if paths and Path(paths[0]).is_dir() and RunFolder(paths[0]).weights("best_model").is_file():
             raise MedsegError("--weights", f"give a run folder ({paths[0]}) or --weights, not both")
         run, inputs = None, paths
     else:

@@ -42,13 +42,13 @@ def _count_calls(monkeypatch, function, name: str) -> list[int]:
 
 def _spy_resume(monkeypatch) -> list[str]:
     modes = []
-    real = workflow._resume_mode
+    real = RunFolder.opening
 
     def spy(folder, rule):
         modes.append(real(folder, rule))
         return modes[-1]
 
-    monkeypatch.setattr(workflow, "_resume_mode", spy)
+    monkeypatch.setattr(RunFolder, "opening", spy)
     return modes
 
 
@@ -87,7 +87,7 @@ def test_the_probe_times_the_users_batch_and_patch_size(synthetic_data, monkeypa
 
     monkeypatch.setattr(plan_module, "probe_step", probe)
     config = load_config(None, [f"data.root={synthetic_data}", "train.batch_size=2", "data.patch_size=64"])
-    plan, _ = workflow.plan_dataset(config, budget_minutes=5)
+    plan, _ = workflow.plan_only(config, budget_minutes=5)
     assert timed and {(size, batch) for _, size, batch in timed} == {(64, 2)}
     assert {p.size for p in plan.probes} == {64} and {p.batch_size for p in plan.probes} == {2}
     keys = {choice.key for choice in plan.choices}
@@ -95,7 +95,7 @@ def test_the_probe_times_the_users_batch_and_patch_size(synthetic_data, monkeypa
 
     timed.clear()
     config = load_config(None, [f"data.root={synthetic_data}", "model.name=unetpp", "model.widths=[4,8,16,32,64]"])
-    workflow.plan_dataset(config, budget_minutes=5)
+    workflow.plan_only(config, budget_minutes=5)
     assert [model for model, _, _ in timed] == ["unetpp"]  # the user's network, timed once
 
 

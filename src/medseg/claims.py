@@ -1,6 +1,6 @@
 """Claims on units of work shared by several processes (a training run's folder, study runs, cross-validation
-folds): an exclusive, non-blocking ``flock`` on ``<folder>/.claim``. The lock is atomic, and the operating system drops it when its
-process ends, however it ends, so an interrupted unit can be picked up by any other process."""
+folds): an exclusive, non-blocking ``flock`` on ``<folder>/.claim``. The lock is atomic, and the operating system
+drops it when its process ends, however it ends, so an interrupted unit can be picked up by any other process."""
 
 from __future__ import annotations
 

@@ -156,10 +156,10 @@ def _print_outcome(outcome: "RunOutcome") -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from medseg.config import load_config
-    from medseg.workflow import plan_dataset
+    from medseg.workflow import plan_only
 
     config = load_config(args.config, run_overrides(args))
-    plan, _ = plan_dataset(config, parse_duration(args.budget), Path(args.out))
+    plan, _ = plan_only(config, parse_duration(args.budget), Path(args.out))
     print(plan.table())
     print(f"wrote {args.out} (edit it, then: medseg train --plan {args.out} --data {args.data})")
     return 0

@@ -187,6 +187,11 @@ def leaf_keys(mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
+def user_keys(config: Config) -> frozenset[str]:
+    """The dotted keys the user set (in a config file, with flags or in code), as opposed to defaults."""
+    return frozenset(leaf_keys(config.model_dump(exclude_unset=True)))
+
+
 def config_keys() -> list[str]:
     """Every leaf key of the schema, dotted (``optim.lr``)."""
     return leaf_keys(Config().to_dict())

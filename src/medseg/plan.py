@@ -1,6 +1,6 @@
-"""The plan: from a dataset's fingerprint, a time budget and a few timed probe steps to a training recipe, each
-choice with a one-line reason. A plan is a set of config values, so the user can read it, edit it and pass it
-back (`medseg train --plan plan.yaml`); explicit flags and config files still override it."""
+"""The plan: from a dataset's fingerprint, a time budget (or a step count) and a few timed probe steps to a training
+recipe, each choice with a one-line reason. A plan is a set of config values, so the user can read it, edit it and
+pass it back (`medseg train --plan plan.yaml`); explicit flags and config files still override it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from typing import Any
 import yaml
 from pydantic import ConfigDict
 
-from medseg.config import Config, set_key, validate_config
-from medseg.data.fingerprint import Fingerprint
+from medseg.config import Config, merge, set_key, validate_config
+from medseg.data.datasets import Item, default_class_names, input_channels, load_sample, split_items
+from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread, volume_facts
+from medseg.data.readers import Reader
+from medseg.device import select_device
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_text
+from medseg.log import get_logger
 from medseg.typed_file import TypedFile
 
 PLAN_SCHEMA = 1
@@ -58,6 +62,10 @@ class Plan:
         for choice in self.choices:
             set_key(result, choice.key, choice.value)
         return result
+
+    def apply(self, config: Config) -> Config:
+        """``config`` with the plan's choices under every value the user set."""
+        return validate_config(merge(self.mapping(), config.model_dump(exclude_unset=True)))
 
     def value(self, key: str) -> Any:
         for choice in self.choices:
@@ -431,3 +439,54 @@ def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, mode: str) ->
     choices.add("inference.tta_vflip", vertical, "vertical flips only where training used them")
     if not horizontal:
         choices.add("inference.tta_hflip", False, "horizontal flips only where training used them")
+
+
+# -- from a dataset to a plan --------------------------------------------------------------------------------------
+
+HELD_OUT = 0.2  # the share of cases a plan holds out for testing when the dataset has no labelled test split
+
+
+@dataclass(frozen=True)
+class PlannedData:
+    """What planning saw of the dataset: its fingerprint and the split sizes of the config's (or held-out) split."""
+
+    fingerprint: Fingerprint
+    n_train: int
+    n_val: int
+    test_fraction: float  # data.test_fraction the plan sets (the config's, or HELD_OUT)
+
+
+def fingerprint_dataset(config: Config, items: list[Item], hold_out: bool = True) -> PlannedData:
+    """The fingerprint of the dataset's labelled non-test ``items`` (at most a spread-out sample of them) and the
+    split sizes. With ``hold_out``, a dataset without a labelled test split has :data:`HELD_OUT` of its cases held
+    out first, as training will."""
+    data = config.data
+    has_test = any(item.split == "test" for item in items)
+    test_fraction = HELD_OUT if hold_out and not has_test and not data.test_fraction else data.test_fraction
+    splits = split_items(items, data.val_fraction, test_fraction, data.split_seed, data.fold, data.folds)
+    labelled = splits.train + splits.val
+    if not labelled:
+        raise MedsegError(data.root, "no labelled training images to plan from")
+    channels = input_channels(config, splits)
+    with Reader() as reader:
+        samples = (load_sample(labelled[i], channels, data.n_classes, reader) for i in spread(len(labelled)))
+        fingerprint = compute_fingerprint(samples, data.n_classes, volume_facts(labelled))
+    return PlannedData(fingerprint, len(splits.train), len(splits.val), test_fraction)
+
+
+def plan_dataset(config: Config, items: list[Item], fixed: frozenset[str], classes_source: str,
+                 budget_minutes: float | None, spent_seconds: float = 0.0) -> tuple[Plan, Fingerprint]:
+    """Fingerprint the dataset's ``items`` and plan for the budget (or, without one, for the config's step count),
+    leaving the ``fixed`` keys at the config's values; logs the plan as a table."""
+    import time
+
+    started = time.perf_counter()
+    planned = fingerprint_dataset(config, items, hold_out="data.test_fraction" not in fixed)
+    names = tuple(config.data.class_names or default_class_names(config.data.n_classes))
+    inputs = PlanInputs(data=str(config.data.root), classes=names, classes_source=classes_source,
+                        n_train=planned.n_train, n_val=planned.n_val, test_fraction=planned.test_fraction,
+                        budget_minutes=budget_minutes, device=str(select_device(config.train.device)), fixed=fixed,
+                        base=config)
+    plan = make_plan(planned.fingerprint, inputs, spent_seconds=spent_seconds + time.perf_counter() - started)
+    get_logger().info("%s", plan.table())
+    return plan, planned.fingerprint

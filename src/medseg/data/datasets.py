@@ -21,10 +21,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from medseg.config import Config
 from medseg.data.readers import IMAGE_EXTENSIONS, Reader, volume_info, write_array, write_mask
 from medseg.data.volumes import is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_csv, read_csv
+from medseg.log import get_logger
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIXES = ("", "_mask", "_segmentation", "_label")  # <id>.png, <id>_mask.png (BUSI, Kaggle), ISIC, ...
@@ -546,6 +548,44 @@ def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int | None = N
     return DatasetReport(str(root), fmt, len(items), dict(splits), dict(sizes.most_common()), dict(channel_counts),
                          sorted(values), foreground / total if total else 0.0, classes,
                          len({item.case for item in items if item.case}))
+
+
+def input_channels(config: Config, splits: Splits, known: int | None = None) -> int:
+    """``data.channels``, else ``known`` (the fingerprint's count), else the first training image's channel count
+    (every image is converted to it)."""
+    if config.data.channels:
+        return config.data.channels
+    if known is not None:
+        return known
+    return load_sample(splits.train[0], None, config.data.n_classes).image.shape[2]
+
+
+def resolve_classes(config: Config, classes: Classes) -> Config:
+    """``config`` with ``data.n_classes`` and ``data.class_names`` filled in from the dataset's ``classes``
+    (dataset.json, else the mask values) where the config leaves them open."""
+    data = config.data
+    if data.n_classes is not None and (data.class_names is not None or data.n_classes == 2):
+        return config
+    if data.n_classes is not None and data.n_classes != classes.count:
+        return config
+    resolved = config.model_copy(deep=True)
+    resolved.data.n_classes = classes.count
+    resolved.data.class_names = list(classes.names)
+    get_logger().info("%d classes (%s): %s", classes.count, classes.source, ", ".join(classes.names))
+    return resolved
+
+
+def dataset_items(config: Config) -> tuple[Config, list[Item], Classes | None]:
+    """The items of ``data.root`` (listed once), and ``config`` with the dataset's classes filled in where it leaves
+    them open (the classes found, or None where the config names them)."""
+    data = config.data
+    if not data.root:
+        raise MedsegError("data.root", "no dataset given (--data DIR)")
+    items = load_items(data.root, data.format, data.slice_axis)
+    if data.n_classes is not None and (data.class_names is not None or data.n_classes == 2):
+        return config, items, None
+    classes = find_classes(data.root, items)
+    return resolve_classes(config, classes), items, classes
 
 
 def default_class_names(n_classes: int) -> tuple[str, ...]:

@@ -16,11 +16,15 @@ RUN_DIR layout::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from medseg.claims import Claim, holder, try_claim
 from medseg.errors import MedsegError
 from medseg.run.contract import RunContract, WeightsName
+
+
+ResumeRule = Literal["new", "resume", "auto"]  # a fresh folder only; an interrupted run only; whichever it holds
+Opening = Literal["fresh", "resume", "finished"]
 
 
 class FolderInUse(MedsegError):
@@ -139,6 +143,26 @@ class RunFolder:
         if not path.is_file():
             raise MedsegError(self.path, f"no {path.name} in this run folder")
         return path
+
+    @classmethod
+    def default_for(cls, data: str | Path) -> "RunFolder":
+        """``runs/<dataset folder name>``, numbered when taken."""
+        base = Path("runs") / Path(data).resolve().name
+        candidate, number = base, 2
+        while candidate.exists():
+            candidate, number = base.with_name(f"{base.name}-{number}"), number + 1
+        return cls(candidate)
+
+    def opening(self, rule: ResumeRule) -> Opening:
+        """The one decision on resuming: what the folder holds (``fresh``, an interrupted run to ``resume``, or a
+        ``finished`` one), checked against what ``rule`` allows."""
+        if rule == "new" and (self.started or self.finished):
+            raise MedsegError(self.path, "already holds a run; use --resume to continue it or choose another --out")
+        if rule == "resume" and not self.started:
+            raise MedsegError(self.path, f"no {self.checkpoint.name} to resume from")
+        if self.finished and rule == "auto":
+            return "finished"
+        return "resume" if self.started else "fresh"
 
     def lock(self, owner: str) -> Claim:
         """Hold this folder for one process until the claim is released (or the process ends); another process

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from medseg.config import Config, OptimConfig
-from medseg.data.datasets import Classes, Item, Splits, load_sample, split_items
+from medseg.data.datasets import Item, Splits, input_channels, split_items
 from medseg.data.fingerprint import MAX_SAMPLES, Fingerprint, compute_fingerprint, dataset_hash, spread
 from medseg.data.store import PatchDataset, SampleStore, epoch_keys
 from medseg.run.contract import DataRecord, SplitIds
@@ -38,31 +38,6 @@ class TrainingData:
     record: DataRecord
 
 
-def input_channels(config: Config, splits: Splits, fingerprint: Fingerprint | None = None) -> int:
-    """``data.channels``, else the fingerprint's, else the first training image's channel count (every image is
-    converted to it)."""
-    if config.data.channels:
-        return config.data.channels
-    if fingerprint is not None:
-        return fingerprint.channels
-    return load_sample(splits.train[0], None, config.data.n_classes).image.shape[2]
-
-
-def resolve_classes(config: Config, classes: Classes) -> Config:
-    """``config`` with ``data.n_classes`` and ``data.class_names`` filled in from the dataset's ``classes``
-    (dataset.json, else the mask values) where the config leaves them open."""
-    data = config.data
-    if data.n_classes is not None and (data.class_names is not None or data.n_classes == 2):
-        return config
-    if data.n_classes is not None and data.n_classes != classes.count:
-        return config
-    resolved = config.model_copy(deep=True)
-    resolved.data.n_classes = classes.count
-    resolved.data.class_names = list(classes.names)
-    get_logger().info("%d classes (%s): %s", classes.count, classes.source, ", ".join(classes.names))
-    return resolved
-
-
 def prepare_data(config: Config, items: list[Item], fingerprint: Fingerprint | None = None) -> TrainingData:
     """Splits of the dataset's ``items`` and their decoded stores; the data record (hash, split ids and
     fingerprint) for the contract."""
@@ -73,7 +48,7 @@ def prepare_data(config: Config, items: list[Item], fingerprint: Fingerprint | N
     if not splits.val and data.fold != "all":
         raise MedsegError(data.root, "the val split is empty (check split.csv or data.val_fraction; "
                                      "--fold all trains on every labelled image without validation)")
-    channels = input_channels(config, splits, fingerprint)
+    channels = input_channels(config, splits, fingerprint.channels if fingerprint else None)
     train_store = SampleStore(splits.train, channels, data.n_classes, data.cache_gb, data.spacing)
     val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb, data.spacing)
     if fingerprint is None:  # streamed: one decoded sample at a time
@@ -86,19 +61,6 @@ def prepare_data(config: Config, items: list[Item], fingerprint: Fingerprint | N
     get_logger().info("data %s: %d train, %d val, %d test images, %d channel(s), %d classes", data.root,
                       len(splits.train), len(splits.val), len(splits.test), channels, data.n_classes)
     return TrainingData(splits, channels, train_store, val_store, record)
-
-
-def select_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA if available (the process's own GPU under torchrun), else CPU."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise MedsegError("train.device", f"invalid device {spec!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("train.device", "CUDA requested but not available")
-    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -314,6 +314,7 @@ def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path, variant
     """`medseg train --data D --budget B` (plus ``--set`` overrides for a variant); scored from the same test
     masks."""
     from medseg.run.folder import run_contract
+    from medseg.run.history import read_history
     from medseg.run.weights import load_checkpoint
     from medseg.inference.predictor import Predictor
 
@@ -336,7 +337,11 @@ def run_medseg(dataset: Dataset, data: Path, minutes: float, work: Path, variant
         predictor = Predictor.from_run(run)
         predictions = [predictor.predict(s["image"]).astype(np.int64) for s in splits["test"]]
     plan = [{"key": c.key, "value": c.value, "reason": c.reason} for c in contract.plan.choices]
+    history = read_history(run)
+    training = history[-1].seconds - sum(row.val_seconds for row in history)
+    planned = 1 / contract.plan.seconds_per_step if contract.plan.seconds_per_step else None
     return {"steps": info.step, "train_seconds": info.seconds, "wall_seconds": wall, "plan": plan,
+            "steps_per_second": history[-1].step / training, "planned_steps_per_second": planned,
             "threshold": contract.inference.threshold, "postprocess": contract.inference.postprocess.describe(),
             **score(dataset, splits["test"], predictions)}
 
@@ -378,6 +383,10 @@ def cell(work: Path, dataset: Dataset, system: str, minutes: float,
     path.write_text(json.dumps(result, indent=2))
     print(f"    pooled Dice {result['dice_pooled']:.4f}, mean {result['dice_mean']:.4f}, {result['steps']} steps",
           flush=True)
+    if result.get("planned_steps_per_second"):
+        actual, planned = result["steps_per_second"], result["planned_steps_per_second"]
+        print(f"    steps per second: {actual:.3f} actual, {planned:.3f} planned (actual / planned "
+              f"{actual / planned:.2f})", flush=True)
     return result
 
 

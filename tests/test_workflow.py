@@ -94,9 +94,26 @@ def test_the_probe_times_the_users_batch_and_patch_size(synthetic_data, monkeypa
     assert "train.batch_size" not in keys and "data.patch_size" not in keys
 
     timed.clear()
+    plan, _ = workflow.plan_only(load_config(None, [f"data.root={synthetic_data}"]), budget_minutes=5)
+    size = plan.value("data.patch_size") or plan.value("data.resize")
+    assert {(s, b) for _, s, b in timed} == {(size, plan.value("train.batch_size"))}  # the planned run, timed
+
+    timed.clear()
     config = load_config(None, [f"data.root={synthetic_data}", "model.name=unetpp", "model.widths=[4,8,16,32,64]"])
     workflow.plan_only(config, budget_minutes=5)
     assert [model for model, _, _ in timed] == ["unetpp"]  # the user's network, timed once
+
+
+def test_a_budgeted_run_records_its_planned_and_actual_step_rates(synthetic_data, tmp_path):
+    from medseg.run.history import read_history
+
+    out = tmp_path / "budgeted"
+    assert main(["train", "--data", str(synthetic_data), "--out", str(out), "--budget", "6s", *TINY]) == 0
+    folder = RunFolder(out)
+    planned = folder.read_contract().plan.seconds_per_step
+    assert planned and planned > 0
+    assert all(row.steps_per_second > 0 for row in read_history(out))
+    assert "steps per second: " in folder.log.read_text() and " planned (actual / planned " in folder.log.read_text()
 
 
 def _interrupt(monkeypatch, step: int = 3) -> None:

@@ -55,6 +55,7 @@ class Plan:
     device: str
     choices: tuple[PlanChoice, ...]
     probes: tuple[Probe, ...]
+    seconds_per_step: float | None = None  # the chosen network's probed step time: the run's planned speed
 
     def mapping(self) -> dict[str, Any]:
         """The plan's choices as a nested config mapping."""
@@ -187,10 +188,13 @@ def _round_down(value: float, multiple: int) -> int:
     return max(multiple, int(value) // multiple * multiple)
 
 
+PROBE_WARMUP, PROBE_STEPS = 2, 6  # the first steps of a new shape are slow on CPU (allocator, oneDNN primitives)
+
+
 def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
-               device: str, steps: int = 2) -> float:
+               device: str, steps: int = PROBE_STEPS) -> float:
     """Median seconds of a training step of zoo ``model`` with ``options`` (forward, loss, backward, Adam) on random
-    data, after one warm-up."""
+    data, after :data:`PROBE_WARMUP` untimed steps."""
     import statistics
     import time
 
@@ -207,7 +211,7 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
     x = torch.randn(batch_size, channels, size, size, device=device)
     y = torch.randint(0, n_classes, (batch_size, size, size), device=device)
     timings = []
-    for index in range(steps + 1):
+    for index in range(PROBE_WARMUP + steps):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -217,7 +221,7 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
         optimizer.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        if index:
+        if index >= PROBE_WARMUP:
             timings.append(time.perf_counter() - started)
     return statistics.median(timings)
 
@@ -274,7 +278,8 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
         _add_training_time(choices, inputs.budget_minutes, spent_seconds + time.perf_counter() - started)
     else:
         _add_step_count(choices, inputs, batch_size, step)
-    return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes))
+    return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes),
+                round(step, 4))
 
 
 def _add_geometry(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from medseg.run.history import HistoryRow, StepRow, read_history, read_steps
 
 def test_rows_round_trip(tmp_path):
     run = RunFolder(tmp_path)
-    history = [HistoryRow(1, 4, 1e-3, 0.9), HistoryRow(2, 8, 5e-4, 0.7, 0.6, 0.45, 0.9, 0.5, 0.01, 7.5)]
+    history = [HistoryRow(1, 4, 1e-3, 0.9), HistoryRow(2, 8, 5e-4, 0.7, 0.6, 0.45, 0.9, 0.5, 0.01, 7.5, 3.2)]
     steps = [StepRow(10, 1.5, 0.8, 1e-3), StepRow(20, 3.25, 0.6, 5e-4)]
     atomic_write_csv(run.history, [asdict(row) for row in history])
     atomic_write_csv(run.steps, [asdict(row) for row in steps])

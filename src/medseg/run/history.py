@@ -28,6 +28,7 @@ class HistoryRow:
     val_seconds: float = 0.0
     data_wait: float = 0.0  # share of the epoch's training time spent waiting for data
     seconds: float = 0.0  # elapsed training time at the end of the epoch
+    steps_per_second: float = NAN  # the epoch's optimizer steps per second of training (validation excluded)
 
     @property
     def validated(self) -> bool:

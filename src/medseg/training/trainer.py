@@ -56,6 +56,8 @@ class TrainResult:
     seconds: float
     selected: WeightsName
     history: list[HistoryRow] = field(default_factory=list)
+    steps_per_second: float = math.nan  # optimizer steps per second of training time (validation excluded)
+    planned_steps_per_second: float | None = None  # what the plan's probe predicted for this run
 
 
 class StopRequest:
@@ -224,8 +226,24 @@ class Trainer:
         state = self.state
         get_logger().info("done: %d steps in %.0fs (validation %.0fs); using %s weights; run folder %s",
                           state.step, state.elapsed, state.val_seconds, self.contract.selected, self.run_dir)
+        actual, planned = self.step_rates()
         return TrainResult(self.run_dir, state.best_score, state.best_epoch, state.epoch, state.step, state.elapsed,
-                           self.contract.selected, list(state.history))
+                           self.contract.selected, list(state.history), actual, planned)
+
+    def step_rates(self) -> tuple[float, float | None]:
+        """Optimizer steps per second of training time (validation excluded), and what the plan predicted; both
+        are logged, with their ratio."""
+        state = self.state
+        training = state.elapsed - state.val_seconds
+        actual = state.step / training if training > 0 else math.nan
+        plan = self.contract.plan
+        planned = 1 / plan.seconds_per_step if plan is not None and plan.seconds_per_step else None
+        if planned is not None:
+            get_logger().info("steps per second: %.3f actual, %.3f planned (actual / planned %.2f)", actual,
+                              planned, actual / planned)
+        else:
+            get_logger().info("steps per second: %.3f", actual)
+        return actual, planned
 
     def run_epoch(self) -> None:
         """Train an epoch, then :meth:`on_epoch_end`; a stop request inside it saves a checkpoint and re-raises."""
@@ -264,7 +282,8 @@ class Trainer:
         return HistoryRow(epoch=state.epoch, step=state.step, lr=self.current_lr,
                           train_loss=float(np.mean(losses)) if losses else math.nan,
                           data_wait=round(waiting / total, 4) if total > 0 else 0.0,
-                          seconds=round(state.elapsed, 2))
+                          seconds=round(state.elapsed, 2),
+                          steps_per_second=round(len(losses) / total, 4) if total > 0 else math.nan)
 
     def _measure_speed(self, seconds: float, steps: int) -> None:
         """Training seconds per input pixel of the epoch (the slowest rank's, so every rank agrees)."""

@@ -97,6 +97,7 @@ def test_the_probe_times_the_users_batch_and_patch_size(synthetic_data, monkeypa
     plan, _ = workflow.plan_only(load_config(None, [f"data.root={synthetic_data}"]), budget_minutes=5)
     size = plan.value("data.patch_size") or plan.value("data.resize")
     assert {(s, b) for _, s, b in timed} == {(size, plan.value("train.batch_size"))}  # the planned run, timed
+    assert plan.seconds_per_step > 0.05  # the step the run should take: the probe's compute and the data loading
 
     timed.clear()
     config = load_config(None, [f"data.root={synthetic_data}", "model.name=unetpp", "model.widths=[4,8,16,32,64]"])

@@ -15,6 +15,7 @@ from medseg.config import Config, merge, set_key, validate_config
 from medseg.data.datasets import Item, default_class_names, input_channels, load_sample, split_items
 from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread, volume_facts
 from medseg.data.readers import Reader
+from medseg.data.store import batch_seconds
 from medseg.device import select_device
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_text
@@ -137,6 +138,7 @@ class PlanInputs:
     device: str
     fixed: frozenset[str]  # config keys the user set: the plan keeps out of their way
     base: Config  # the user's config: the values of the fixed keys (the probes time the run that will train)
+    examples: tuple[Item, ...] = ()  # a few training items: the data loading of a step is timed on them
 
     @property
     def n_classes(self) -> int:
@@ -153,6 +155,13 @@ class _Choices:
     def add(self, key: str, value: Any, reason: str) -> None:
         if key not in self.fixed:
             self.items.append(PlanChoice(key, value, reason))
+
+    def config(self, base: Config) -> Config:
+        """The choices so far under the user's values."""
+        mapping: dict[str, Any] = {}
+        for choice in self.items:
+            set_key(mapping, choice.key, choice.value)
+        return validate_config(merge(mapping, base.model_dump(exclude_unset=True)))
 
 
 def input_geometry(fingerprint: Fingerprint) -> tuple[str, int, str]:
@@ -226,10 +235,11 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
     return statistics.median(timings)
 
 
-def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs,
-                   train_seconds: float) -> tuple[tuple[int, ...], list[Probe], str]:
+def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs, train_seconds: float,
+                   loading: float = 0.0) -> tuple[tuple[int, ...], list[Probe], str]:
     """The widest U-Net that still gets :data:`MIN_STEPS` steps in ``train_seconds``, by timed probes (narrowest
-    first; probing stops at the first network that is too slow, or when the probe budget is spent)."""
+    first; probing stops at the first network that is too slow, or when the probe budget is spent); a step costs
+    the probe's compute plus ``loading`` seconds of data loading."""
     import time
 
     started = time.perf_counter()
@@ -241,13 +251,14 @@ def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs
         seconds = probe_step("unet", {"widths": widths}, size, batch_size, channels, inputs.n_classes,
                              inputs.device)
         probes.append(Probe(_label(widths), size, batch_size, round(seconds, 4)))
-        if train_seconds / seconds < MIN_STEPS and widths != WIDTHS[0]:
+        if train_seconds / (seconds + loading) < MIN_STEPS and widths != WIDTHS[0]:
             break
         chosen = widths
-    step = next(p.seconds_per_step for p in probes if p.label == _label(chosen))
+    step = next(p.seconds_per_step for p in probes if p.label == _label(chosen)) + loading
     steps = int(train_seconds / step)
-    reason = (f"widest U-Net with >= {MIN_STEPS} steps in the budget: {step:.2f} s/step measured, ~{steps} steps"
-              if steps >= MIN_STEPS else f"narrowest U-Net: {step:.2f} s/step measured, only ~{steps} steps fit")
+    measured = f"{step:.2f} s/step measured ({loading:.2f} s of it data loading)"
+    reason = (f"widest U-Net with >= {MIN_STEPS} steps in the budget: {measured}, ~{steps} steps"
+              if steps >= MIN_STEPS else f"narrowest U-Net: {measured}, only ~{steps} steps fit")
     return chosen, probes, reason
 
 
@@ -265,11 +276,12 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
     choices = _Choices(inputs.fixed)
     mode, size = _add_geometry(choices, fingerprint, inputs)
     batch_size = _add_batch(choices, inputs, size)
-    step, probes = _add_network(choices, fingerprint, inputs, size, batch_size)
+    _add_augmentation(choices, fingerprint, mode)
+    loading = _data_seconds(choices, fingerprint, inputs, batch_size)
+    step, probes = _add_network(choices, fingerprint, inputs, size, batch_size, loading)
     _add_optimisation(choices, inputs)
     run_seconds = inputs.budget_minutes * 60 if inputs.budget_minutes else _steps(inputs, batch_size) * step
     _add_validation(choices, fingerprint, inputs, mode, size, step / batch_size / size**2, run_seconds)
-    _add_augmentation(choices, fingerprint, mode)
     loss = "bce_dice" if inputs.n_classes == 2 else "ce_dice"
     choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "
                                    "foreground: Dice keeps the foreground from being ignored)")
@@ -280,6 +292,17 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
         _add_step_count(choices, inputs, batch_size, step)
     return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes),
                 round(step, 4))
+
+
+def _data_seconds(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, batch_size: int) -> float:
+    """Seconds of data loading a training step adds to its compute: a batch prepared in the training process
+    (``data.workers`` 0), or the part of it the workers cannot hide behind the compute."""
+    if not inputs.examples:
+        return 0.0
+    config = choices.config(inputs.base)
+    seconds = batch_seconds(list(inputs.examples), config.data, config.augment, fingerprint.channels,
+                            inputs.n_classes, batch_size)
+    return seconds / config.data.workers if config.data.workers else seconds
 
 
 def _add_geometry(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -> tuple[str, int]:
@@ -309,18 +332,18 @@ def _add_batch(choices: _Choices, inputs: PlanInputs, size: int) -> int:
     return batch_size
 
 
-def _add_network(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int,
-                 batch_size: int) -> tuple[float, list[Probe]]:
+def _add_network(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int, batch_size: int,
+                 loading: float) -> tuple[float, list[Probe]]:
     """The network (the user's, timed; else the widest U-Net the budget allows; without a budget the middle
-    width) and its measured seconds per step."""
+    width) and the seconds a step of the run should take: the probe's compute plus ``loading``."""
     model = inputs.base.model
     if inputs.fixed & set(NETWORK_KEYS):
         seconds = probe_step(model.name, model.zoo_options(), size, batch_size, fingerprint.channels,
                              inputs.n_classes, inputs.device)
-        return seconds, [Probe(f"{model.name} (the config's)", size, batch_size, round(seconds, 4))]
+        return seconds + loading, [Probe(f"{model.name} (the config's)", size, batch_size, round(seconds, 4))]
     if inputs.budget_minutes:
         widths, probes, reason = choose_network(size, batch_size, fingerprint.channels, inputs,
-                                                inputs.budget_minutes * 60 * (1 - VAL_SHARE))
+                                                inputs.budget_minutes * 60 * (1 - VAL_SHARE), loading)
     else:
         widths = WIDTHS[1]
         seconds = probe_step("unet", {"widths": widths}, size, batch_size, fingerprint.channels, inputs.n_classes,
@@ -330,7 +353,7 @@ def _add_network(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs
                   "to fit the width to a deadline")
     choices.add("model.name", "unet", "U-Net: the fastest zoo network per step on CPU (benchmarks/run.py)")
     choices.add("model.widths", list(widths), reason)
-    return next(p.seconds_per_step for p in probes if p.label == _label(widths)), probes
+    return next(p.seconds_per_step for p in probes if p.label == _label(widths)) + loading, probes
 
 
 def _steps(inputs: PlanInputs, batch_size: int) -> int:
@@ -449,6 +472,7 @@ def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, mode: str) ->
 # -- from a dataset to a plan --------------------------------------------------------------------------------------
 
 HELD_OUT = 0.2  # the share of cases a plan holds out for testing when the dataset has no labelled test split
+EXAMPLES = 8  # training items the data loading of a step is timed on
 
 
 @dataclass(frozen=True)
@@ -459,6 +483,7 @@ class PlannedData:
     n_train: int
     n_val: int
     test_fraction: float  # data.test_fraction the plan sets (the config's, or HELD_OUT)
+    examples: tuple[Item, ...]  # a few training items, spread over the split
 
 
 def fingerprint_dataset(config: Config, items: list[Item], hold_out: bool = True) -> PlannedData:
@@ -476,7 +501,8 @@ def fingerprint_dataset(config: Config, items: list[Item], hold_out: bool = True
     with Reader() as reader:
         samples = (load_sample(labelled[i], channels, data.n_classes, reader) for i in spread(len(labelled)))
         fingerprint = compute_fingerprint(samples, data.n_classes, volume_facts(labelled))
-    return PlannedData(fingerprint, len(splits.train), len(splits.val), test_fraction)
+    examples = tuple(splits.train[i] for i in spread(len(splits.train), EXAMPLES))
+    return PlannedData(fingerprint, len(splits.train), len(splits.val), test_fraction, examples)
 
 
 def plan_dataset(config: Config, items: list[Item], fixed: frozenset[str], classes_source: str,
@@ -491,7 +517,7 @@ def plan_dataset(config: Config, items: list[Item], fixed: frozenset[str], class
     inputs = PlanInputs(data=str(config.data.root), classes=names, classes_source=classes_source,
                         n_train=planned.n_train, n_val=planned.n_val, test_fraction=planned.test_fraction,
                         budget_minutes=budget_minutes, device=str(select_device(config.train.device)), fixed=fixed,
-                        base=config)
+                        base=config, examples=planned.examples)
     plan = make_plan(planned.fingerprint, inputs, spent_seconds=spent_seconds + time.perf_counter() - started)
     get_logger().info("%s", plan.table())
     return plan, planned.fingerprint

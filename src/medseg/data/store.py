@@ -109,6 +109,22 @@ class SampleStore:
         return compact.sample(self.items[index].id) if compact is not None else self.load(index)
 
 
+def batch_seconds(items: list[Item], data: DataConfig, augmentation: AugmentConfig, channels: int, n_classes: int,
+                  batch_size: int) -> float:
+    """Seconds the training process spends preparing one batch of ``items`` (crop or resize, augmentation,
+    normalisation), timed on a second batch once the first has decoded and cached the samples."""
+    import time
+
+    store = SampleStore(items, channels, n_classes, data.cache_gb, data.spacing)
+    dataset = PatchDataset(store, data, augmentation, epoch_keys(len(store), 2, batch_size, 0, 0))
+    for position in range(batch_size):
+        dataset[position]
+    started = time.perf_counter()
+    for position in range(batch_size, 2 * batch_size):
+        dataset[position]
+    return time.perf_counter() - started
+
+
 def epoch_keys(n_items: int, steps: int, batch_size: int, seed: int, epoch: int) -> list[tuple[int, int]]:
     """The ``(index, sample_seed)`` keys of one epoch: seeded reshuffled passes over the items."""
     rng = np.random.default_rng([seed, epoch])

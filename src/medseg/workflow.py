@@ -23,7 +23,7 @@ from medseg.run.history import HistoryRow
 from medseg.training.callbacks import Callback
 from medseg.training.components import prepare_data
 from medseg.training.crossval import CrossValidationSummary, summarise_folds
-from medseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from medseg.distributed import DistributedContext, init_distributed, shutdown_distributed
 from medseg.training.schedule import Clock
 from medseg.training.trainer import TrainResult, default_callbacks, fit_run, tensorboard_installed
 

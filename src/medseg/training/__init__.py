@@ -1,1 +1,1 @@
-"""Training: the trainer and its observers, components, schedule, run state, DDP and cross-validation."""
+"""Training: the trainer and its observers, components, schedule, run state and the cross-validation summary."""

@@ -21,7 +21,7 @@ from medseg.data.datasets import Item, Splits, input_channels, split_items
 from medseg.data.fingerprint import MAX_SAMPLES, Fingerprint, compute_fingerprint, dataset_hash, spread
 from medseg.data.store import PatchDataset, SampleStore, epoch_keys
 from medseg.run.contract import DataRecord, SplitIds
-from medseg.training.distributed import DistributedContext
+from medseg.distributed import DistributedContext
 from medseg.training.schedule import LearningRateSchedule
 from medseg.errors import MedsegError
 from medseg.log import get_logger

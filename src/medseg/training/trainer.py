@@ -30,7 +30,7 @@ from medseg.run.weights import WeightsInfo, load_checkpoint, load_weights_into, 
 from medseg.device import select_device
 from medseg.training.components import Components, TrainingData, build_components, epoch_loader, seed_everything
 from medseg.run.contract import RunContract, WeightsName, training_contract
-from medseg.training.distributed import DistributedContext, parameter_checksum
+from medseg.distributed import DistributedContext, parameter_checksum
 from medseg.training.schedule import Clock, WallClock
 from medseg.training.curves import curves_png
 from medseg.training.selection import keep

@@ -17,7 +17,7 @@ from medseg.inference.predictor import Predictor, TorchBackend
 from medseg.inference.scoring import score_store
 from medseg.inference.sliding_window import tile_starts
 from medseg.run.contract import InferenceSpec, PostprocessSpec
-from medseg.training.distributed import DistributedContext
+from medseg.distributed import DistributedContext
 
 
 def validate(predictor: Predictor, store: SampleStore, indices: list[int], context: DistributedContext,

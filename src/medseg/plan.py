@@ -214,10 +214,11 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
 
     out_channels = 1 if n_classes == 2 else n_classes
     torch.manual_seed(0)
-    network = create_model(model, channels, out_channels, **options).to(device)
+    layout = torch.channels_last if device == "cpu" else torch.contiguous_format  # as training lays them out
+    network = create_model(model, channels, out_channels, **options).to(device, memory_format=layout)
     loss_fn = build_loss("auto", out_channels)
     optimizer = torch.optim.Adam(network.parameters())
-    x = torch.randn(batch_size, channels, size, size, device=device)
+    x = torch.randn(batch_size, channels, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, n_classes, (batch_size, size, size), device=device)
     timings = []
     for index in range(PROBE_WARMUP + steps):

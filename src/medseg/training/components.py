@@ -72,6 +72,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CPU, where oneDNN's convolutions train ~1.4x faster in it (U-Net 8..128 and 16..256,
+    batch 4 at 256 px); the default elsewhere."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def output_channels(n_classes: int) -> int:
     """One sigmoid output for a binary task, else one softmax output per class."""
     return 1 if n_classes == 2 else n_classes
@@ -102,7 +108,8 @@ class Components:
 def build_components(config: Config, channels: int, device: torch.device,
                      context: DistributedContext) -> Components:
     out_channels = output_channels(config.data.n_classes)
-    model = create_model(config.model.name, channels, out_channels, **config.model.zoo_options()).to(device)
+    model = create_model(config.model.name, channels, out_channels, **config.model.zoo_options())
+    model = model.to(device, memory_format=training_memory_format(device))
     network: nn.Module = model
     if context.enabled:
         if config.train.sync_batchnorm:

@@ -28,7 +28,8 @@ from medseg.run.folder import RunFolder
 from medseg.run.history import HistoryRow, StepRow
 from medseg.run.weights import WeightsInfo, load_checkpoint, load_weights_into, save_checkpoint
 from medseg.device import select_device
-from medseg.training.components import Components, TrainingData, build_components, epoch_loader, seed_everything
+from medseg.training.components import (Components, TrainingData, build_components, epoch_loader, seed_everything,
+                                      training_memory_format)
 from medseg.run.contract import RunContract, WeightsName, training_contract
 from medseg.distributed import DistributedContext, parameter_checksum
 from medseg.training.schedule import Clock, WallClock
@@ -294,7 +295,7 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         parts = self.components
         self.current_lr = parts.schedule.apply(parts.optimizer, self.state.step, self.progress())
-        image = batch["image"].to(self.device, non_blocking=True)
+        image = batch["image"].to(self.device, non_blocking=True, memory_format=training_memory_format(self.device))
         mask = batch["mask"].to(self.device, non_blocking=True)
         region = batch["region"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=parts.amp):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from pydantic import ConfigDict
@@ -47,6 +47,19 @@ class Probe:
     seconds_per_step: float
 
 
+def choices_mapping(choices: Sequence[PlanChoice]) -> dict[str, Any]:
+    """Plan choices as a nested config mapping."""
+    result: dict[str, Any] = {}
+    for choice in choices:
+        set_key(result, choice.key, choice.value)
+    return result
+
+
+def under_user_values(choices: Sequence[PlanChoice], config: Config) -> Config:
+    """``config`` with ``choices`` filled in under every value the user set."""
+    return validate_config(merge(choices_mapping(choices), config.model_dump(exclude_unset=True)))
+
+
 @dataclass(frozen=True)
 class Plan:
     __pydantic_config__ = _STRICT
@@ -60,14 +73,11 @@ class Plan:
 
     def mapping(self) -> dict[str, Any]:
         """The plan's choices as a nested config mapping."""
-        result: dict[str, Any] = {}
-        for choice in self.choices:
-            set_key(result, choice.key, choice.value)
-        return result
+        return choices_mapping(self.choices)
 
     def apply(self, config: Config) -> Config:
         """``config`` with the plan's choices under every value the user set."""
-        return validate_config(merge(self.mapping(), config.model_dump(exclude_unset=True)))
+        return under_user_values(self.choices, config)
 
     def value(self, key: str) -> Any:
         for choice in self.choices:
@@ -158,10 +168,7 @@ class _Choices:
 
     def config(self, base: Config) -> Config:
         """The choices so far under the user's values."""
-        mapping: dict[str, Any] = {}
-        for choice in self.items:
-            set_key(mapping, choice.key, choice.value)
-        return validate_config(merge(mapping, base.model_dump(exclude_unset=True)))
+        return under_user_values(self.items, base)
 
 
 def input_geometry(fingerprint: Fingerprint) -> tuple[str, int, str]:

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from medseg.claims import shard_order, try_claim
 from medseg.config import Config, load_config, save_config, user_keys
-from medseg.data.datasets import Item, dataset_items
+from medseg.data.datasets import Item, dataset_items, with_classes
 from medseg.data.fingerprint import Fingerprint
 from medseg.errors import MedsegError
 from medseg.inference.evaluate import EvaluationSummary, evaluate
@@ -146,7 +146,7 @@ def _prepare(request: TrainRequest, folder: RunFolder, config: Config | None,
 def _recorded(request: TrainRequest, folder: RunFolder, opening: Opening) -> Prepared:
     recorded = load_config(folder.config)
     items = dataset_items(recorded)[1] if opening == "resume" else []
-    if request.cross_validate and request.config is not None and dataset_items(request.config)[0] != recorded:
+    if request.cross_validate and request.config is not None and with_classes(request.config, items)[0] != recorded:
         raise MedsegError(folder.path, "holds a cross-validation with another config; choose another --out")
     plan = Plan.load(folder.plan) if folder.plan.is_file() else None
     fingerprint = Fingerprint.load(folder.fingerprint) if folder.fingerprint.is_file() else None

@@ -575,17 +575,24 @@ def resolve_classes(config: Config, classes: Classes) -> Config:
     return resolved
 
 
+def with_classes(config: Config, items: list[Item]) -> tuple[Config, Classes | None]:
+    """``config`` with the classes of the dataset's ``items`` filled in where it leaves them open (and the classes
+    found, or None where the config names them)."""
+    data = config.data
+    if data.n_classes is not None and (data.class_names is not None or data.n_classes == 2):
+        return config, None
+    classes = find_classes(data.root, items)
+    return resolve_classes(config, classes), classes
+
+
 def dataset_items(config: Config) -> tuple[Config, list[Item], Classes | None]:
-    """The items of ``data.root`` (listed once), and ``config`` with the dataset's classes filled in where it leaves
-    them open (the classes found, or None where the config names them)."""
+    """The items of ``data.root`` (listed once), and ``config`` with their classes (see :func:`with_classes`)."""
     data = config.data
     if not data.root:
         raise MedsegError("data.root", "no dataset given (--data DIR)")
     items = load_items(data.root, data.format, data.slice_axis)
-    if data.n_classes is not None and (data.class_names is not None or data.n_classes == 2):
-        return config, items, None
-    classes = find_classes(data.root, items)
-    return resolve_classes(config, classes), items, classes
+    config, classes = with_classes(config, items)
+    return config, items, classes
 
 
 def default_class_names(n_classes: int) -> tuple[str, ...]:

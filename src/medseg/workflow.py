@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from medseg.claims import shard_order, try_claim
-from medseg.config import Config, load_config, save_config, user_keys
+from medseg.config import Config, load_config, user_keys
 from medseg.data.datasets import Item, dataset_items, with_classes
 from medseg.data.fingerprint import Fingerprint
 from medseg.errors import MedsegError
-from medseg.inference.evaluate import EvaluationSummary, evaluate
+from medseg.inference.evaluate import EvaluationSummary, evaluate_predictor
+from medseg.inference.predictor import Predictor
 from medseg.log import get_logger, log_to_file
 from medseg.models import get_entry
 from medseg.plan import Plan, plan_dataset
@@ -170,11 +171,10 @@ def _train(prepared: Prepared, request: TrainRequest,
     """One run (unless it is finished), or every fold and, once all are done, their out-of-fold summary."""
     if not request.cross_validate:
         return (None if prepared.opening == "finished" else _fit(prepared, request.hooks, context)), None
-    folder, config = prepared.folder, prepared.config
+    folder = prepared.folder
+    config = prepared.config
     if not prepared.resume:
-        save_config(config, folder.config)
-        if prepared.plan is not None:
-            prepared.plan.save(folder.plan)
+        folder.record_inputs(config, prepared.plan)
     for fold in shard_order(config.data.folds, request.shard):
         _train_fold(prepared, fold, request.hooks, context)
     if not all(folder.fold(k).finished for k in range(config.data.folds)):
@@ -207,17 +207,15 @@ def fold_config(config: Config, fold: int) -> Config:
 
 
 def _fit(prepared: Prepared, hooks: Hooks, context: DistributedContext) -> TrainResult:
-    """Write the run's config and plan (a fresh run), then train or resume it, logging to ``train.log``."""
-    folder, config = prepared.folder, prepared.config
+    """Train or resume the run, logging to ``train.log``; a fresh run first records its config, plan and data
+    fingerprint."""
+    folder = prepared.folder
+    config = prepared.config
     handler = log_to_file(folder.log) if context.is_main else None
     try:
-        if context.is_main and not prepared.resume:
-            save_config(config, folder.config)
-            if prepared.plan is not None:
-                prepared.plan.save(folder.plan)
         data = prepare_data(config, prepared.items, prepared.fingerprint)
-        if context.is_main:
-            data.record.fingerprint.save(folder.fingerprint)
+        if context.is_main and not prepared.resume:
+            folder.record_inputs(config, prepared.plan, data.record.fingerprint)
         callbacks = hooks.callbacks if hooks.callbacks is not None else default_callbacks(config, hooks.on_epoch_end)
         return fit_run(config, folder.path, data, context, callbacks, prepared.plan, prepared.resume, hooks.clock)
     finally:
@@ -229,10 +227,13 @@ def _fit(prepared: Prepared, hooks: Hooks, context: DistributedContext) -> Train
 def _test(prepared: Prepared, request: TrainRequest) -> EvaluationSummary | None:
     """The test-split evaluation of a finished run (or cross-validation), when it has a test split."""
     folder = prepared.folder
-    if not request.evaluate or not folder.finished or not folder.read_contract().data.splits.test:
+    if not request.evaluate or not folder.finished:
         return None
-    return evaluate(folder.path, prepared.config.data.root, folder.evaluation, split="test",
-                    items=prepared.items or None)
+    predictor = Predictor.from_run(folder.path)
+    if not predictor.contract.data.splits.test:
+        return None
+    items = prepared.items or dataset_items(prepared.config)[1]  # a finished run's folder lists none
+    return evaluate_predictor(predictor, items, prepared.config.data.root, folder.evaluation, run=str(folder.path))
 
 
 # -- the library API and `medseg plan` -------------------------------------------------------------------------

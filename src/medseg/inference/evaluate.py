@@ -98,26 +98,27 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "t
         fmt = recorded.format  # the format the run was trained with, on the same folder
     if items is None:
         items = load_items(data, fmt, predictor.spec.slice_axis)
+    return evaluate_predictor(predictor, items, data, out, split, empty, max_overlays, str(run), prune_depth)
+
+
+def evaluate_predictor(predictor: Predictor, items: list[Item], data: str | Path, out: str | Path,
+                       split: str = "test", empty: EmptyRule = "perfect", max_overlays: int = 12, run: str = "",
+                       prune_depth: int | None = None) -> EvaluationSummary:
+    """:func:`evaluate` with a loaded ``predictor`` (``run`` names it in the summary) on the dataset's listed
+    ``items``."""
+    data, out = Path(data), Path(out)
     chosen, note = select_items(items, predictor.contract, split, data)
     if not chosen:
         raise MedsegError(data, f"the {split!r} split is empty")
     spec = predictor.spec
     accumulator = MetricAccumulator(n_classes=spec.n_classes, empty=empty)
-    grid_rows = []
-    with Reader() as reader:
-        cases = load_cases(chosen, spec.channels, spec.n_classes, reader)
-        for scored in progress(score_cases(predictor, cases, accumulator), desc="evaluate",
-                               total=len(case_groups(chosen)), unit="case"):
-            if len(grid_rows) < max_overlays:
-                grid_rows.append(_overlay_row(scored))
-    out = Path(out)
+    grid_rows = _score(predictor, chosen, accumulator, max_overlays)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out / "per_image.csv", [row.columns() for row in accumulator.rows()])
     summary = EvaluationSummary(
         metrics=accumulator.summary(), n_images=len(accumulator.rows()), class_names=spec.class_names, split=split,
-        data=str(data), dataset=note, run=str(run),
-        threshold=spec.threshold, postprocess=spec.postprocess.describe(), tta=spec.tta,
-        members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth)
+        data=str(data), dataset=note, run=run, threshold=spec.threshold, postprocess=spec.postprocess.describe(),
+        tta=spec.tta, members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth)
     atomic_write_json(out / "summary.json", summary.to_dict())
     if grid_rows:
         atomic_write_bytes(out / "overlays.png", png_bytes(image_grid(grid_rows, tile=192)))
@@ -129,6 +130,19 @@ def evaluate(run: str | Path, data: str | Path, out: str | Path, split: str = "t
     if spec.n_classes > 2:
         get_logger().info("Dice per class: %s", summary.per_class())
     return summary
+
+
+def _score(predictor: Predictor, chosen: list[Item], accumulator: MetricAccumulator,
+           max_overlays: int) -> list[GridRow]:
+    """Score every case of ``chosen`` into ``accumulator``, decoding one case at a time; the overlay rows of the
+    first ``max_overlays`` cases."""
+    spec, grid_rows, total = predictor.spec, [], len(case_groups(chosen))
+    with Reader() as reader:
+        cases = load_cases(chosen, spec.channels, spec.n_classes, reader)
+        for scored in progress(score_cases(predictor, cases, accumulator), desc="evaluate", total=total, unit="case"):
+            if len(grid_rows) < max_overlays:
+                grid_rows.append(_overlay_row(scored))
+    return grid_rows
 
 
 def _overlay_row(scored: ScoredCase) -> GridRow:

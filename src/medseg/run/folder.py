@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from medseg.claims import Claim, holder, try_claim
+from medseg.config import Config, save_config
+from medseg.data.fingerprint import Fingerprint
 from medseg.errors import MedsegError
+from medseg.plan import Plan
 from medseg.run.contract import RunContract, WeightsName
 
 
@@ -164,6 +167,15 @@ class RunFolder:
             return "finished"
         return "resume" if self.started else "fresh"
 
+    def record_inputs(self, config: Config, plan: Plan | None, fingerprint: Fingerprint | None = None) -> None:
+        """Write what a fresh run starts from: ``config.yaml``, and ``plan.yaml`` and ``fingerprint.json`` when
+        given."""
+        save_config(config, self.config)
+        if plan is not None:
+            plan.save(self.plan)
+        if fingerprint is not None:
+            fingerprint.save(self.fingerprint)
+
     def lock(self, owner: str) -> Claim:
         """Hold this folder for one process until the claim is released (or the process ends); another process
         that holds it gets a one-line error naming that process."""
@@ -178,6 +190,17 @@ def resolve_weights(run_or_file: str | Path, which: WeightsName | None = None) -
     """A weights file: the file itself, or in a run folder ``which`` (default: the weights the run selected)."""
     path = Path(run_or_file)
     return RunFolder(path).selected_weights(which) if path.is_dir() else path
+
+
+def member_weights(run: str | Path, folds: Sequence[int] | None = None) -> tuple[list[Path], RunContract | None]:
+    """The weights files a run predicts with: a cross-validation run's fold weights (all, or ``folds``) with the
+    ensemble's contract; else the run's selected weights, or the weights file itself, with None (the file holds
+    its contract)."""
+    path = Path(run)
+    members = RunFolder(path).folds(folds) if path.is_dir() else []
+    if not members:
+        return [resolve_weights(path)], None
+    return [member.selected_weights() for member in members], RunFolder(path).read_contract()
 
 
 def run_contract(run_dir: str | Path) -> RunContract:

@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from medseg.run.contract import RunContract, contract_from_dict
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes, atomic_write_text
+from medseg.log import get_logger
 
 _META_KEY = "medseg"
 _TENSOR_TAG = "__tensor__"
@@ -111,6 +112,29 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if train_state is not None:
         train_state = unflatten_state(train_state, tensors)
     return Checkpoint(weights, contract, info, train_state)
+
+
+def load_resumable(path: Path, contract: RunContract) -> Checkpoint:
+    """An interrupted run's checkpoint, refused unless it can continue the run ``contract`` describes: it holds a
+    training state, for the same model, on the same split (other split ids would mix validation or test images
+    into training). The same ids with other files get a warning."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.train_state is None:
+        raise MedsegError(path, "has no training state to resume from")
+    recorded = checkpoint.contract
+    if recorded.model.name != contract.model.name:
+        raise MedsegError(path, f"was written for model {recorded.model.name!r}, the config says "
+                                f"{contract.model.name!r}")
+    now, then = contract.data, recorded.data
+    if now.splits != then.splits:
+        moved = len(set(now.splits.train) ^ set(then.splits.train))
+        raise MedsegError(path, f"the data's split differs from the one this run started with ({moved} training "
+                                "ids differ); resuming would train on other images. Restore the data or start a "
+                                "new run")
+    if now.hash != then.hash:
+        get_logger().warning("%s: the data has the recorded ids but other files (hash %s, recorded %s)", now.root,
+                             now.hash, then.hash)
+    return checkpoint
 
 
 def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:

@@ -26,7 +26,7 @@ from medseg.training.callbacks import (Callback, EpochFunction, PauseAtStep, Pro
                                      TensorBoardCallback, TrainingView)
 from medseg.run.folder import RunFolder
 from medseg.run.history import HistoryRow, StepRow
-from medseg.run.weights import WeightsInfo, load_checkpoint, load_weights_into, save_checkpoint
+from medseg.run.weights import WeightsInfo, load_checkpoint, load_resumable, load_weights_into, save_checkpoint
 from medseg.device import select_device
 from medseg.training.components import (Components, TrainingData, build_components, epoch_loader, seed_everything,
                                       training_memory_format)
@@ -132,14 +132,10 @@ class Trainer:
         return state.to_checkpoint()
 
     def restore(self) -> None:
+        """Continue from ``checkpoint.safetensors``: its weights, the optimizer, scaler and schedule, the run state
+        and the random state."""
         path = self.run.checkpoint
-        checkpoint = load_checkpoint(path)
-        if checkpoint.train_state is None:
-            raise MedsegError(path, "has no training state to resume from")
-        if checkpoint.contract.model.name != self.contract.model.name:
-            raise MedsegError(path, f"was written for model {checkpoint.contract.model.name!r}, the config says "
-                                    f"{self.contract.model.name!r}")
-        self._check_same_data(checkpoint.contract, path)
+        checkpoint = load_resumable(path, self.contract)
         load_weights_into(self.components.model, checkpoint.weights, path)
         self.state = RunState.from_checkpoint(checkpoint.train_state, path)
         self.components.optimizer.load_state_dict(self.state.optimizer)
@@ -148,19 +144,6 @@ class Trainer:
         torch.set_rng_state(self.state.torch_rng)
         get_logger().info("resuming %s at epoch %d (step %d, %.0fs of training done)", self.run_dir,
                           self.state.epoch, self.state.step, self.state.elapsed)
-
-    def _check_same_data(self, recorded: RunContract, path: Path) -> None:
-        """Resuming on other data: other split ids would mix validation or test images into training (an error);
-        the same ids with other files get a warning."""
-        now, then = self.data.record, recorded.data
-        if now.splits != then.splits:
-            moved = len(set(now.splits.train) ^ set(then.splits.train))
-            raise MedsegError(path, f"the data's split differs from the one this run started with ({moved} training "
-                                    "ids differ); resuming would train on other images. Restore the data or start "
-                                    "a new run")
-        if now.hash != then.hash:
-            get_logger().warning("%s: the data has the recorded ids but other files (hash %s, recorded %s)",
-                                 self.config.data.root, now.hash, then.hash)
 
     # -- time and progress ---------------------------------------------------------------------------------------
     def tick(self) -> None:

@@ -1,5 +1,5 @@
-"""The plan: choices follow the data (thin structures -> native patches, large objects -> resize, upright images
--> no vertical flips), stay out of the user's way, and round-trip through YAML; `medseg plan` and
+"""The plan: choices follow the data (scale and patch from structure widths per class and object sizes, upright
+images -> no vertical flips), stay out of the user's way, and round-trip through YAML; `medseg plan` and
 `medseg train --budget` end to end."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from medseg.plan import Plan, PlanInputs, input_geometry, make_plan
 from medseg.run.history import read_history
 
 
-def _fingerprint(mask: np.ndarray, image: np.ndarray | None = None, copies: int = 3):
+def _fingerprint(mask: np.ndarray, image: np.ndarray | None = None, copies: int = 3, n_classes: int = 2):
     image = np.random.default_rng(0).random(mask.shape) if image is None else image
     sample = Sample("x", image[..., None].astype(np.float32), mask.astype(np.int64), None)
-    return compute_fingerprint([sample] * copies, 2)
+    return compute_fingerprint([sample] * copies, n_classes)
 
 
 def _vessels(size=512):
@@ -35,18 +35,64 @@ def _vessels(size=512):
     return mask
 
 
-def _blob(size=512):
+def _disk(size: int, radius: float, centre: tuple[float, float] | None = None) -> np.ndarray:
     ys, xs = np.mgrid[:size, :size]
-    return ((ys - size // 2) ** 2 + (xs - size // 2) ** 2 < (size // 5) ** 2).astype(np.int64)
+    cy, cx = centre or (size / 2, size / 2)
+    return (ys - cy) ** 2 + (xs - cx) ** 2 < radius**2
 
 
-def test_thin_structures_get_native_patches_and_large_objects_get_resizing():
-    mode, size, reason = input_geometry(_fingerprint(_vessels()))
-    assert (mode, size) == ("patch", 256) and "thin structures" in reason and "median width 3 px" in reason
-    mode, size, reason = input_geometry(_fingerprint(_blob()))
-    assert (mode, size) == ("resize", 256) and "large objects" in reason
-    mode, size, _ = input_geometry(_fingerprint(_blob(96)))
-    assert (mode, size) == ("patch", 96)  # small images: whole, at native resolution
+def _blob(size=512):
+    return _disk(size, size // 5).astype(np.int64)
+
+
+def _small_blobs(size=1024, diameter=10, every=64):
+    mask = np.zeros((size, size), bool)
+    for y in range(every // 2, size, every):
+        for x in range(every // 2, size, every):
+            mask |= _disk(size, diameter / 2, (y, x))
+    return mask.astype(np.int64)
+
+
+def _ring_around_blob(size=1024, radius=200, rim=6):
+    """Class 1 a large disc, class 2 a thin rim around it (an optic cup inside a disc rim)."""
+    mask = _disk(size, radius + rim).astype(np.int64) * 2
+    mask[_disk(size, radius)] = 1
+    return mask
+
+
+def test_thin_lines_in_large_images_get_native_patches():
+    geometry = input_geometry(_fingerprint(_vessels(1024)))
+    assert (geometry.scale, geometry.patch, geometry.whole) == (1.0, 256, False)
+    assert "native resolution (foreground median 3 px wide)" in geometry.reason
+
+
+def test_small_blobs_in_large_images_are_scaled_only_as_far_as_they_stay_visible():
+    fingerprint = _fingerprint(_small_blobs())
+    geometry = input_geometry(fingerprint)
+    assert 0.6 <= geometry.scale <= 0.7 and (geometry.patch, geometry.whole) == (256, False)
+    assert 5.9 <= fingerprint.foreground_width * geometry.scale <= 7  # the blobs keep ~6 px, not ~3 as resizing did
+    assert "scale 0.6" in geometry.reason and "256-px patches" in geometry.reason
+
+
+def test_large_blobs_in_small_images_are_whole_at_native_resolution():
+    geometry = input_geometry(_fingerprint(_disk(192, 40).astype(np.int64)))
+    assert (geometry.scale, geometry.patch, geometry.whole) == (1.0, 192, True)
+    small = input_geometry(_fingerprint(_blob(96)))
+    assert (small.scale, small.patch, small.whole) == (1.0, 96, True)  # never resized, one padded patch
+
+
+def test_large_blobs_in_large_images_are_scaled_down_whole():
+    geometry = input_geometry(_fingerprint(_disk(1024, 200).astype(np.int64)))
+    assert (geometry.scale, geometry.patch, geometry.whole) == (0.25, 256, True)
+    assert "whole images in one 256-px patch" in geometry.reason
+
+
+def test_a_thin_ring_around_a_large_blob_keeps_native_resolution_and_context():
+    fingerprint = _fingerprint(_ring_around_blob(), n_classes=3)
+    assert fingerprint.foreground_width > 300 and 5 <= fingerprint.class_widths[1] <= 7  # the union hides the rim
+    geometry = input_geometry(fingerprint)
+    assert geometry.scale == 1.0 and geometry.patch == 512 and not geometry.whole  # the disc needs 2 x 400 px
+    assert "class 2 median" in geometry.reason
 
 
 @pytest.fixture
@@ -59,14 +105,24 @@ def test_plan_choices_reasons_and_user_keys(inputs):
     top_bright = np.vstack([np.ones((256, 512)), np.zeros((256, 512))])
     plan = make_plan(_fingerprint(_blob(), top_bright), inputs)
     keys = [choice.key for choice in plan.choices]
-    assert keys[:2] == ["data.resize", "data.patch_size"] and plan.value("data.patch_size") is None
+    assert keys[:3] == ["data.scale", "data.patch_size", "data.resize"] and plan.value("data.resize") is None
+    assert plan.value("data.scale") == 0.5 and plan.value("data.patch_size") == 256
     assert plan.value("augment.vflip") is False and plan.value("inference.tta_vflip") is False
     assert all(choice.reason for choice in plan.choices) and plan.probes
     assert plan.value("train.budget_minutes") < 0.2  # planning time counts against the budget
     config = load_config(None, ["data.root=d"], base=plan.mapping())
-    assert config.data.resize == 256 and config.model.widths == plan.value("model.widths")
-    fixed = make_plan(_fingerprint(_blob()), replace(inputs, fixed=frozenset({"model.widths", "data.resize"})))
-    assert "model.widths" not in [c.key for c in fixed.choices] and "data.resize" not in [c.key for c in fixed.choices]
+    assert config.data.scale == 0.5 and config.model.widths == plan.value("model.widths")
+    fixed = make_plan(_fingerprint(_blob()), replace(inputs, fixed=frozenset({"model.widths", "data.resize"}),
+                                                     base=Config(data={"resize": 128}, model={"widths": [4, 8]})))
+    assert not {"model.widths", "data.resize", "data.scale"} & {c.key for c in fixed.choices}
+    assert fixed.probes[0].size == 128
+
+
+def test_a_wide_patch_gives_way_when_the_budget_cannot_pay_for_it(inputs):
+    three = replace(inputs, classes=("background", "disc", "rim"))
+    plan = make_plan(_fingerprint(_ring_around_blob(), n_classes=3), three)  # 12 s: far fewer than 1000 steps
+    assert [probe.size for probe in plan.probes] == [512, 256] and plan.value("data.patch_size") == 256
+    assert "the budget allows only" in next(c.reason for c in plan.choices if c.key == "data.scale")
 
 
 def test_planning_longer_than_the_budget_still_leaves_training_time(inputs):
@@ -87,14 +143,14 @@ def test_plan_yaml_round_trip_and_edits(inputs, tmp_path):
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(mapping))
     with pytest.raises(MedsegError, match="plan.yaml: optim.schedule: 'cosin' is not one of"):
         Plan.load(tmp_path / "plan.yaml")
-    assert "thin structures" in plan.table()
+    assert "native resolution" in plan.table()
 
 
 def test_medseg_plan_writes_plan_and_fingerprint(tmp_path, capsys):
     data = make_synthetic_dataset(tmp_path / "data", n_images=8, size=64)
     assert main(["plan", str(data), "--budget", "20s", "--out", str(tmp_path / "p" / "plan.yaml")]) == 0
     printed = capsys.readouterr().out
-    assert "data.resize" in printed and "wrote" in printed
+    assert "data.patch_size" in printed and "wrote" in printed
     assert json.loads((tmp_path / "p" / "fingerprint.json").read_text())["n_images"] == 7  # train + val, not test
 
 

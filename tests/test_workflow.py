@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import medseg
@@ -72,6 +73,18 @@ def test_no_plan_trains_the_config_as_it_is(synthetic_data, tmp_path):
     folder = RunFolder(out)
     assert not folder.plan.exists() and folder.read_contract().plan is None
     assert load_config(folder.config).model.widths == [4, 8, 16]
+
+
+def test_a_scaled_run_trains_and_evaluates_at_its_scale(synthetic_data, tmp_path):
+    out = tmp_path / "scaled"
+    assert main(["train", "--data", str(synthetic_data), "--out", str(out), "--iterations", "4", "--no-plan",
+                 "--set", "data.scale=0.5", "--set", "data.test_fraction=0.2", *TINY]) == 0
+    folder = RunFolder(out)
+    assert folder.read_contract().inference.scale == 0.5
+    predictor = medseg.Predictor.from_run(out)
+    image = np.zeros((64, 48, 1), np.float32)
+    assert predictor.predict(image).shape == (64, 48)
+    assert (folder.evaluation / "summary.json").is_file()
 
 
 def test_the_probe_times_the_users_batch_and_patch_size(synthetic_data, monkeypatch):

@@ -39,6 +39,7 @@ class DataConfig(Section):
     class_names: list[str] | None = None  # None: from dataset.json, else class_<k>
     slice_axis: int | None = Field(None, ge=0, le=2)  # volumes: the voxel axis to slice along; None: the coarsest
     spacing: tuple[float, float] | None = None  # volumes: slices are resampled to this in-plane spacing (mm)
+    scale: float | None = Field(None, gt=0, le=1)  # 2D images are resampled by this factor (predictions back)
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.0, ge=0, lt=1)
     split_seed: int = 0  # seeds the carved val/test split (kept apart from train.seed so studies share one split)

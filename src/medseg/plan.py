@@ -4,7 +4,7 @@ pass it back (`medseg train --plan plan.yaml`); explicit flags and config files 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -117,14 +117,18 @@ PLAN_FILE = TypedFile(Plan, "plan", PLAN_SCHEMA)
 
 # -- planning ------------------------------------------------------------------------------------------------------
 
-THIN_PX = 8.0  # structures this thin (or thinner) need native resolution
-MIN_STRUCTURE_PX = 6.0  # resizing may not make the thinnest structures thinner than this
+MIN_STRUCTURE_PX = 6.0  # resampling may not make the thinnest structures thinner than this
+NATIVE_SCALE = 0.8  # a scale above this trains at native resolution (too little saved to be worth resampling)
+RESOLUTION_PX = 256  # resampling keeps the median image's longer side at least this long
+PATCH_PX = 256  # the patch a step is sized for (4 per batch), when the objects need no more context
+MAX_PATCH = 512
+CONTEXT = 2.0  # a patch spans at least this many widths of the large objects (their 90th-percentile width)
+WHOLE_SHARE = 0.75  # a patch this close to the scaled image's size covers all of it
 MIN_STEPS = 1000  # the widest network that still gets this many steps in the budget is chosen
 PROBE_SHARE = 0.05  # probes may use at most this share of the budget
 MIN_TRAIN_SHARE = 0.1  # training keeps at least this share of the budget, however long planning took
 VAL_SHARE = 0.1  # validation may use at most this share of the training time
 WIDTHS = ((8, 16, 32, 64, 128), (16, 32, 64, 128, 256), (32, 64, 128, 256, 512))
-SMALL_PX = 96  # images no larger than this are trained and predicted whole, at native resolution
 STRIDE = 16  # the U-Net's total downsampling: input sizes are multiples of it
 PIXELS_PER_STEP = 4 * 256**2  # small inputs are batched up to this many pixels a step (nnU-Net batches small patches)
 MAX_BATCH = 64
@@ -171,29 +175,52 @@ class _Choices:
         return under_user_values(self.items, base)
 
 
-def input_geometry(fingerprint: Fingerprint) -> tuple[str, int, str]:
-    """``("patch" | "resize", size, reason)`` from structure widths and image sizes."""
-    widths = [w for w in (fingerprint.foreground_width, fingerprint.background_width) if w > 0]
-    thin = min(widths) if widths else float("inf")
-    which = "foreground" if thin == fingerprint.foreground_width else "background"
-    side = min(fingerprint.height[1], fingerprint.width[1])
-    share = f"{100 * fingerprint.foreground_fraction:.0f}% foreground"
-    longest = max(fingerprint.height[2], fingerprint.width[2])
-    if longest <= SMALL_PX:
-        size = _round_up(longest, STRIDE)
-        return "patch", size, (f"small images (up to {fingerprint.width[2]}x{fingerprint.height[2]}): whole images at "
-                               f"native resolution in one {size}-px patch (padded, never resized)")
-    if thin <= THIN_PX:
-        size = 256 if side >= 256 else _round_down(side, 32)
-        return "patch", size, (f"thin structures ({which} median width {thin:g} px, {share}): native-resolution "
-                               f"{size}-px patches")
-    if side <= 256:
-        size = _round_down(side, 32)
-        return "resize", size, (f"small images ({fingerprint.width[1]}x{fingerprint.height[1]}) with objects of "
-                                f"median width {thin:g} px: whole images at {size}x{size}")
-    size = 256 if side * MIN_STRUCTURE_PX / thin <= 256 else 384
-    return "resize", size, (f"large objects (median width {thin:g} px, {share}) need context: whole images "
-                            f"resized to {size}x{size} (thinnest structures keep ~{thin * size / side:.0f} px)")
+@dataclass(frozen=True)
+class Geometry:
+    """What the network sees: 2D images resampled by ``scale``, then ``patch`` x ``patch`` crops (tiles at
+    inference); ``whole`` when the patch covers the (median) scaled image."""
+
+    scale: float
+    patch: int
+    whole: bool
+    reason: str
+
+
+def input_geometry(fingerprint: Fingerprint) -> Geometry:
+    """Scale and patch chosen together, as nnU-Net chooses a target spacing and a patch size: the scale shrinks
+    the images as far as the thinnest structure (per class, and the background between them) keeps
+    :data:`MIN_STRUCTURE_PX` and the median image's longer side keeps :data:`RESOLUTION_PX`; the patch then spans
+    :data:`CONTEXT` widths of the large objects, at least :data:`PATCH_PX`, and covers the whole scaled image when
+    it nearly does. Volumes' slices keep their native grid here (their spacing is planned apart)."""
+    thinnest, which = _thinnest(fingerprint)
+    height, width = fingerprint.height[1], fingerprint.width[1]
+    scale = 1.0 if fingerprint.volumes is not None else max(MIN_STRUCTURE_PX / thinnest, RESOLUTION_PX / max(height, width))
+    scale = 1.0 if scale >= NATIVE_SCALE else round(scale, 3)
+    objects = fingerprint.object_width or fingerprint.foreground_width
+    need = CONTEXT * objects * scale
+    whole = _round_up(max(height, width) * scale, STRIDE)
+    patch = min(MAX_PATCH, max(PATCH_PX, _round_up(need, 32)))
+    covers = patch >= WHOLE_SHARE * whole
+    patch = whole if covers and whole <= MAX_PATCH else patch
+    at = (f"native resolution ({which} {thinnest:g} px wide)" if scale == 1.0 else
+          f"scale {scale:g} ({width}x{height} -> {round(width * scale)}x{round(height * scale)}; {which} "
+          f"{thinnest:g} px wide keeps {thinnest * scale:.0f} px)")
+    context = f"objects up to ~{objects:.0f} px wide ({objects * scale:.0f} px scaled) need ~{need:.0f} px of context"
+    inputs = (f"whole images in one {patch}-px patch" if covers and patch == whole
+              else f"{patch}-px patches of the {round(width * scale)}x{round(height * scale)} image")
+    return Geometry(scale, patch, covers and patch == whole, f"{at}; {context}: {inputs}")
+
+
+def _thinnest(fingerprint: Fingerprint) -> tuple[float, str]:
+    """The width (px) of the thinnest structures the scale must keep, and what they are: each foreground class's
+    median width, and the background's between them (EM membranes are background)."""
+    names = ([f"class {k} median" for k in range(1, len(fingerprint.class_widths) + 1)]
+             if len(fingerprint.class_widths) > 1 else ["foreground median"])
+    widths = list(fingerprint.class_widths) or [fingerprint.foreground_width]
+    candidates = [(w, n) for w, n in zip(widths, names) if w > 0]
+    if fingerprint.background_width > 0:
+        candidates.append((fingerprint.background_width, "background median"))
+    return min(candidates) if candidates else (float("inf"), "no structure")
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -277,19 +304,44 @@ def _label(widths: tuple[int, ...]) -> str:
 def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float = 0.0) -> Plan:
     """The recipe for this dataset, budget (or step count) and machine, each choice with its reason. Keys the user
     set keep the user's values, and the probes time them. ``spent_seconds`` of planning already done (the
-    fingerprint) count against the budget, as the probes do."""
+    fingerprint) count against the budget, as the probes do. A patch wider than :data:`PATCH_PX` that leaves the
+    narrowest network fewer than :data:`MIN_STEPS` steps in the budget gives way to a :data:`PATCH_PX` one."""
     import time
 
     started = time.perf_counter()
+    geometry = _geometry(fingerprint, inputs)
+    plan = _plan(geometry, fingerprint, inputs, spent_seconds, started)
+    steps = _steps_in_budget(plan, inputs)
+    if steps < MIN_STEPS and geometry.patch > PATCH_PX and not inputs.fixed & {"data.patch_size", *NETWORK_KEYS}:
+        smaller = replace(geometry, patch=PATCH_PX, whole=False, reason=(
+            f"{geometry.reason}, but the budget allows only ~{steps} steps of those: {PATCH_PX}-px patches"))
+        retry = _plan(smaller, fingerprint, inputs, spent_seconds, started)
+        plan = replace(retry, probes=plan.probes + retry.probes)
+    return plan
+
+
+def _steps_in_budget(plan: Plan, inputs: PlanInputs) -> float:
+    """Training steps the plan's network gets in the budget (infinite without one)."""
+    if not inputs.budget_minutes or not plan.seconds_per_step:
+        return float("inf")
+    return int(inputs.budget_minutes * 60 * (1 - VAL_SHARE) / plan.seconds_per_step)
+
+
+def _plan(geometry: Geometry, fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float,
+          started: float) -> Plan:
+    """The plan for one input geometry; ``started`` is when planning began (its time counts against the budget)."""
+    import time
+
     choices = _Choices(inputs.fixed)
-    mode, size = _add_geometry(choices, fingerprint, inputs)
+    _add_geometry(choices, geometry, inputs)
+    size = geometry.patch
     batch_size = _add_batch(choices, inputs, size)
-    _add_augmentation(choices, fingerprint, mode)
+    _add_augmentation(choices, fingerprint, geometry.whole)
     loading = _data_seconds(choices, fingerprint, inputs, batch_size)
     step, probes = _add_network(choices, fingerprint, inputs, size, batch_size, loading)
     _add_optimisation(choices, inputs)
     run_seconds = inputs.budget_minutes * 60 if inputs.budget_minutes else _steps(inputs, batch_size) * step
-    _add_validation(choices, fingerprint, inputs, mode, size, step / batch_size / size**2, run_seconds)
+    _add_validation(choices, fingerprint, inputs, geometry, step / batch_size / size**2, run_seconds)
     loss = "bce_dice" if inputs.n_classes == 2 else "ce_dice"
     choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "
                                    "foreground: Dice keeps the foreground from being ignored)")
@@ -313,27 +365,32 @@ def _data_seconds(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInput
     return seconds / config.data.workers if config.data.workers else seconds
 
 
-def _add_geometry(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -> tuple[str, int]:
-    """Patches or whole resized images, and their size: the user's where set, else from the fingerprint."""
+def _geometry(fingerprint: Fingerprint, inputs: PlanInputs) -> Geometry:
+    """Scale and patch from the fingerprint, under the user's resize, scale or patch size."""
     data = inputs.base.data
-    if "data.patch_size" in inputs.fixed and data.patch_size:
-        return "patch", data.patch_size
     if "data.resize" in inputs.fixed and data.resize:
-        return "resize", data.resize
-    mode, size, reason = input_geometry(fingerprint)
-    if mode == "patch":
-        choices.add("data.patch_size", size, reason)
-        choices.add("data.resize", None, "patches, not resizing")
-    else:
-        choices.add("data.resize", size, reason)
-        choices.add("data.patch_size", None, "whole images, not patches")
-    return mode, size
+        return Geometry(1.0, data.resize, True, "the config's resize")
+    geometry = input_geometry(fingerprint)
+    if "data.scale" in inputs.fixed:
+        geometry = replace(geometry, scale=data.scale or 1.0)
+    if "data.patch_size" in inputs.fixed and data.patch_size:
+        geometry = replace(geometry, patch=data.patch_size, whole=False)
+    return geometry
+
+
+def _add_geometry(choices: _Choices, geometry: Geometry, inputs: PlanInputs) -> None:
+    if "data.resize" in inputs.fixed and inputs.base.data.resize:
+        return  # the user's whole-image resize stands in for scale and patch
+    choices.add("data.scale", None if geometry.scale == 1.0 else geometry.scale, geometry.reason)
+    choices.add("data.patch_size", geometry.patch, "whole images (padded to the patch)" if geometry.whole
+                else "random crops in training, overlapping tiles at inference")
+    choices.add("data.resize", None, "resampled by a scale that keeps the aspect ratio, not resized to a square")
 
 
 def _add_batch(choices: _Choices, inputs: PlanInputs, size: int) -> int:
     if "train.batch_size" in inputs.fixed:
         return inputs.base.train.batch_size
-    batch_size = 8 if size <= 128 else 4
+    batch_size = 8 if size == 128 else 4 if size <= 256 else max(2, PIXELS_PER_STEP // size**2)
     if size < 128:
         batch_size = min(MAX_BATCH, PIXELS_PER_STEP // size**2)
     choices.add("train.batch_size", batch_size, f"{batch_size} x {size}x{size} inputs per step")
@@ -426,13 +483,14 @@ def _add_optimisation(choices: _Choices, inputs: PlanInputs) -> None:
                                          "images is noisy and biased)")
 
 
-def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, mode: str, size: int,
+def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, geometry: Geometry,
                     seconds_per_pixel: float, run_seconds: float) -> None:
     """Validation paced to at most :data:`VAL_SHARE` of the time, on a subset when one pass would cost more than
     a fortieth of the run's ``run_seconds``."""
     choices.add("train.val_time_share", VAL_SHARE, f"validation costs at most {100 * VAL_SHARE:.0f}% of the time")
     # A forward pass costs ~1/3 of a training step per pixel; tiles overlapping by half see each pixel ~4 times.
-    pixels = size**2 if mode == "resize" else 4 * fingerprint.height[1] * fingerprint.width[1]
+    scaled = fingerprint.height[1] * fingerprint.width[1] * geometry.scale**2
+    pixels = geometry.patch**2 if geometry.whole else 4 * scaled
     per_image = pixels * seconds_per_pixel / 3
     limit = run_seconds / 40
     if inputs.n_val * per_image > limit:
@@ -443,7 +501,7 @@ def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInp
                                                  "filling are each kept only if they raise validation Dice")
 
 
-def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, mode: str) -> None:
+def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, whole: bool) -> None:
     """Flips and 90-degree rotations unless they would teach something false: an up/down orientation of the
     images, or classes that sit in a fixed order along an axis (a mirror image would swap them)."""
     upright = (abs(fingerprint.updown_contrast) >= UPRIGHT_CONTRAST
@@ -465,9 +523,9 @@ def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, mode: str) ->
         choices.add("augment.rotate90", False, "no 90-degree rotations: the images have an orientation")
     else:
         choices.add("augment.rotate90", True, "rotation-invariant content")
-    elastic = 0.3 if mode == "patch" else 0.1
-    choices.add("augment.elastic_p", elastic, "elastic deformation (U-Net paper) for thin deformable structures"
-                if mode == "patch" else "light elastic deformation for whole-image inputs")
+    elastic = 0.1 if whole else 0.3
+    choices.add("augment.elastic_p", elastic, "light elastic deformation for whole-image inputs" if whole
+                else "elastic deformation (U-Net paper) for deformable structures in patches")
     vertical, horizontal = not (upright or rows), not columns
     choices.add("inference.tta", vertical or horizontal,
                 "flip test-time augmentation (the flips training used): 4x (or 2x) prediction time for a steadier "

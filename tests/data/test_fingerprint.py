@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medseg.data.datasets import Sample
-from medseg.data.fingerprint import Fingerprint, compute_fingerprint, structure_widths
+from medseg.data.fingerprint import Fingerprint, compute_fingerprint, object_widths, structure_widths
 
 
 def _sample(image: np.ndarray, mask: np.ndarray, region: np.ndarray | None = None) -> Sample:
@@ -41,6 +41,17 @@ def test_structure_width_of_lines_and_discs():
     vessels[:, 10:13] = vessels[:, 30:33] = 1
     fingerprint = compute_fingerprint([_sample(np.zeros((60, 60)), vessels)], 2)
     assert fingerprint.foreground_width == 3 and fingerprint.background_width > 2 * fingerprint.foreground_width
+
+
+def test_widths_are_measured_per_class_and_per_object():
+    ys, xs = np.mgrid[:80, :80]
+    mask = np.zeros((80, 80), np.int64)
+    mask[(ys - 40) ** 2 + (xs - 40) ** 2 <= 24**2] = 2  # a rim, 4 px thick ...
+    mask[(ys - 40) ** 2 + (xs - 40) ** 2 <= 20**2] = 1  # ... around a disc 41 px wide
+    fingerprint = compute_fingerprint([_sample(np.zeros((80, 80)), mask)], 3)
+    assert abs(fingerprint.class_widths[0] - 41) <= 2 and 3 <= fingerprint.class_widths[1] <= 5
+    assert fingerprint.foreground_width > 40  # the union alone would hide the rim
+    assert abs(object_widths(mask == 1)[0] - 41) <= 2 and fingerprint.object_width > 30
 
 
 def test_region_restricts_statistics_and_orientation_is_measured():

@@ -66,3 +66,10 @@ def test_volume_slices_are_oversampled_towards_foreground(tmp_path):
     assert all(with_foreground[k]["mask"].any() for k in range(len(keys)))
     plain = PatchDataset(store, DataConfig(patch_size=32, foreground_p=0.0), quiet, keys)
     assert not all(plain[k]["mask"].any() for k in range(len(keys)))  # slices 0 and 5 of each volume are empty
+
+
+def test_2d_images_are_resampled_by_the_scale(tmp_path):
+    items = load_items(fixtures.make_folder(tmp_path, n=2, split=False))
+    store = SampleStore(items, None, 2, cache_gb=1, scale=0.5)
+    assert store.shapes == [(10, 12)] * 2 and store[0].image.shape == (10, 12, 1)
+    assert set(np.unique(store[0].mask)) <= {0, 1}  # labels stay labels (nearest neighbour)

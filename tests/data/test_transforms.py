@@ -7,7 +7,7 @@ import pytest
 
 from medseg.data.datasets import Sample
 from medseg.data.transforms import (AugmentConfig, GridElasticDeformation, augment, build_augmentation, normalize,
-                                    random_patch)
+                                    random_patch, rescale_sample)
 
 
 def _mask_shaped_sample(rng, size=64):
@@ -98,3 +98,12 @@ def test_transforms_of_equal_probability_fire_independently():
         out = augment(pipeline, Sample("a", image, np.zeros((3, 4), np.int64)), seed).image[..., 0]
         seen |= {name for name, expected in outcomes.items() if np.array_equal(out, expected)}
     assert seen == set(outcomes)
+
+
+def test_rescaling_keeps_labels_and_leaves_volume_slices_to_their_spacing():
+    mask = np.zeros((40, 60), np.int64)
+    mask[10:30, 20:40] = 2
+    sample = Sample("a", np.random.default_rng(0).random((40, 60, 1)).astype(np.float32), mask, None)
+    scaled = rescale_sample(sample, 0.5)
+    assert scaled.image.shape == (20, 30, 1) and scaled.mask.shape == (20, 30) and set(np.unique(scaled.mask)) == {0, 2}
+    assert rescale_sample(Sample("s", sample.image, mask, None, spacing=(1.0, 1.0)), 0.5).mask.shape == (40, 60)

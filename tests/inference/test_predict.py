@@ -165,3 +165,21 @@ def test_ensemble_averages_member_probabilities_and_composes_with_tta():
         np.testing.assert_allclose(ensemble, np.mean(single, axis=0), atol=1e-6)
     with_tta = Predictor([TorchBackend(members[0])], replace(spec, tta=True)).probabilities(image)
     assert np.abs(with_tta - Predictor([TorchBackend(members[0])], spec).probabilities(image)).max() > 1e-4
+
+
+
+def test_a_scaled_run_predicts_at_its_scale_and_answers_at_the_image_size():
+    from dataclasses import replace
+
+    from medseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet", 1, 1, widths=(4, 8)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape[-2:])))
+    spec = contract_for(model, patch_size=None).inference
+    image = np.random.default_rng(0).random((80, 120, 1)).astype(np.float32)
+    native = Predictor([TorchBackend(model)], spec).probabilities(image)
+    scaled = Predictor([TorchBackend(model)], replace(spec, scale=0.5)).probabilities(image)
+    assert seen == [(80, 120), (40, 60)]  # the network saw the image resampled by the run's scale
+    assert native.shape == scaled.shape == (80, 120)  # and the answer comes back at the image's size

@@ -51,6 +51,10 @@ class Fingerprint:
     # rows, columns: mean sign of the offset from each foreground class's centroid to the next's, over images
     # holding both: +-1 when classes sit in a fixed order along that axis
     class_layout: tuple[float, float] = (0.0, 0.0)
+    # median width (px) of each foreground class's own structures, class 1 first (0 where a class never shows): a
+    # thin ring around a large blob is thin, however wide the union of the classes is
+    class_widths: tuple[float, ...] = ()
+    object_width: float = 0.0  # 90th percentile over the foreground classes' objects of their widths (px)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,11 +97,22 @@ def volume_facts(items: Sequence[Item]) -> VolumeFacts | None:
 def structure_widths(mask: np.ndarray) -> np.ndarray:
     """Local widths (px) of the foreground of a boolean mask: twice the distance to the background on ridge
     pixels (local maxima of the distance transform), so a line of width w gives ~w and a disk its diameter."""
+    return _widths(mask)[0]
+
+
+def object_widths(mask: np.ndarray) -> np.ndarray:
+    """The width (px) of each connected object of a boolean mask: the diameter of the largest disk inside it."""
+    return _widths(mask)[1]
+
+
+def _widths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not mask.any():
-        return np.zeros(0, np.float32)
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
     distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     ridge = mask & (distance >= ndimage.maximum_filter(distance, size=3))
-    return (2 * distance[ridge] - 1).astype(np.float32)
+    labels, count = ndimage.label(mask)
+    largest = np.asarray(ndimage.maximum(distance, labels, np.arange(1, count + 1)), np.float32)
+    return (2 * distance[ridge] - 1).astype(np.float32), 2 * largest - 1
 
 
 def _profile_contrast(image: np.ndarray, region: np.ndarray | None, axis: int) -> float:
@@ -140,6 +155,8 @@ class _Accumulator:
         self.areas: list[float] = []
         self.area_shares: list[float] = []
         self.foreground_widths: list[np.ndarray] = []
+        self.class_widths: list[list[np.ndarray]] = [[] for _ in range(1, n_classes)]
+        self.object_widths: list[np.ndarray] = []
         self.background_widths: list[np.ndarray] = []
         self.regions: list[float] = []
         self.updown: list[float] = []
@@ -169,7 +186,11 @@ class _Accumulator:
             sizes = np.bincount(labels.ravel())[1:]
             self.areas += sizes.tolist()
             self.area_shares += (sizes / mask.size).tolist()
-        self.foreground_widths.append(structure_widths(foreground))
+        per_class = [_widths(mask == cls) for cls in range(1, self.n_classes)]
+        for widths, (ridges, objects) in zip(self.class_widths, per_class):
+            widths.append(ridges)
+            self.object_widths.append(objects)
+        self.foreground_widths.append(per_class[0][0] if self.n_classes == 2 else structure_widths(foreground))
         background = ~foreground if region is None else ~foreground & region
         self.background_widths.append(structure_widths(background))
         self.layout += _class_offsets(mask, self.n_classes)
@@ -185,9 +206,9 @@ class _Accumulator:
         std = np.sqrt(np.maximum(self.pixel_sq / self.pixel_n - mean**2, 0))
         pooled = np.concatenate(self.percentile_samples)
 
-        def median_width(parts: list[np.ndarray]) -> float:
-            widths = np.concatenate(parts)
-            return round(float(np.median(widths)), 2) if widths.size else 0.0
+        def median_width(parts: list[np.ndarray], percentile: float = 50) -> float:
+            widths = np.concatenate(parts) if parts else np.zeros(0)
+            return round(float(np.percentile(widths, percentile)), 2) if widths.size else 0.0
 
         def spread(values: list[int]) -> tuple[int, int, int]:
             return int(min(values)), int(np.median(values)), int(max(values))
@@ -213,6 +234,8 @@ class _Accumulator:
             updown_contrast=round(float(np.mean(self.updown)), 3),
             leftright_contrast=round(float(np.mean(self.leftright)), 3),
             class_layout=rounded(np.mean(self.layout, axis=0), 3) if self.layout else (0.0, 0.0),
+            class_widths=tuple(median_width(parts) for parts in self.class_widths),
+            object_width=median_width(self.object_widths, 90),
         )
 
 

@@ -14,7 +14,7 @@ from medseg.config import AugmentConfig, DataConfig
 from medseg.data.datasets import Item, Sample, load_sample
 from medseg.data.readers import Reader
 from medseg.data.transforms import (augment, build_augmentation, image_statistics, normalize, random_patch,
-                                    resample_sample, resize_sample)
+                                    resample_sample, rescale_sample, resize_sample)
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 
@@ -51,7 +51,8 @@ class _Compact:
 
 
 class SampleStore:
-    """The decoded samples of a list of labelled items (volumes' slices resampled to ``spacing`` if given).
+    """The decoded samples of a list of labelled items (volumes' slices resampled to ``spacing``, 2D images by
+    ``scale``, where given).
 
     Every item is decoded once up front (so a broken file stops the run before training starts). Samples stay in
     memory, compactly, until ``cache_gb`` is used; the rest are decoded again on demand through the store's own
@@ -60,8 +61,9 @@ class SampleStore:
     """
 
     def __init__(self, items: list[Item], channels: int | None, n_classes: int, cache_gb: float,
-                 spacing: tuple[float, float] | None = None) -> None:
+                 spacing: tuple[float, float] | None = None, scale: float | None = None) -> None:
         self.items, self.channels, self.n_classes, self.spacing = items, channels, n_classes, spacing
+        self.scale = scale
         self.reader = Reader()
         self._cache: dict[int, _Compact] = {}
         self.shapes: list[tuple[int, int]] = []  # H x W of every sample
@@ -84,12 +86,14 @@ class SampleStore:
                               cache_gb, len(self._cache), len(items))
 
     def load(self, index: int) -> Sample:
-        """Decode item ``index`` from disk (a volume's slice resampled to ``spacing``)."""
+        """Decode item ``index`` from disk (a volume's slice resampled to ``spacing``, a 2D image by ``scale``)."""
         item = self.items[index]
         sample = load_sample(item, self.channels, self.n_classes, self.reader)
         if sample.mask is None:
             raise MedsegError(item.image, "no mask for this image (needed for training and validation)")
-        return resample_sample(sample, self.spacing) if self.spacing is not None else sample
+        if self.spacing is not None:
+            sample = resample_sample(sample, self.spacing)
+        return rescale_sample(sample, self.scale) if self.scale is not None else sample
 
     @property
     def cached(self) -> int:
@@ -115,7 +119,7 @@ def batch_seconds(items: list[Item], data: DataConfig, augmentation: AugmentConf
     normalisation), timed on a second batch once the first has decoded and cached the samples."""
     import time
 
-    store = SampleStore(items, channels, n_classes, data.cache_gb, data.spacing)
+    store = SampleStore(items, channels, n_classes, data.cache_gb, data.spacing, data.scale)
     dataset = PatchDataset(store, data, augmentation, epoch_keys(len(store), 2, batch_size, 0, 0))
     for position in range(batch_size):
         dataset[position]

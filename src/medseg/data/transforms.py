@@ -166,12 +166,32 @@ def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: int = 
     return np.stack(planes, axis=2).astype(image.dtype, copy=False)
 
 
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``H x W`` of an image of ``shape`` resampled by ``scale``."""
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
 def resample_sample(sample: Sample, target: Sequence[float]) -> Sample:
-    """A volume's slice resampled from its spacing to ``target`` (mm): the image with a smooth (cubic)
-    interpolator, the mask and region nearest-neighbour; samples without a spacing are returned as they are."""
+    """A volume's slice resampled from its spacing to ``target`` (mm); samples without a spacing are returned as
+    they are."""
     if sample.spacing is None:
         return sample
     size = resampled_shape(sample.image.shape[:2], sample.spacing, target)
+    if size == sample.image.shape[:2]:
+        return sample
+    return replace(_resized(sample, size), spacing=(float(target[0]), float(target[1])))
+
+
+def rescale_sample(sample: Sample, scale: float) -> Sample:
+    """A 2D image (and its mask and region) resampled by ``scale``; a volume's slice (it has a spacing, and
+    :func:`resample_sample` resamples it) is returned as it is."""
+    if sample.spacing is not None:
+        return sample
+    return _resized(sample, scaled_shape(sample.image.shape[:2], scale))
+
+
+def _resized(sample: Sample, size: tuple[int, int]) -> Sample:
+    """The image resampled to ``size`` with a smooth (cubic) interpolator, the mask and region nearest-neighbour."""
     if size == sample.image.shape[:2]:
         return sample
     image = resize_image(sample.image, size, cv2.INTER_CUBIC)
@@ -179,7 +199,7 @@ def resample_sample(sample: Sample, target: Sequence[float]) -> Sample:
                                                          cv2.INTER_NEAREST)[..., 0].astype(np.int64)
     region = None if sample.region is None else resize_image(sample.region[..., None].astype(np.uint8), size,
                                                              cv2.INTER_NEAREST)[..., 0] > 0
-    return replace(sample, image=image, mask=mask, region=region, spacing=(float(target[0]), float(target[1])))
+    return replace(sample, image=image, mask=mask, region=region)
 
 
 def image_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

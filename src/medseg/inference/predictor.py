@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from medseg.data.readers import as_unit_image
-from medseg.data.transforms import normalize, resampled_shape, resize_image
-from medseg.run.folder import RunFolder, resolve_weights
-from medseg.run.weights import build_model, load_checkpoint
+from medseg.data.transforms import normalize, resampled_shape, scaled_shape, resize_image
+from medseg.run.folder import member_weights
+from medseg.run.weights import load_model
 from medseg.run.contract import InferenceSpec, RunContract, contract_from_dict
 from medseg.inference.postprocess import postprocess, to_labels
 from medseg.inference.sliding_window import sliding_window_batch
@@ -157,13 +157,11 @@ class Predictor:
         weights file. ``overrides`` replace inference settings (``threshold``, ``tta``, ``overlap``, ...)."""
         if backend not in BACKENDS:
             raise MedsegError("--backend", f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
-        run = Path(run)
-        members = [m.path for m in RunFolder(run).folds(folds)] if run.is_dir() else []
-        contract = RunFolder(run).read_contract() if members else None
+        paths, contract = member_weights(run, folds)
         backends = []
-        for path in [resolve_weights(m) for m in members] or [resolve_weights(run)]:
-            loaded, member_contract = _load_backend(path, backend, device, prune_depth)
-            backends.append(loaded)
+        for path in paths:
+            member, member_contract = _load_backend(path, backend, device, prune_depth)
+            backends.append(member)
             contract = contract or member_contract
         spec = replace(contract.inference, **{k: v for k, v in overrides.items() if v is not None})
         if not 0 < spec.threshold < 1:
@@ -208,11 +206,14 @@ class Predictor:
         return [scores[0] if scores.shape[0] == 1 else scores for scores in total]
 
     def _network_size(self, height: int, width: int, spacing: Sequence[float] | None) -> tuple[int, int]:
-        """``H x W`` the network sees: the run's whole-image size, or the image resampled to the run's spacing."""
+        """``H x W`` the network sees: the run's whole-image size, the image resampled to the run's spacing (a
+        volume's slice) or by the run's scale (a 2D image)."""
         if self.spec.resize:
             return self.spec.resize, self.spec.resize
         if self.spec.spacing is not None and spacing is not None:
             return resampled_shape((height, width), spacing, self.spec.spacing)
+        if self.spec.scale is not None and spacing is None:
+            return scaled_shape((height, width), self.spec.scale)
         return height, width
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
@@ -235,21 +236,19 @@ class Predictor:
 
 def _load_backend(path: Path, backend: str, device: str,
                   prune_depth: int | None) -> tuple[Backend, RunContract]:
-    """A backend for a weights file (``.onnx`` files run in ONNX Runtime; for a ``.safetensors`` file and the
-    onnxruntime backend, the model is exported once and cached beside it)."""
+    """A backend for a weights file, and the contract the file holds (``.onnx`` files run in ONNX Runtime; for a
+    ``.safetensors`` file and the onnxruntime backend, the model is exported once and cached beside it)."""
     from medseg.inference.export import export_model
 
     if backend == "torch" and path.suffix != ".onnx":
-        checkpoint = load_checkpoint(path)
-        model = prepare_for_inference(build_model(checkpoint, path, prune_depth).to(device))
-        return TorchBackend(model, device), checkpoint.contract
+        model, contract = load_model(path, device, prune_depth)
+        return TorchBackend(prepare_for_inference(model), device), contract
     if prune_depth is not None:
         raise MedsegError("--prune-depth", "pruning applies to the torch backend only")
     if path.suffix != ".onnx":
-        checkpoint = load_checkpoint(path)
         onnx_path = path.with_suffix(".onnx")
         if not onnx_path.is_file() or onnx_path.stat().st_mtime < path.stat().st_mtime:
             export_model(path, "onnx", onnx_path)
-        return OnnxBackend(onnx_path), checkpoint.contract
+        path = onnx_path
     onnx = OnnxBackend(path)
     return onnx, contract_from_dict(onnx.contract, path)

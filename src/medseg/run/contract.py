@@ -76,6 +76,7 @@ class InferenceSpec:
     tta_hflip: bool = True
     slice_axis: int | None = None  # volumes: the voxel axis slices are taken along (None: each one's coarsest)
     spacing: tuple[float, float] | None = None  # volumes: the in-plane spacing (mm) slices are resampled to
+    scale: float | None = None  # 2D images: the factor they are resampled by before the network
 
 
 @dataclass(frozen=True)
@@ -175,5 +176,5 @@ def training_contract(config: Config, model: ModelSpec, channels: int, data: Dat
         tta_hflip=c.inference.tta_hflip,
         overlap=c.inference.overlap, postprocess=PostprocessSpec(),
         class_names=tuple(c.data.class_names or default_class_names(c.data.n_classes)), slice_axis=c.data.slice_axis,
-        spacing=c.data.spacing)
+        spacing=c.data.spacing, scale=c.data.scale)
     return new_contract(model, inference, data, plan, "best_model")

@@ -255,3 +255,14 @@ def test_resuming_on_data_whose_split_changed_is_refused(tiny_config, tmp_path, 
     (data / "split.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(MedsegError, match="split differs from the one this run started with"):
         train(None, tmp_path / "run", resume=True)
+
+
+def test_a_scaled_run_trains_on_scaled_images_and_validates_at_their_own_size(tiny_config):
+    """The predictor resamples a validation image by the run's scale: a validation store scaled already would be
+    scaled twice, and validation Dice (and the threshold and post-processing chosen on it) would be wrong."""
+    from medseg.data.datasets import dataset_items
+
+    tiny_config.data.scale = 0.5
+    config, items, _ = dataset_items(tiny_config)
+    data = components_module.prepare_data(config, items)
+    assert set(data.train.shapes) == {(24, 24)} and set(data.val.shapes) == {(48, 48)}

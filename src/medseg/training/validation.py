@@ -12,6 +12,7 @@ import torch
 
 from medseg.data.datasets import Sample
 from medseg.data.store import SampleStore
+from medseg.data.transforms import scaled_shape
 from medseg.inference.postprocess import ValidationCase, to_labels
 from medseg.inference.predictor import Predictor, TorchBackend
 from medseg.inference.scoring import score_store
@@ -97,6 +98,8 @@ class Validator:
         spec = self.spec
         if spec.resize:
             return spec.resize**2
+        if spec.scale is not None:
+            height, width = scaled_shape((height, width), spec.scale)
         if spec.patch_size:
             tile_h, tile_w = min(spec.patch_size, height), min(spec.patch_size, width)
             return (len(tile_starts(height, tile_h, spec.overlap)) * tile_h

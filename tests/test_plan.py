@@ -83,8 +83,12 @@ def test_large_blobs_in_small_images_are_whole_at_native_resolution():
 
 def test_large_blobs_in_large_images_are_scaled_down_whole():
     geometry = input_geometry(_fingerprint(_disk(1024, 200).astype(np.int64)))
-    assert (geometry.scale, geometry.patch, geometry.whole) == (0.25, 256, True)
-    assert "whole images in one 256-px patch" in geometry.reason
+    assert (geometry.scale, geometry.patch, geometry.whole, geometry.resize) == (0.25, 256, True, True)
+    assert "each (nearly square) image resized whole to 256x256" in geometry.reason
+    wide = np.zeros((512, 1024), np.int64)  # too far from square to be squashed: one scale, whole, aspect kept
+    wide[_disk(1024, 150)[256:768]] = 1
+    geometry = input_geometry(_fingerprint(wide))
+    assert (geometry.scale, geometry.patch, geometry.whole, geometry.resize) == (0.25, 256, True, False)
 
 
 def test_a_thin_ring_around_a_large_blob_keeps_native_resolution_and_context():
@@ -105,13 +109,13 @@ def test_plan_choices_reasons_and_user_keys(inputs):
     top_bright = np.vstack([np.ones((256, 512)), np.zeros((256, 512))])
     plan = make_plan(_fingerprint(_blob(), top_bright), inputs)
     keys = [choice.key for choice in plan.choices]
-    assert keys[:3] == ["data.scale", "data.patch_size", "data.resize"] and plan.value("data.resize") is None
-    assert plan.value("data.scale") == 0.5 and plan.value("data.patch_size") == 256
+    assert keys[:3] == ["data.resize", "data.scale", "data.patch_size"] and plan.value("data.resize") == 256
+    assert plan.value("data.scale") is None and plan.value("data.patch_size") is None
     assert plan.value("augment.vflip") is False and plan.value("inference.tta_vflip") is False
     assert all(choice.reason for choice in plan.choices) and plan.probes
     assert plan.value("train.budget_minutes") < 0.2  # planning time counts against the budget
     config = load_config(None, ["data.root=d"], base=plan.mapping())
-    assert config.data.scale == 0.5 and config.model.widths == plan.value("model.widths")
+    assert config.data.resize == 256 and config.model.widths == plan.value("model.widths")
     fixed = make_plan(_fingerprint(_blob()), replace(inputs, fixed=frozenset({"model.widths", "data.resize"}),
                                                      base=Config(data={"resize": 128}, model={"widths": [4, 8]})))
     assert not {"model.widths", "data.resize", "data.scale"} & {c.key for c in fixed.choices}
@@ -150,7 +154,7 @@ def test_medseg_plan_writes_plan_and_fingerprint(tmp_path, capsys):
     data = make_synthetic_dataset(tmp_path / "data", n_images=8, size=64)
     assert main(["plan", str(data), "--budget", "20s", "--out", str(tmp_path / "p" / "plan.yaml")]) == 0
     printed = capsys.readouterr().out
-    assert "data.patch_size" in printed and "wrote" in printed
+    assert "data.patch_size" in printed and "wrote" in printed  # small images: whole, padded, never resized
     assert json.loads((tmp_path / "p" / "fingerprint.json").read_text())["n_images"] == 7  # train + val, not test
 
 

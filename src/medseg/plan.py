@@ -124,6 +124,7 @@ PATCH_PX = 256  # the patch a step is sized for (4 per batch), when the objects 
 MAX_PATCH = 512
 CONTEXT = 2.0  # a patch spans at least this many widths of the large objects (their 90th-percentile width)
 WHOLE_SHARE = 0.75  # a patch this close to the scaled image's size covers all of it
+SQUARE_ASPECT = 1.5  # shrunk whole images up to this aspect ratio are each resized to the (square) patch
 MIN_STEPS = 1000  # the widest network that still gets this many steps in the budget is chosen
 PROBE_SHARE = 0.05  # probes may use at most this share of the budget
 MIN_TRAIN_SHARE = 0.1  # training keeps at least this share of the budget, however long planning took
@@ -178,12 +179,14 @@ class _Choices:
 @dataclass(frozen=True)
 class Geometry:
     """What the network sees: 2D images resampled by ``scale``, then ``patch`` x ``patch`` crops (tiles at
-    inference); ``whole`` when the patch covers the (median) scaled image."""
+    inference); ``whole`` when the patch covers the (median) scaled image, and ``resize`` when each image is then
+    resized to the patch itself (its own scale, so that none is cropped)."""
 
     scale: float
     patch: int
     whole: bool
     reason: str
+    resize: bool = False
 
 
 def input_geometry(fingerprint: Fingerprint) -> Geometry:
@@ -191,24 +194,28 @@ def input_geometry(fingerprint: Fingerprint) -> Geometry:
     the images as far as the thinnest structure (per class, and the background between them) keeps
     :data:`MIN_STRUCTURE_PX` and the median image's longer side keeps :data:`RESOLUTION_PX`; the patch then spans
     :data:`CONTEXT` widths of the large objects, at least :data:`PATCH_PX`, and covers the whole scaled image when
-    it nearly does. Volumes' slices keep their native grid here (their spacing is planned apart)."""
+    it nearly does. Shrunk images that a patch covers and that are nearly square (:data:`SQUARE_ASPECT`) are each
+    resized to the patch: none is cropped (on BUSI this beat one scale for all, 0.735 vs 0.694 pooled Dice over
+    two seeds). Volumes' slices keep their native grid here (their spacing is planned apart)."""
     thinnest, which = _thinnest(fingerprint)
     height, width = fingerprint.height[1], fingerprint.width[1]
-    scale = 1.0 if fingerprint.volumes is not None else max(MIN_STRUCTURE_PX / thinnest, RESOLUTION_PX / max(height, width))
-    scale = 1.0 if scale >= NATIVE_SCALE else round(scale, 3)
+    scale = max(MIN_STRUCTURE_PX / thinnest, RESOLUTION_PX / max(height, width))
+    scale = 1.0 if scale >= NATIVE_SCALE or fingerprint.volumes is not None else round(scale, 3)
     objects = fingerprint.object_width or fingerprint.foreground_width
     need = CONTEXT * objects * scale
     whole = _round_up(max(height, width) * scale, STRIDE)
     patch = min(MAX_PATCH, max(PATCH_PX, _round_up(need, 32)))
-    covers = patch >= WHOLE_SHARE * whole
-    patch = whole if covers and whole <= MAX_PATCH else patch
+    covers = patch >= WHOLE_SHARE * whole and whole <= MAX_PATCH
+    patch = whole if covers else patch
+    resize = covers and scale < 1.0 and max(height, width) / min(height, width) <= SQUARE_ASPECT
     at = (f"native resolution ({which} {thinnest:g} px wide)" if scale == 1.0 else
           f"scale {scale:g} ({width}x{height} -> {round(width * scale)}x{round(height * scale)}; {which} "
           f"{thinnest:g} px wide keeps {thinnest * scale:.0f} px)")
     context = f"objects up to ~{objects:.0f} px wide ({objects * scale:.0f} px scaled) need ~{need:.0f} px of context"
-    inputs = (f"whole images in one {patch}-px patch" if covers and patch == whole
-              else f"{patch}-px patches of the {round(width * scale)}x{round(height * scale)} image")
-    return Geometry(scale, patch, covers and patch == whole, f"{at}; {context}: {inputs}")
+    inputs = (f"each (nearly square) image resized whole to {patch}x{patch}" if resize else
+              f"whole images in one {patch}-px patch" if covers else
+              f"{patch}-px patches of the {round(width * scale)}x{round(height * scale)} image")
+    return Geometry(scale, patch, covers, f"{at}; {context}: {inputs}", resize)
 
 
 def _thinnest(fingerprint: Fingerprint) -> tuple[float, str]:
@@ -313,7 +320,7 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
     plan = _plan(geometry, fingerprint, inputs, spent_seconds, started)
     steps = _steps_in_budget(plan, inputs)
     if steps < MIN_STEPS and geometry.patch > PATCH_PX and not inputs.fixed & {"data.patch_size", *NETWORK_KEYS}:
-        smaller = replace(geometry, patch=PATCH_PX, whole=False, reason=(
+        smaller = replace(geometry, patch=PATCH_PX, whole=geometry.resize, reason=(
             f"{geometry.reason}, but the budget allows only ~{steps} steps of those: {PATCH_PX}-px patches"))
         retry = _plan(smaller, fingerprint, inputs, spent_seconds, started)
         plan = replace(retry, probes=plan.probes + retry.probes)
@@ -369,18 +376,23 @@ def _geometry(fingerprint: Fingerprint, inputs: PlanInputs) -> Geometry:
     """Scale and patch from the fingerprint, under the user's resize, scale or patch size."""
     data = inputs.base.data
     if "data.resize" in inputs.fixed and data.resize:
-        return Geometry(1.0, data.resize, True, "the config's resize")
+        return Geometry(1.0, data.resize, True, "the config's resize", resize=True)
     geometry = input_geometry(fingerprint)
     if "data.scale" in inputs.fixed:
-        geometry = replace(geometry, scale=data.scale or 1.0)
+        geometry = replace(geometry, scale=data.scale or 1.0, resize=False)
     if "data.patch_size" in inputs.fixed and data.patch_size:
-        geometry = replace(geometry, patch=data.patch_size, whole=False)
+        geometry = replace(geometry, patch=data.patch_size, whole=False, resize=False)
     return geometry
 
 
 def _add_geometry(choices: _Choices, geometry: Geometry, inputs: PlanInputs) -> None:
     if "data.resize" in inputs.fixed and inputs.base.data.resize:
         return  # the user's whole-image resize stands in for scale and patch
+    if geometry.resize:
+        choices.add("data.resize", geometry.patch, geometry.reason)
+        choices.add("data.scale", None, "each image resized whole, to its own scale")
+        choices.add("data.patch_size", None, "whole images, not patches")
+        return
     choices.add("data.scale", None if geometry.scale == 1.0 else geometry.scale, geometry.reason)
     choices.add("data.patch_size", geometry.patch, "whole images (padded to the patch)" if geometry.whole
                 else "random crops in training, overlapping tiles at inference")

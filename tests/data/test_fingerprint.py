@@ -51,7 +51,13 @@ def test_widths_are_measured_per_class_and_per_object():
     fingerprint = compute_fingerprint([_sample(np.zeros((80, 80)), mask)], 3)
     assert abs(fingerprint.class_widths[0] - 41) <= 2 and 3 <= fingerprint.class_widths[1] <= 5
     assert fingerprint.foreground_width > 40  # the union alone would hide the rim
-    assert abs(object_widths(mask == 1)[0] - 41) <= 2 and fingerprint.object_width > 30
+    widths, areas = object_widths(mask == 1)
+    assert abs(widths[0] - 41) <= 2 and areas[0] == (mask == 1).sum() and abs(fingerprint.object_width - 41) <= 2
+    specks = mask.copy()
+    grid = np.zeros_like(mask, bool)
+    grid[::7, ::7] = True
+    specks[grid & (mask == 0)] = 3  # 1-px specks around them: many objects, little area
+    assert abs(compute_fingerprint([_sample(np.zeros((80, 80)), specks)], 4).object_width - 41) <= 2
 
 
 def test_region_restricts_statistics_and_orientation_is_measured():

@@ -54,7 +54,9 @@ class Fingerprint:
     # median width (px) of each foreground class's own structures, class 1 first (0 where a class never shows): a
     # thin ring around a large blob is thin, however wide the union of the classes is
     class_widths: tuple[float, ...] = ()
-    object_width: float = 0.0  # 90th percentile over the foreground classes' objects of their widths (px)
+    # the width (px) below which objects hold 90% of the foreground area (per class): how wide the large objects
+    # are, with specks counting by their few pixels
+    object_width: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,19 +102,29 @@ def structure_widths(mask: np.ndarray) -> np.ndarray:
     return _widths(mask)[0]
 
 
-def object_widths(mask: np.ndarray) -> np.ndarray:
-    """The width (px) of each connected object of a boolean mask: the diameter of the largest disk inside it."""
-    return _widths(mask)[1]
+def object_widths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The width (px) of each connected object of a boolean mask, the diameter of the largest disk inside it, and
+    its area (px)."""
+    return _widths(mask)[1:]
 
 
-def _widths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _widths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not mask.any():
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
     distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     ridge = mask & (distance >= ndimage.maximum_filter(distance, size=3))
     labels, count = ndimage.label(mask)
     largest = np.asarray(ndimage.maximum(distance, labels, np.arange(1, count + 1)), np.float32)
-    return (2 * distance[ridge] - 1).astype(np.float32), 2 * largest - 1
+    return (2 * distance[ridge] - 1).astype(np.float32), 2 * largest - 1, np.bincount(labels.ravel())[1:]
+
+
+def area_percentile(widths: np.ndarray, areas: np.ndarray, share: float) -> float:
+    """The width below which objects hold ``share`` of the total area."""
+    if not widths.size:
+        return 0.0
+    order = np.argsort(widths)
+    cumulative = np.cumsum(areas[order]) / areas.sum()
+    return float(widths[order][min(np.searchsorted(cumulative, share), widths.size - 1)])
 
 
 def _profile_contrast(image: np.ndarray, region: np.ndarray | None, axis: int) -> float:
@@ -157,6 +169,7 @@ class _Accumulator:
         self.foreground_widths: list[np.ndarray] = []
         self.class_widths: list[list[np.ndarray]] = [[] for _ in range(1, n_classes)]
         self.object_widths: list[np.ndarray] = []
+        self.object_areas: list[np.ndarray] = []
         self.background_widths: list[np.ndarray] = []
         self.regions: list[float] = []
         self.updown: list[float] = []
@@ -187,9 +200,10 @@ class _Accumulator:
             self.areas += sizes.tolist()
             self.area_shares += (sizes / mask.size).tolist()
         per_class = [_widths(mask == cls) for cls in range(1, self.n_classes)]
-        for widths, (ridges, objects) in zip(self.class_widths, per_class):
+        for widths, (ridges, objects, areas) in zip(self.class_widths, per_class):
             widths.append(ridges)
             self.object_widths.append(objects)
+            self.object_areas.append(areas)
         self.foreground_widths.append(per_class[0][0] if self.n_classes == 2 else structure_widths(foreground))
         background = ~foreground if region is None else ~foreground & region
         self.background_widths.append(structure_widths(background))
@@ -206,9 +220,9 @@ class _Accumulator:
         std = np.sqrt(np.maximum(self.pixel_sq / self.pixel_n - mean**2, 0))
         pooled = np.concatenate(self.percentile_samples)
 
-        def median_width(parts: list[np.ndarray], percentile: float = 50) -> float:
+        def median_width(parts: list[np.ndarray]) -> float:
             widths = np.concatenate(parts) if parts else np.zeros(0)
-            return round(float(np.percentile(widths, percentile)), 2) if widths.size else 0.0
+            return round(float(np.median(widths)), 2) if widths.size else 0.0
 
         def spread(values: list[int]) -> tuple[int, int, int]:
             return int(min(values)), int(np.median(values)), int(max(values))
@@ -235,7 +249,8 @@ class _Accumulator:
             leftright_contrast=round(float(np.mean(self.leftright)), 3),
             class_layout=rounded(np.mean(self.layout, axis=0), 3) if self.layout else (0.0, 0.0),
             class_widths=tuple(median_width(parts) for parts in self.class_widths),
-            object_width=median_width(self.object_widths, 90),
+            object_width=round(area_percentile(np.concatenate(self.object_widths or [np.zeros(0)]),
+                                               np.concatenate(self.object_areas or [np.zeros(0)]), 0.9), 2),
         )
 
 

@@ -125,8 +125,26 @@ def test_plan_choices_reasons_and_user_keys(inputs):
 def test_a_wide_patch_gives_way_when_the_budget_cannot_pay_for_it(inputs):
     three = replace(inputs, classes=("background", "disc", "rim"))
     plan = make_plan(_fingerprint(_ring_around_blob(), n_classes=3), three)  # 12 s: far fewer than 1000 steps
-    assert [probe.size for probe in plan.probes] == [512, 256] and plan.value("data.patch_size") == 256
+    assert list(dict.fromkeys(probe.size for probe in plan.probes)) == [512, 256]
+    assert plan.value("data.patch_size") == 256
     assert "the budget allows only" in next(c.reason for c in plan.choices if c.key == "data.scale")
+
+
+def test_bfloat16_is_planned_where_the_probe_measures_it_faster(inputs, monkeypatch):
+    from medseg import plan as plan_module
+
+    for bf16_seconds, planned in ((0.05, True), (0.2, False)):
+        timed = []
+
+        def probe(model, options, size, batch_size, *args, bf16=False, **kwargs):
+            timed.append(bf16)
+            return bf16_seconds if bf16 else 0.1
+
+        monkeypatch.setattr(plan_module, "probe_step", probe)
+        plan = make_plan(_fingerprint(_vessels()), inputs)
+        assert plan.value("train.cpu_bf16") is planned and timed[:2] == [False, True]
+        assert set(timed[2:]) == {planned}  # the network is chosen at the precision that will train
+        assert plan.seconds_per_step == (0.05 if planned else 0.1)
 
 
 def test_planning_longer_than_the_budget_still_leaves_training_time(inputs):

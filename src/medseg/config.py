@@ -103,7 +103,8 @@ class TrainConfig(Section):
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA
+    amp: bool = True  # mixed precision on CUDA (float16)
+    cpu_bf16: bool = False  # CPU: the forward pass in bfloat16 autocast (planned where a probe measured it faster)
     sync_batchnorm: bool = False  # DDP on CUDA: synchronise BatchNorm statistics across ranks
     val_time_share: float | None = Field(0.1, gt=0, le=1)  # validation may cost at most this share of the time
     val_images: int | None = Field(None, ge=1)  # validate on a fixed subset of this many images

@@ -121,9 +121,9 @@ class DeepSupervisionLoss(nn.Module):
         region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs, mask, region)
+            return self.loss(outputs.float(), mask, region)
         weights = self._weights(len(outputs))
-        return sum(w * self.loss(out, mask, region) for w, out in zip(weights, outputs))
+        return sum(w * self.loss(out.float(), mask, region) for w, out in zip(weights, outputs))
 
 
 LOSS_NAMES = ("bce", "dice", "bce_dice", "ce", "ce_dice")

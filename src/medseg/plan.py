@@ -127,6 +127,7 @@ WHOLE_SHARE = 0.75  # a patch this close to the scaled image's size covers all o
 SQUARE_ASPECT = 1.5  # shrunk whole images up to this aspect ratio are each resized to the (square) patch
 MIN_STEPS = 1000  # the widest network that still gets this many steps in the budget is chosen
 PROBE_SHARE = 0.05  # probes may use at most this share of the budget
+BF16_GAIN = 1.2  # bfloat16 autocast is planned where it makes a CPU training step at least this much faster
 MIN_TRAIN_SHARE = 0.1  # training keeps at least this share of the budget, however long planning took
 VAL_SHARE = 0.1  # validation may use at most this share of the training time
 WIDTHS = ((8, 16, 32, 64, 128), (16, 32, 64, 128, 256), (32, 64, 128, 256, 512))
@@ -242,9 +243,9 @@ PROBE_WARMUP, PROBE_STEPS = 2, 6  # the first steps of a new shape are slow on C
 
 
 def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
-               device: str, steps: int = PROBE_STEPS) -> float:
+               device: str, steps: int = PROBE_STEPS, bf16: bool = False) -> float:
     """Median seconds of a training step of zoo ``model`` with ``options`` (forward, loss, backward, Adam) on random
-    data, after :data:`PROBE_WARMUP` untimed steps."""
+    data, after :data:`PROBE_WARMUP` untimed steps; with ``bf16`` the forward pass in bfloat16 autocast (CPU)."""
     import statistics
     import time
 
@@ -266,7 +267,9 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         started = time.perf_counter()
-        loss = loss_fn(network(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = network(x)
+        loss = loss_fn(output, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -278,7 +281,7 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
 
 
 def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs, train_seconds: float,
-                   loading: float = 0.0) -> tuple[tuple[int, ...], list[Probe], str]:
+                   loading: float = 0.0, bf16: bool = False) -> tuple[tuple[int, ...], list[Probe], str]:
     """The widest U-Net that still gets :data:`MIN_STEPS` steps in ``train_seconds``, by timed probes (narrowest
     first; probing stops at the first network that is too slow, or when the probe budget is spent); a step costs
     the probe's compute plus ``loading`` seconds of data loading."""
@@ -291,7 +294,7 @@ def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs
         if probes and time.perf_counter() - started > PROBE_SHARE * train_seconds / 2:
             break
         seconds = probe_step("unet", {"widths": widths}, size, batch_size, channels, inputs.n_classes,
-                             inputs.device)
+                             inputs.device, bf16=bf16)
         probes.append(Probe(_label(widths), size, batch_size, round(seconds, 4)))
         if train_seconds / (seconds + loading) < MIN_STEPS and widths != WIDTHS[0]:
             break
@@ -345,7 +348,8 @@ def _plan(geometry: Geometry, fingerprint: Fingerprint, inputs: PlanInputs, spen
     batch_size = _add_batch(choices, inputs, size)
     _add_augmentation(choices, fingerprint, geometry.whole)
     loading = _data_seconds(choices, fingerprint, inputs, batch_size)
-    step, probes = _add_network(choices, fingerprint, inputs, size, batch_size, loading)
+    bf16, precision_probes = _add_precision(choices, fingerprint, inputs, size, batch_size)
+    step, probes = _add_network(choices, fingerprint, inputs, size, batch_size, loading, bf16, precision_probes)
     _add_optimisation(choices, inputs)
     run_seconds = inputs.budget_minutes * 60 if inputs.budget_minutes else _steps(inputs, batch_size) * step
     _add_validation(choices, fingerprint, inputs, geometry, step / batch_size / size**2, run_seconds)
@@ -410,27 +414,51 @@ def _add_batch(choices: _Choices, inputs: PlanInputs, size: int) -> int:
 
 
 def _add_network(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int, batch_size: int,
-                 loading: float) -> tuple[float, list[Probe]]:
+                 loading: float, bf16: bool, timed: list[Probe]) -> tuple[float, list[Probe]]:
     """The network (the user's, timed; else the widest U-Net the budget allows; without a budget the middle
-    width) and the seconds a step of the run should take: the probe's compute plus ``loading``."""
+    width) and the seconds a step of the run should take: the probe's compute plus ``loading``. ``timed``: the
+    precision probes (float32, bfloat16) so far, of the user's network where it is fixed; all probes are returned."""
     model = inputs.base.model
     if inputs.fixed & set(NETWORK_KEYS):
-        seconds = probe_step(model.name, model.zoo_options(), size, batch_size, fingerprint.channels,
-                             inputs.n_classes, inputs.device)
-        return seconds + loading, [Probe(f"{model.name} (the config's)", size, batch_size, round(seconds, 4))]
+        seconds = (timed[int(bf16)].seconds_per_step if timed else
+                   probe_step(model.name, model.zoo_options(), size, batch_size, fingerprint.channels,
+                              inputs.n_classes, inputs.device, bf16=bf16))
+        return seconds + loading, timed or [Probe(f"{model.name} (the config's)", size, batch_size,
+                                                  round(seconds, 4))]
     if inputs.budget_minutes:
         widths, probes, reason = choose_network(size, batch_size, fingerprint.channels, inputs,
-                                                inputs.budget_minutes * 60 * (1 - VAL_SHARE), loading)
+                                                inputs.budget_minutes * 60 * (1 - VAL_SHARE), loading, bf16)
     else:
         widths = WIDTHS[1]
         seconds = probe_step("unet", {"widths": widths}, size, batch_size, fingerprint.channels, inputs.n_classes,
-                             inputs.device)
+                             inputs.device, bf16=bf16)
         probes = [Probe(_label(widths), size, batch_size, round(seconds, 4))]
         reason = (f"no budget: the middle U-Net of the plan's three ({seconds:.2f} s/step measured); give --budget "
                   "to fit the width to a deadline")
     choices.add("model.name", "unet", "U-Net: the fastest zoo network per step on CPU (benchmarks/run.py)")
     choices.add("model.widths", list(widths), reason)
-    return next(p.seconds_per_step for p in probes if p.label == _label(widths)) + loading, probes
+    return next(p.seconds_per_step for p in probes if p.label == _label(widths)) + loading, timed + probes
+
+
+def _add_precision(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int,
+                   batch_size: int) -> tuple[bool, list[Probe]]:
+    """bfloat16 autocast for the forward pass on a CPU where a probe measured it :data:`BF16_GAIN` faster (CPUs
+    with bfloat16 units, AVX512-BF16 or AMX, run it ~2x faster; others emulate it, slower than float32)."""
+    if inputs.device != "cpu" or "train.cpu_bf16" in inputs.fixed:
+        return inputs.device == "cpu" and inputs.base.train.cpu_bf16, []
+    model = inputs.base.model
+    name, options = ((model.name, model.zoo_options()) if inputs.fixed & set(NETWORK_KEYS)
+                     else ("unet", {"widths": WIDTHS[1]}))
+    timed = [probe_step(name, options, size, batch_size, fingerprint.channels, inputs.n_classes, inputs.device,
+                        bf16=bf16) for bf16 in (False, True)]
+    gain = timed[0] / timed[1]
+    label = _label(options["widths"]) if name == "unet" and "widths" in options else f"{name} (the config's)"
+    choices.add("train.cpu_bf16", gain >= BF16_GAIN,
+                f"bfloat16 autocast {'makes' if gain >= BF16_GAIN else 'would make'} a step of {label} {gain:.2f}x "
+                f"as fast on this CPU ({timed[0]:.2f} -> {timed[1]:.2f} s); the loss stays in float32")
+    probes = [Probe(f"{label} ({precision})", size, batch_size, round(seconds, 4))
+              for precision, seconds in zip(("float32", "bfloat16"), timed)]
+    return gain >= BF16_GAIN, probes
 
 
 def _steps(inputs: PlanInputs, batch_size: int) -> int:

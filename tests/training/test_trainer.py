@@ -266,3 +266,11 @@ def test_a_scaled_run_trains_on_scaled_images_and_validates_at_their_own_size(ti
     config, items, _ = dataset_items(tiny_config)
     data = components_module.prepare_data(config, items)
     assert set(data.train.shapes) == {(24, 24)} and set(data.val.shapes) == {(48, 48)}
+
+
+def test_bfloat16_autocast_trains_on_cpu(tiny_config, tmp_path):
+    tiny_config.train.cpu_bf16 = True
+    result = train(tiny_config, tmp_path / "run")
+    assert np.isfinite(result.history[-1].train_loss)
+    weights = load_checkpoint(tmp_path / "run" / "final_model.safetensors").weights
+    assert weights and all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())

@@ -103,7 +103,7 @@ class Components:
     optimizer: torch.optim.Optimizer
     schedule: LearningRateSchedule
     scaler: torch.amp.GradScaler
-    amp: bool
+    autocast: torch.dtype | None  # the forward pass's mixed precision (None: float32)
 
 
 def build_components(config: Config, channels: int, device: torch.device,
@@ -121,6 +121,7 @@ def build_components(config: Config, channels: int, device: torch.device,
         network = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     loss = config.loss
     amp = config.train.amp and device.type == "cuda"
+    bf16 = config.train.cpu_bf16 and device.type == "cpu"
     return Components(
         model=model,
         network=network,
@@ -129,7 +130,7 @@ def build_components(config: Config, channels: int, device: torch.device,
         optimizer=build_optimizer(config.optim, model.parameters()),
         schedule=LearningRateSchedule(config.optim),
         scaler=torch.amp.GradScaler("cuda", enabled=amp),
-        amp=amp,
+        autocast=torch.float16 if amp else torch.bfloat16 if bf16 else None,
     )
 
 

@@ -281,8 +281,9 @@ class Trainer:
         image = batch["image"].to(self.device, non_blocking=True, memory_format=training_memory_format(self.device))
         mask = batch["mask"].to(self.device, non_blocking=True)
         region = batch["region"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, enabled=parts.amp):
-            loss = parts.loss(parts.network(image), mask, region)
+        with torch.autocast(self.device.type, dtype=parts.autocast, enabled=parts.autocast is not None):
+            output = parts.network(image)
+        loss = parts.loss(output, mask, region)  # in float32
         if not self.context.all_true(bool(torch.isfinite(loss)), self.device):
             raise MedsegError(self.run_dir, f"loss became {loss.item()} at step {self.state.step + 1}; stopped. The "
                               "last good checkpoint is kept (try a lower optim.lr or optim.grad_clip)")

@@ -79,6 +79,10 @@ def test_large_blobs_in_small_images_are_whole_at_native_resolution():
     assert (geometry.scale, geometry.patch, geometry.whole) == (1.0, 192, True)
     small = input_geometry(_fingerprint(_blob(96)))
     assert (small.scale, small.patch, small.whole) == (1.0, 96, True)  # never resized, one padded patch
+    sizes = [Sample(f"s{k}", np.zeros((n, n, 1), np.float32), _disk(n, n / 4).astype(np.int64), None)
+             for k, n in enumerate((60, 64, 120))]
+    mixed = input_geometry(compute_fingerprint(sizes, 2))
+    assert (mixed.patch, mixed.whole) == (128, True)  # the largest small image is whole too, not cropped
 
 
 def test_large_blobs_in_large_images_are_scaled_down_whole():

@@ -122,7 +122,7 @@ NATIVE_SCALE = 0.8  # a scale above this trains at native resolution (too little
 RESOLUTION_PX = 256  # resampling keeps the median image's longer side at least this long
 PATCH_PX = 256  # the patch a step is sized for (4 per batch), when the objects need no more context
 MAX_PATCH = 512
-CONTEXT = 2.0  # a patch spans at least this many widths of the large objects (their 90th-percentile width)
+CONTEXT = 2.0  # a patch spans at least this many widths of the large objects (the fingerprint's object_width)
 WHOLE_SHARE = 0.75  # a patch this close to the scaled image's size covers all of it
 SQUARE_ASPECT = 1.5  # shrunk whole images up to this aspect ratio are each resized to the (square) patch
 MIN_STEPS = 1000  # the widest network that still gets this many steps in the budget is chosen
@@ -205,6 +205,8 @@ def input_geometry(fingerprint: Fingerprint) -> Geometry:
     objects = fingerprint.object_width or fingerprint.foreground_width
     need = CONTEXT * objects * scale
     whole = _round_up(max(height, width) * scale, STRIDE)
+    largest = _round_up(max(fingerprint.height[2], fingerprint.width[2]) * scale, STRIDE)
+    whole = largest if largest <= PATCH_PX else whole  # small images: every one whole, none cropped
     patch = min(MAX_PATCH, max(PATCH_PX, _round_up(need, 32)))
     covers = patch >= WHOLE_SHARE * whole and whole <= MAX_PATCH
     patch = whole if covers else patch
@@ -233,10 +235,6 @@ def _thinnest(fingerprint: Fingerprint) -> tuple[float, str]:
 
 def _round_up(value: float, multiple: int) -> int:
     return max(multiple, -(-int(value) // multiple) * multiple)
-
-
-def _round_down(value: float, multiple: int) -> int:
-    return max(multiple, int(value) // multiple * multiple)
 
 
 PROBE_WARMUP, PROBE_STEPS = 2, 6  # the first steps of a new shape are slow on CPU (allocator, oneDNN primitives)

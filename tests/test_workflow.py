@@ -177,10 +177,10 @@ def test_the_demo_resumes_through_the_one_decision(tmp_path, monkeypatch):
 
     modes = _spy_resume(monkeypatch)
     _interrupt(monkeypatch, step=2)
-    with pytest.raises(KeyboardInterrupt):
-        run_demo(tmp_path / "demo", minutes=0.2)
+    with pytest.raises(KeyboardInterrupt):  # 0.5 min: planning never leaves training fewer than 2 steps
+        run_demo(tmp_path / "demo", minutes=0.5)
     monkeypatch.delenv(SIGNAL_HOOK)
-    assert run_demo(tmp_path / "demo", minutes=0.2).n_images > 0
+    assert run_demo(tmp_path / "demo", minutes=0.5).n_images > 0
     assert modes == ["fresh", "resume"]
 
 

@@ -9,5 +9,5 @@ def demo_run(tmp_path_factory):
     from medseg.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    run_demo(out, minutes=0.1)
+    run_demo(out, minutes=0.3)  # planning (timed probes) takes a few seconds of it; training needs the rest
     return out / "run"

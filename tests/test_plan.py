@@ -149,6 +149,9 @@ def test_bfloat16_is_planned_where_the_probe_measures_it_faster(inputs, monkeypa
         assert plan.value("train.cpu_bf16") is planned and timed[:2] == [False, True]
         assert set(timed[2:]) == {planned}  # the network is chosen at the precision that will train
         assert plan.seconds_per_step == (0.05 if planned else 0.1)
+    timed.clear()
+    deterministic = make_plan(_fingerprint(_vessels()), replace(inputs, base=Config(train={"deterministic": True})))
+    assert deterministic.value("train.cpu_bf16") is False and False in timed and True not in timed
 
 
 def test_planning_longer_than_the_budget_still_leaves_training_time(inputs):

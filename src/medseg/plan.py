@@ -441,9 +441,14 @@ def _add_network(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs
 def _add_precision(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int,
                    batch_size: int) -> tuple[bool, list[Probe]]:
     """bfloat16 autocast for the forward pass on a CPU where a probe measured it :data:`BF16_GAIN` faster (CPUs
-    with bfloat16 units, AVX512-BF16 or AMX, run it ~2x faster; others emulate it, slower than float32)."""
+    with bfloat16 units, AVX512-BF16 or AMX, run it ~2x faster; others emulate it, slower than float32). A
+    deterministic run keeps float32, so that two runs of one command plan alike."""
     if inputs.device != "cpu" or "train.cpu_bf16" in inputs.fixed:
         return inputs.device == "cpu" and inputs.base.train.cpu_bf16, []
+    if inputs.base.train.deterministic:
+        choices.add("train.cpu_bf16", False, "a deterministic run keeps float32: a choice by timing could differ "
+                                             "between two runs of the same command")
+        return False, []
     model = inputs.base.model
     name, options = ((model.name, model.zoo_options()) if inputs.fixed & set(NETWORK_KEYS)
                      else ("unet", {"widths": WIDTHS[1]}))

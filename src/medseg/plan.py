@@ -344,7 +344,7 @@ def _plan(geometry: Geometry, fingerprint: Fingerprint, inputs: PlanInputs, spen
     _add_geometry(choices, geometry, inputs)
     size = geometry.patch
     batch_size = _add_batch(choices, inputs, size)
-    _add_augmentation(choices, fingerprint, geometry.whole)
+    _add_augmentation(choices, fingerprint, shrunk_whole=geometry.resize or (geometry.whole and geometry.scale < 1.0))
     loading = _data_seconds(choices, fingerprint, inputs, batch_size)
     bf16, precision_probes = _add_precision(choices, fingerprint, inputs, size, batch_size)
     step, probes = _add_network(choices, fingerprint, inputs, size, batch_size, loading, bf16, precision_probes)
@@ -544,7 +544,7 @@ def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInp
                                                  "filling are each kept only if they raise validation Dice")
 
 
-def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, whole: bool) -> None:
+def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, shrunk_whole: bool) -> None:
     """Flips and 90-degree rotations unless they would teach something false: an up/down orientation of the
     images, or classes that sit in a fixed order along an axis (a mirror image would swap them)."""
     upright = (abs(fingerprint.updown_contrast) >= UPRIGHT_CONTRAST
@@ -566,9 +566,9 @@ def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, whole: bool) 
         choices.add("augment.rotate90", False, "no 90-degree rotations: the images have an orientation")
     else:
         choices.add("augment.rotate90", True, "rotation-invariant content")
-    elastic = 0.1 if whole else 0.3
-    choices.add("augment.elastic_p", elastic, "light elastic deformation for whole-image inputs" if whole
-                else "elastic deformation (U-Net paper) for deformable structures in patches")
+    elastic = 0.1 if shrunk_whole else 0.3
+    choices.add("augment.elastic_p", elastic, "light elastic deformation for whole, shrunk images" if shrunk_whole
+                else "elastic deformation (U-Net paper) for deformable structures at native resolution")
     vertical, horizontal = not (upright or rows), not columns
     choices.add("inference.tta", vertical or horizontal,
                 "flip test-time augmentation (the flips training used): 4x (or 2x) prediction time for a steadier "

@@ -27,9 +27,8 @@ from medseg.training.callbacks import (Callback, EpochFunction, PauseAtStep, Pro
 from medseg.run.folder import RunFolder
 from medseg.run.history import HistoryRow, StepRow
 from medseg.run.weights import WeightsInfo, load_checkpoint, load_resumable, load_weights_into, save_checkpoint
-from medseg.device import select_device
-from medseg.training.components import (Components, TrainingData, build_components, epoch_loader, seed_everything,
-                                      training_memory_format)
+from medseg.device import select_device, training_memory_format
+from medseg.training.components import Components, TrainingData, build_components, epoch_loader, seed_everything
 from medseg.run.contract import RunContract, WeightsName, training_contract
 from medseg.distributed import DistributedContext, parameter_checksum
 from medseg.training.schedule import Clock, WallClock

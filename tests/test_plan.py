@@ -140,9 +140,9 @@ def test_bfloat16_is_planned_where_the_probe_measures_it_faster(inputs, monkeypa
     for bf16_seconds, planned in ((0.05, True), (0.2, False)):
         timed = []
 
-        def probe(model, options, size, batch_size, *args, bf16=False, **kwargs):
-            timed.append(bf16)
-            return bf16_seconds if bf16 else 0.1
+        def probe(model, options, size, batch_size, *args, precision="float32", **kwargs):
+            timed.append(precision == "bfloat16")
+            return bf16_seconds if precision == "bfloat16" else 0.1
 
         monkeypatch.setattr(plan_module, "probe_step", probe)
         plan = make_plan(_fingerprint(_vessels()), inputs)
@@ -152,6 +152,50 @@ def test_bfloat16_is_planned_where_the_probe_measures_it_faster(inputs, monkeypa
     timed.clear()
     deterministic = make_plan(_fingerprint(_vessels()), replace(inputs, base=Config(train={"deterministic": True})))
     assert deterministic.value("train.cpu_bf16") is False and False in timed and True not in timed
+
+
+def test_on_cuda_the_plan_times_float16_steps_of_the_batch_the_memory_holds(inputs, monkeypatch):
+    """The plan's CUDA logic, with the GPU's answers stood in (no GPU here): the batch grows with the free memory,
+    and every probe times float16 autocast at that batch."""
+    import torch
+
+    from medseg import plan as plan_module
+
+    timed = []
+    monkeypatch.setattr(plan_module, "probe_memory", lambda *args, **kwargs: 2 * 2**30)  # 2 GiB at batch 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(plan_module, "probe_step", lambda model, options, size, batch_size, *args, precision,
+                        **kwargs: timed.append((batch_size, precision)) or 0.01)
+    plan = make_plan(_fingerprint(_vessels()), replace(inputs, device="cuda:0"))
+    assert plan.value("train.batch_size") == 32  # 16 GiB at 32 fits half of 40 GiB; the cap is 32
+    assert timed and set(timed) == {(32, "float16")}
+    assert "train.cpu_bf16" not in {choice.key for choice in plan.choices}
+
+
+@pytest.mark.parametrize("peak_gib, free_gib, grown", [(2, 40, 32), (2, 10, 8), (2, 3, 4), (8, 4, 4)])
+def test_a_cuda_batch_doubles_while_half_the_free_memory_holds_it(peak_gib, free_gib, grown):
+    from medseg.plan import batch_from_memory
+
+    assert batch_from_memory(4, peak_gib * 2**30, free_gib * 2**30) == grown
+
+
+def test_the_step_estimate_is_the_faster_of_two_probes_of_the_same_step(inputs, monkeypatch):
+    """The precision probe already timed the middle U-Net in bfloat16; its second probe ran slower (interference):
+    the plan predicts the run from the faster one."""
+    from medseg import plan as plan_module
+
+    calls = []
+
+    def probe(model, options, size, batch_size, *args, precision="float32", **kwargs):
+        calls.append((options["widths"][0], precision))
+        if options["widths"][0] == 32:
+            return 10.0  # too slow for the budget
+        return {"float32": 0.4, "bfloat16": 0.1 if calls.count((16, "bfloat16")) == 1 else 0.13}[precision]
+
+    monkeypatch.setattr(plan_module, "probe_step", probe)
+    plan = make_plan(_fingerprint(_vessels()), replace(inputs, budget_minutes=100))
+    assert calls[:2] == [(16, "float32"), (16, "bfloat16")] and (16, "bfloat16") in calls[2:]
+    assert plan.value("model.widths") == [16, 32, 64, 128, 256] and plan.seconds_per_step == 0.1
 
 
 def test_planning_longer_than_the_budget_still_leaves_training_time(inputs):

@@ -4,6 +4,7 @@ pass it back (`medseg train --plan plan.yaml`); explicit flags and config files 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,7 +17,7 @@ from medseg.data.datasets import Item, default_class_names, input_channels, load
 from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread, volume_facts
 from medseg.data.readers import Reader
 from medseg.data.store import batch_seconds
-from medseg.device import select_device
+from medseg.device import autocast_dtype, select_device, training_memory_format
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_text
 from medseg.log import get_logger
@@ -134,6 +135,8 @@ WIDTHS = ((8, 16, 32, 64, 128), (16, 32, 64, 128, 256), (32, 64, 128, 256, 512))
 STRIDE = 16  # the U-Net's total downsampling: input sizes are multiples of it
 PIXELS_PER_STEP = 4 * 256**2  # small inputs are batched up to this many pixels a step (nnU-Net batches small patches)
 MAX_BATCH = 64
+CUDA_MEMORY_SHARE = 0.5  # on CUDA a step's batch grows while its memory stays within this share of the free memory
+CUDA_MAX_BATCH = 32
 STEPS_PER_EPOCH = 250  # an epoch is at least this many steps (nnU-Net's epoch), whatever the dataset size
 NETWORK_KEYS = ("model.name", "model.widths", "model.width_scale", "model.options")
 UPRIGHT_CONTRAST = 0.5  # top-vs-bottom intensity difference (image std units) that marks an up/down orientation
@@ -241,12 +244,39 @@ PROBE_WARMUP, PROBE_STEPS = 2, 6  # the first steps of a new shape are slow on C
 
 
 def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
-               device: str, steps: int = PROBE_STEPS, bf16: bool = False) -> float:
+               device: str, steps: int = PROBE_STEPS, precision: str = "float32") -> float:
     """Median seconds of a training step of zoo ``model`` with ``options`` (forward, loss, backward, Adam) on random
-    data, after :data:`PROBE_WARMUP` untimed steps; with ``bf16`` the forward pass in bfloat16 autocast (CPU)."""
+    data, after :data:`PROBE_WARMUP` untimed steps, laid out and in the ``precision`` (float32, or the forward
+    pass in bfloat16 or float16 autocast) that training uses."""
     import statistics
     import time
 
+    step = _probe_network(model, options, size, batch_size, channels, n_classes, device, precision)
+    timings = []
+    for index in range(PROBE_WARMUP + steps):
+        _synchronize(device)
+        started = time.perf_counter()
+        step()
+        _synchronize(device)
+        if index >= PROBE_WARMUP:
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def probe_memory(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
+                 device: str, precision: str = "float32") -> int:
+    """Peak CUDA memory (bytes) of one training step of zoo ``model``, as :func:`probe_step` runs it."""
+    import torch
+
+    torch.cuda.reset_peak_memory_stats(device)
+    _probe_network(model, options, size, batch_size, channels, n_classes, device, precision)()
+    _synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def _probe_network(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
+                   device: str, precision: str) -> Callable[[], None]:
+    """A callable that runs one training step of a fresh network on random data, as training runs it."""
     import torch
 
     from medseg.losses import build_loss
@@ -254,35 +284,41 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
 
     out_channels = 1 if n_classes == 2 else n_classes
     torch.manual_seed(0)
-    layout = torch.channels_last if device == "cpu" else torch.contiguous_format  # as training lays them out
+    layout = training_memory_format(device)
     network = create_model(model, channels, out_channels, **options).to(device, memory_format=layout)
     loss_fn = build_loss("auto", out_channels)
     optimizer = torch.optim.Adam(network.parameters())
+    dtype = None if precision == "float32" else getattr(torch, precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     x = torch.randn(batch_size, channels, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, n_classes, (batch_size, size, size), device=device)
-    timings = []
-    for index in range(PROBE_WARMUP + steps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+
+    def step() -> None:
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
             output = network(x)
         loss = loss_fn(output, y)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if index >= PROBE_WARMUP:
-            timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs, train_seconds: float,
-                   loading: float = 0.0, bf16: bool = False) -> tuple[tuple[int, ...], list[Probe], str]:
+                   loading: float = 0.0, precision: str = "float32",
+                   earlier: Sequence[Probe] = ()) -> tuple[tuple[int, ...], list[Probe], str]:
     """The widest U-Net that still gets :data:`MIN_STEPS` steps in ``train_seconds``, by timed probes (narrowest
     first; probing stops at the first network that is too slow, or when the probe budget is spent); a step costs
-    the probe's compute plus ``loading`` seconds of data loading."""
+    the probe's compute (the faster of this probe and an ``earlier`` one of the same step) plus ``loading`` seconds
+    of data loading."""
     import time
 
     started = time.perf_counter()
@@ -292,12 +328,13 @@ def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs
         if probes and time.perf_counter() - started > PROBE_SHARE * train_seconds / 2:
             break
         seconds = probe_step("unet", {"widths": widths}, size, batch_size, channels, inputs.n_classes,
-                             inputs.device, bf16=bf16)
+                             inputs.device, precision=precision)
         probes.append(Probe(_label(widths), size, batch_size, round(seconds, 4)))
-        if train_seconds / (seconds + loading) < MIN_STEPS and widths != WIDTHS[0]:
+        if train_seconds / (_step_seconds(widths, precision, [*earlier, *probes]) + loading) < MIN_STEPS \
+                and widths != WIDTHS[0]:
             break
         chosen = widths
-    step = next(p.seconds_per_step for p in probes if p.label == _label(chosen)) + loading
+    step = _step_seconds(chosen, precision, [*earlier, *probes]) + loading
     steps = int(train_seconds / step)
     measured = f"{step:.2f} s/step measured ({loading:.2f} s of it data loading)"
     reason = (f"widest U-Net with >= {MIN_STEPS} steps in the budget: {measured}, ~{steps} steps"
@@ -307,6 +344,13 @@ def choose_network(size: int, batch_size: int, channels: int, inputs: PlanInputs
 
 def _label(widths: tuple[int, ...]) -> str:
     return f"unet {widths[0]}..{widths[-1]}"
+
+
+def _step_seconds(widths: tuple[int, ...], precision: str, probes: Sequence[Probe]) -> float:
+    """The fastest probe of U-Net ``widths`` in ``precision``: interference from the rest of the machine only ever
+    slows a timed step, so of two probes of one step the faster is the nearer to the run's steady pace."""
+    labels = {_label(widths), f"{_label(widths)} ({precision})"}
+    return min(p.seconds_per_step for p in probes if p.label in labels)
 
 
 def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float = 0.0) -> Plan:
@@ -343,11 +387,11 @@ def _plan(geometry: Geometry, fingerprint: Fingerprint, inputs: PlanInputs, spen
     choices = _Choices(inputs.fixed)
     _add_geometry(choices, geometry, inputs)
     size = geometry.patch
-    batch_size = _add_batch(choices, inputs, size)
+    batch_size = _add_batch(choices, fingerprint, inputs, size)
     _add_augmentation(choices, fingerprint, shrunk_whole=geometry.resize or (geometry.whole and geometry.scale < 1.0))
     loading = _data_seconds(choices, fingerprint, inputs, batch_size)
-    bf16, precision_probes = _add_precision(choices, fingerprint, inputs, size, batch_size)
-    step, probes = _add_network(choices, fingerprint, inputs, size, batch_size, loading, bf16, precision_probes)
+    precision, precision_probes = _add_precision(choices, fingerprint, inputs, size, batch_size)
+    step, probes = _add_network(choices, fingerprint, inputs, size, batch_size, loading, precision, precision_probes)
     _add_optimisation(choices, inputs)
     run_seconds = inputs.budget_minutes * 60 if inputs.budget_minutes else _steps(inputs, batch_size) * step
     _add_validation(choices, fingerprint, inputs, geometry, step / batch_size / size**2, run_seconds)
@@ -401,59 +445,95 @@ def _add_geometry(choices: _Choices, geometry: Geometry, inputs: PlanInputs) -> 
     choices.add("data.resize", None, "resampled by a scale that keeps the aspect ratio, not resized to a square")
 
 
-def _add_batch(choices: _Choices, inputs: PlanInputs, size: int) -> int:
+def _add_batch(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int) -> int:
+    """4 inputs of 256x256 a step (more, smaller ones below 256 px); on CUDA as many more as the memory holds."""
     if "train.batch_size" in inputs.fixed:
         return inputs.base.train.batch_size
     batch_size = 8 if size == 128 else 4 if size <= 256 else max(2, PIXELS_PER_STEP // size**2)
     if size < 128:
         batch_size = min(MAX_BATCH, PIXELS_PER_STEP // size**2)
-    choices.add("train.batch_size", batch_size, f"{batch_size} x {size}x{size} inputs per step")
+    reason = f"{batch_size} x {size}x{size} inputs per step"
+    if inputs.device.startswith("cuda"):
+        batch_size, reason = _cuda_batch(fingerprint, inputs, size, batch_size)
+    choices.add("train.batch_size", batch_size, reason)
     return batch_size
 
 
+def _cuda_batch(fingerprint: Fingerprint, inputs: PlanInputs, size: int, batch_size: int) -> tuple[int, str]:
+    """The batch the GPU's free memory holds, by a probe of the widest network the plan may choose."""
+    import torch
+
+    model = inputs.base.model
+    name, options = ((model.name, model.zoo_options()) if inputs.fixed & set(NETWORK_KEYS)
+                     else ("unet", {"widths": WIDTHS[-1]}))
+    train = inputs.base.train
+    precision = _precision_name(autocast_dtype(inputs.device, train.amp, train.cpu_bf16))
+    peak = probe_memory(name, options, size, batch_size, fingerprint.channels, inputs.n_classes, inputs.device,
+                        precision)
+    free = torch.cuda.mem_get_info(inputs.device)[0]
+    grown = batch_from_memory(batch_size, peak, free)
+    return grown, (f"{grown} x {size}x{size} inputs per step: a step of {batch_size} peaked at {peak / 2**30:.2f} "
+                   f"GiB of the {free / 2**30:.1f} GiB free (batches grow to {CUDA_MEMORY_SHARE:.0%} of it, "
+                   f"at most {CUDA_MAX_BATCH})")
+
+
+def batch_from_memory(batch_size: int, peak_bytes: int, free_bytes: int) -> int:
+    """``batch_size`` doubled while a step, whose memory grows with the batch from ``peak_bytes`` at
+    ``batch_size``, stays within :data:`CUDA_MEMORY_SHARE` of ``free_bytes`` (at most :data:`CUDA_MAX_BATCH`)."""
+    per_input = peak_bytes / batch_size
+    grown = batch_size
+    while grown * 2 <= CUDA_MAX_BATCH and grown * 2 * per_input <= CUDA_MEMORY_SHARE * free_bytes:
+        grown *= 2
+    return grown
+
+
 def _add_network(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int, batch_size: int,
-                 loading: float, bf16: bool, timed: list[Probe]) -> tuple[float, list[Probe]]:
+                 loading: float, precision: str, timed: list[Probe]) -> tuple[float, list[Probe]]:
     """The network (the user's, timed; else the widest U-Net the budget allows; without a budget the middle
     width) and the seconds a step of the run should take: the probe's compute plus ``loading``. ``timed``: the
     precision probes (float32, bfloat16) so far, of the user's network where it is fixed; all probes are returned."""
     model = inputs.base.model
     if inputs.fixed & set(NETWORK_KEYS):
-        seconds = (timed[int(bf16)].seconds_per_step if timed else
+        seconds = (timed[int(precision == "bfloat16")].seconds_per_step if timed else
                    probe_step(model.name, model.zoo_options(), size, batch_size, fingerprint.channels,
-                              inputs.n_classes, inputs.device, bf16=bf16))
+                              inputs.n_classes, inputs.device, precision=precision))
         return seconds + loading, timed or [Probe(f"{model.name} (the config's)", size, batch_size,
                                                   round(seconds, 4))]
     if inputs.budget_minutes:
         widths, probes, reason = choose_network(size, batch_size, fingerprint.channels, inputs,
-                                                inputs.budget_minutes * 60 * (1 - VAL_SHARE), loading, bf16)
+                                                inputs.budget_minutes * 60 * (1 - VAL_SHARE), loading, precision,
+                                                timed)
     else:
         widths = WIDTHS[1]
         seconds = probe_step("unet", {"widths": widths}, size, batch_size, fingerprint.channels, inputs.n_classes,
-                             inputs.device, bf16=bf16)
+                             inputs.device, precision=precision)
         probes = [Probe(_label(widths), size, batch_size, round(seconds, 4))]
-        reason = (f"no budget: the middle U-Net of the plan's three ({seconds:.2f} s/step measured); give --budget "
-                  "to fit the width to a deadline")
+        reason = (f"no budget: the middle U-Net of the plan's three "
+                  f"({_step_seconds(widths, precision, [*timed, *probes]):.2f} s/step measured); give --budget to fit "
+                  "the width to a deadline")
     choices.add("model.name", "unet", "U-Net: the fastest zoo network per step on CPU (benchmarks/run.py)")
     choices.add("model.widths", list(widths), reason)
-    return next(p.seconds_per_step for p in probes if p.label == _label(widths)) + loading, timed + probes
+    return _step_seconds(widths, precision, [*timed, *probes]) + loading, timed + probes
 
 
 def _add_precision(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, size: int,
-                   batch_size: int) -> tuple[bool, list[Probe]]:
-    """bfloat16 autocast for the forward pass on a CPU where a probe measured it :data:`BF16_GAIN` faster (CPUs
-    with bfloat16 units, AVX512-BF16 or AMX, run it ~2x faster; others emulate it, slower than float32). A
-    deterministic run keeps float32, so that two runs of one command plan alike."""
+                   batch_size: int) -> tuple[str, list[Probe]]:
+    """The precision a step trains in: float16 autocast on CUDA (``train.amp``); on a CPU, bfloat16 autocast where
+    a probe measured it :data:`BF16_GAIN` faster (CPUs with bfloat16 units, AVX512-BF16 or AMX, run it ~2x
+    faster; others emulate it, slower than float32). A deterministic run keeps float32, so that two runs of one
+    command plan alike."""
+    train = inputs.base.train
     if inputs.device != "cpu" or "train.cpu_bf16" in inputs.fixed:
-        return inputs.device == "cpu" and inputs.base.train.cpu_bf16, []
-    if inputs.base.train.deterministic:
+        return _precision_name(autocast_dtype(inputs.device, train.amp, train.cpu_bf16)), []
+    if train.deterministic:
         choices.add("train.cpu_bf16", False, "a deterministic run keeps float32: a choice by timing could differ "
                                              "between two runs of the same command")
-        return False, []
+        return "float32", []
     model = inputs.base.model
     name, options = ((model.name, model.zoo_options()) if inputs.fixed & set(NETWORK_KEYS)
                      else ("unet", {"widths": WIDTHS[1]}))
     timed = [probe_step(name, options, size, batch_size, fingerprint.channels, inputs.n_classes, inputs.device,
-                        bf16=bf16) for bf16 in (False, True)]
+                        precision=precision) for precision in ("float32", "bfloat16")]
     gain = timed[0] / timed[1]
     label = _label(options["widths"]) if name == "unet" and "widths" in options else f"{name} (the config's)"
     choices.add("train.cpu_bf16", gain >= BF16_GAIN,
@@ -461,7 +541,11 @@ def _add_precision(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInpu
                 f"as fast on this CPU ({timed[0]:.2f} -> {timed[1]:.2f} s); the loss stays in float32")
     probes = [Probe(f"{label} ({precision})", size, batch_size, round(seconds, 4))
               for precision, seconds in zip(("float32", "bfloat16"), timed)]
-    return gain >= BF16_GAIN, probes
+    return "bfloat16" if gain >= BF16_GAIN else "float32", probes
+
+
+def _precision_name(dtype: Any) -> str:
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _steps(inputs: PlanInputs, batch_size: int) -> int:

@@ -159,8 +159,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from medseg.workflow import plan_only
 
     config = load_config(args.config, run_overrides(args))
-    plan, _ = plan_only(config, parse_duration(args.budget), Path(args.out))
-    print(plan.table())
+    plan_only(config, parse_duration(args.budget), Path(args.out))  # planning logs the plan's table
     print(f"wrote {args.out} (edit it, then: medseg train --plan {args.out} --data {args.data})")
     return 0
 

@@ -17,7 +17,7 @@ from medseg.data.datasets import Item, default_class_names, input_channels, load
 from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread, volume_facts
 from medseg.data.readers import Reader
 from medseg.data.store import batch_seconds
-from medseg.device import autocast_dtype, select_device, training_memory_format
+from medseg.device import autocast_dtype, configure_backends, select_device, training_memory_format
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_text
 from medseg.log import get_logger
@@ -240,14 +240,16 @@ def _round_up(value: float, multiple: int) -> int:
     return max(multiple, -(-int(value) // multiple) * multiple)
 
 
-PROBE_WARMUP, PROBE_STEPS = 2, 6  # the first steps of a new shape are slow on CPU (allocator, oneDNN primitives)
+PROBE_WARMUP, PROBE_STEPS = 4, 8  # the first steps of a new network are slow on CPU (allocator, oneDNN primitives)
 
 
 def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
                device: str, steps: int = PROBE_STEPS, precision: str = "float32") -> float:
-    """Median seconds of a training step of zoo ``model`` with ``options`` (forward, loss, backward, Adam) on random
-    data, after :data:`PROBE_WARMUP` untimed steps, laid out and in the ``precision`` (float32, or the forward
-    pass in bfloat16 or float16 autocast) that training uses."""
+    """Seconds of a training step of zoo ``model`` with ``options`` (forward, loss, backward, Adam) on random data:
+    the lower quartile of :data:`PROBE_STEPS` timed steps after :data:`PROBE_WARMUP` untimed ones (interference
+    from the rest of the machine only ever slows a step; a run's thousands of steps average it out, a probe's few
+    do not), laid out and in the ``precision`` (float32, or the forward pass in bfloat16 or float16 autocast) that
+    training uses."""
     import statistics
     import time
 
@@ -260,7 +262,7 @@ def probe_step(model: str, options: dict[str, Any], size: int, batch_size: int, 
         _synchronize(device)
         if index >= PROBE_WARMUP:
             timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
+    return statistics.quantiles(timings, n=4)[0]
 
 
 def probe_memory(model: str, options: dict[str, Any], size: int, batch_size: int, channels: int, n_classes: int,
@@ -361,6 +363,8 @@ def make_plan(fingerprint: Fingerprint, inputs: PlanInputs, spent_seconds: float
     import time
 
     started = time.perf_counter()
+    if inputs.device.startswith("cuda"):
+        configure_backends(inputs.base.train.deterministic)  # the probes time cuDNN as the run will use it
     geometry = _geometry(fingerprint, inputs)
     plan = _plan(geometry, fingerprint, inputs, spent_seconds, started)
     steps = _steps_in_budget(plan, inputs)

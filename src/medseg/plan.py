@@ -467,9 +467,7 @@ def _cuda_batch(fingerprint: Fingerprint, inputs: PlanInputs, size: int, batch_s
     """The batch the GPU's free memory holds, by a probe of the widest network the plan may choose."""
     import torch
 
-    model = inputs.base.model
-    name, options = ((model.name, model.zoo_options()) if inputs.fixed & set(NETWORK_KEYS)
-                     else ("unet", {"widths": WIDTHS[-1]}))
+    name, options = _network_to_time(inputs, WIDTHS[-1])
     train = inputs.base.train
     precision = _precision_name(autocast_dtype(inputs.device, train.amp, train.cpu_bf16))
     peak = probe_memory(name, options, size, batch_size, fingerprint.channels, inputs.n_classes, inputs.device,
@@ -533,9 +531,7 @@ def _add_precision(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInpu
         choices.add("train.cpu_bf16", False, "a deterministic run keeps float32: a choice by timing could differ "
                                              "between two runs of the same command")
         return "float32", []
-    model = inputs.base.model
-    name, options = ((model.name, model.zoo_options()) if inputs.fixed & set(NETWORK_KEYS)
-                     else ("unet", {"widths": WIDTHS[1]}))
+    name, options = _network_to_time(inputs, WIDTHS[1])
     timed = [probe_step(name, options, size, batch_size, fingerprint.channels, inputs.n_classes, inputs.device,
                         precision=precision) for precision in ("float32", "bfloat16")]
     gain = timed[0] / timed[1]
@@ -546,6 +542,14 @@ def _add_precision(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInpu
     probes = [Probe(f"{label} ({precision})", size, batch_size, round(seconds, 4))
               for precision, seconds in zip(("float32", "bfloat16"), timed)]
     return "bfloat16" if gain >= BF16_GAIN else "float32", probes
+
+
+def _network_to_time(inputs: PlanInputs, widths: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
+    """The user's network where the config fixes it, else the U-Net of ``widths``: zoo name and options."""
+    model = inputs.base.model
+    if inputs.fixed & set(NETWORK_KEYS):
+        return model.name, model.zoo_options()
+    return "unet", {"widths": widths}
 
 
 def _precision_name(dtype: Any) -> str:

@@ -33,6 +33,7 @@ from medseg.inference.predictor import OnnxBackend, Predictor, prepare_for_infer
 from medseg.inference.sliding_window import tile_starts
 from medseg.losses import build_loss
 from medseg.models import count_gflops, count_parameters, create_model, list_models, measure_latency
+from medseg.plan import BF16_GAIN
 
 WIDTHS = (32, 32, 64, 128, 256)
 THREADS = torch.get_num_threads()
@@ -199,8 +200,9 @@ def train_step_section(repeats: int, workdir: Path) -> dict[str, Any]:
     result["medseg_channels_last_s_per_step"] = timed(stepper(medseg_unet(prepared=False), True), repeats)
     result["medseg_bf16_s_per_step"] = timed(stepper(medseg_unet(prepared=False), True, bf16=True), repeats)
     float32 = min(result["medseg_nchw_s_per_step"], result["medseg_channels_last_s_per_step"])
-    # medseg trains in bfloat16 where it is >= 1.2x faster (the plan's rule), else in float32 channels_last
-    result["medseg_precision"] = "bfloat16" if float32 / result["medseg_bf16_s_per_step"] >= 1.2 else "float32"
+    # medseg trains in bfloat16 where it is BF16_GAIN faster (the plan's rule), else in float32 channels_last
+    result["medseg_precision"] = ("bfloat16" if float32 / result["medseg_bf16_s_per_step"] >= BF16_GAIN
+                                  else "float32")
     best = result["medseg_bf16_s_per_step"] if result["medseg_precision"] == "bfloat16" else float32
     result["ratio"] = result["monai_s_per_step"] / best
     result["float32_ratio"] = result["monai_s_per_step"] / float32

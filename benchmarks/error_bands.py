@@ -1,0 +1,88 @@
+"""Where trained runs go wrong on a binary set's test images: each run's and their ensemble's pooled Dice, and how
+far the ensemble's errors lie from the labelled edges (what bounds ISBI 2012 in docs/accuracy.md).
+
+    python benchmarks/error_bands.py --data ../shared/data/isbi2012_em --ids 24-29 --out bands.json RUN [RUN ...]
+
+Each run predicts the images with `medseg predict --probabilities` (its own TTA, threshold 0.5 on the averaged
+probabilities for the ensemble). The test masks only describe the errors here; nothing is chosen on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+
+from medseg.data.readers import Reader
+
+BANDS = (1, 2, 3)  # px from a labelled edge
+
+
+def probabilities(run: Path, images: list[Path], out: Path) -> list[np.ndarray]:
+    """Foreground probabilities ``H x W`` of ``images`` from one run."""
+    done = subprocess.run([sys.executable, "-m", "medseg", "predict", str(run), *map(str, images), "--out", str(out),
+                           "--probabilities"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"medseg predict {run} failed:\n{done.stderr[-3000:]}")
+    return [tifffile.imread(out / f"{image.stem}_prob.tif").astype(np.float32).squeeze() for image in images]
+
+
+def pooled_dice(masks: list[np.ndarray], predictions: list[np.ndarray]) -> float:
+    overlap = sum(int((m & p).sum()) for m, p in zip(masks, predictions))
+    return 2 * overlap / sum(int(m.sum() + p.sum()) for m, p in zip(masks, predictions))
+
+
+def edge_distance(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's distance to the nearest pixel of the other label (1 = on the edge)."""
+    return np.where(mask, ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask))
+
+
+def bands(masks: list[np.ndarray], predictions: list[np.ndarray]) -> dict[str, float]:
+    """The share of errors within k px of a labelled edge, and the Dice were every error beyond k px removed."""
+    distances = [edge_distance(m) for m in masks]
+    errors = [m != p for m, p in zip(masks, predictions)]
+    n_errors = sum(int(e.sum()) for e in errors)
+    result = {"pixel_error": n_errors / sum(m.size for m in masks)}
+    for k in BANDS:
+        result[f"share_within_{k}px"] = sum(int((e & (d <= k)).sum()) for e, d in zip(errors, distances)) / n_errors
+        kept = [np.where(e & (d > k), m, p) for m, p, e, d in zip(masks, predictions, errors, distances)]
+        result[f"dice_if_errors_beyond_{k}px_removed"] = pooled_dice(masks, kept)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="a folder-format dataset (images/, masks/)")
+    parser.add_argument("--ids", required=True, help="test image ids: a range 24-29 or a list 24,25")
+    parser.add_argument("--out", type=Path, default=Path("error_bands.json"))
+    args = parser.parse_args()
+    first, _, last = args.ids.partition("-")
+    ids = [f"{i:0{len(first)}d}" for i in range(int(first), int(last) + 1)] if last else args.ids.split(",")
+    images = [next((args.data / "images").glob(f"{i}.*")) for i in ids]
+    reader = Reader()
+    masks = [reader.mask(next((args.data / "masks").glob(f"{i}.*"))) > 0 for i in ids]
+    scores, members = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, run in enumerate(args.runs):
+            members.append(probabilities(run, images, Path(tmp) / str(k)))
+            scores[str(run)] = pooled_dice(masks, [p > 0.5 for p in members[-1]])
+            print(f"{run}: pooled Dice {scores[str(run)]:.4f}", flush=True)
+    ensemble = [np.mean(stack, axis=0) > 0.5 for stack in zip(*members)]
+    result = {"runs": scores, "ensemble": pooled_dice(masks, ensemble), **bands(masks, ensemble)}
+    print(f"ensemble of {len(members)}: pooled Dice {result['ensemble']:.4f}, pixel error {result['pixel_error']:.4f}")
+    for k in BANDS:
+        print(f"errors within {k} px of a labelled edge: {result[f'share_within_{k}px']:.3f}; Dice were every error "
+              f"beyond {k} px removed: {result[f'dice_if_errors_beyond_{k}px_removed']:.4f}")
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -24,8 +24,8 @@ cells are listed for diagnosis (e.g. what a wider network would have scored) and
 
 Both are scored by the same code on the test split: per-image (per-case) and pooled Dice, inside the field of view
 where the dataset has one. Every (dataset, system, budget) cell is saved under ``--work/cells`` as it finishes, so an
-interrupted run resumes; a cell measured by other code (this script, or for medseg its source) is measured again.
-Timings are only meaningful on an otherwise idle machine.
+interrupted run resumes; a cell measured by other code (this script, a variant's overrides, or for medseg its
+source) is measured again. Timings are only meaningful on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -369,10 +369,10 @@ def predict_volumes_cli(run: Path, data: Path, test: list[dict[str, Any]]) -> li
     return predictions
 
 
-def code_version(system: str) -> str:
-    """What a cell's figure depends on, as a digest: this script (the peer, and how medseg is run) and, for medseg,
-    the source of the medseg package it runs."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+def code_version(system: str, overrides: tuple[str, ...]) -> str:
+    """What a cell's figure depends on, as a digest: this script (the peer, and how medseg is run), a variant's
+    overrides and, for medseg, the source of the medseg package it runs."""
+    digest = hashlib.sha256(Path(__file__).read_bytes() + "\n".join(overrides).encode())
     if system != "peer":
         import medseg
 
@@ -384,8 +384,10 @@ def code_version(system: str) -> str:
 def cell(work: Path, dataset: Dataset, system: str, minutes: float,
          overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """One measurement, cached in ``work/cells``; ``system`` is peer, medseg or medseg:VARIANT."""
+    from medseg.files import atomic_write_text
+
     path = work / "cells" / f"{dataset.name}_{system.replace(':', '-')}_{minutes:g}.json"
-    code = code_version(system)
+    code = code_version(system, overrides)
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("code") == code:  # cells written before cells recorded their code have none
@@ -398,7 +400,7 @@ def cell(work: Path, dataset: Dataset, system: str, minutes: float,
               else run_medseg(dataset, data, minutes, work, variant, overrides))
     result.update(dataset=dataset.name, system=system, minutes=minutes, overrides=list(overrides), code=code)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     print(f"    pooled Dice {result['dice_pooled']:.4f}, mean {result['dice_mean']:.4f}, {result['steps']} steps",
           flush=True)
     if result.get("planned_steps_per_second"):

@@ -57,6 +57,14 @@ def bands(masks: list[np.ndarray], predictions: list[np.ndarray]) -> dict[str, f
     return result
 
 
+def find(folder: Path, stem: str) -> Path:
+    """The one file of ``folder`` named ``stem``, whatever its extension."""
+    found = sorted(folder.glob(f"{stem}.*"))
+    if not found:
+        raise SystemExit(f"{folder}: no file for id {stem}")
+    return found[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -66,9 +74,9 @@ def main() -> None:
     args = parser.parse_args()
     first, _, last = args.ids.partition("-")
     ids = [f"{i:0{len(first)}d}" for i in range(int(first), int(last) + 1)] if last else args.ids.split(",")
-    images = [next((args.data / "images").glob(f"{i}.*")) for i in ids]
+    images = [find(args.data / "images", i) for i in ids]
     reader = Reader()
-    masks = [reader.mask(next((args.data / "masks").glob(f"{i}.*"))) > 0 for i in ids]
+    masks = [reader.mask(find(args.data / "masks", i)) > 0 for i in ids]
     scores, members = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for k, run in enumerate(args.runs):

@@ -3,40 +3,37 @@ far the ensemble's errors lie from the labelled edges (what bounds ISBI 2012 in 
 
     python benchmarks/error_bands.py --data ../shared/data/isbi2012_em --ids 24-29 --out bands.json RUN [RUN ...]
 
-Each run predicts the images with `medseg predict --probabilities` (its own TTA, threshold 0.5 on the averaged
-probabilities for the ensemble). The test masks only describe the errors here; nothing is chosen on them.
+Each run predicts the images as `medseg predict` does (its own TTA; the ensemble thresholds the averaged
+probabilities at 0.5). The test masks only describe the errors here; nothing is chosen on them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from scipy import ndimage
 
 from medseg.data.readers import Reader
+from medseg.files import atomic_write_text
+from medseg.inference.predictor import Predictor
+from medseg.metrics import confusion_counts, scores_from_counts
 
 BANDS = (1, 2, 3)  # px from a labelled edge
 
 
-def probabilities(run: Path, images: list[Path], out: Path) -> list[np.ndarray]:
+def probabilities(run: Path, images: list[Path], reader: Reader) -> list[np.ndarray]:
     """Foreground probabilities ``H x W`` of ``images`` from one run."""
-    done = subprocess.run([sys.executable, "-m", "medseg", "predict", str(run), *map(str, images), "--out", str(out),
-                           "--probabilities"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"medseg predict {run} failed:\n{done.stderr[-3000:]}")
-    return [tifffile.imread(out / f"{image.stem}_prob.tif").astype(np.float32).squeeze() for image in images]
+    predictor = Predictor.from_run(run)
+    return [predictor.probabilities(reader.image(path, predictor.spec.channels)) for path in images]
 
 
 def pooled_dice(masks: list[np.ndarray], predictions: list[np.ndarray]) -> float:
-    overlap = sum(int((m & p).sum()) for m, p in zip(masks, predictions))
-    return 2 * overlap / sum(int(m.sum() + p.sum()) for m, p in zip(masks, predictions))
+    """Foreground Dice over every pixel of every image together."""
+    counts = sum(confusion_counts(p, m, n_classes=2) for m, p in zip(masks, predictions))
+    return float(scores_from_counts(counts)["dice"][1])
 
 
 def edge_distance(mask: np.ndarray) -> np.ndarray:
@@ -78,18 +75,17 @@ def main() -> None:
     reader = Reader()
     masks = [reader.mask(find(args.data / "masks", i)) > 0 for i in ids]
     scores, members = {}, []
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, run in enumerate(args.runs):
-            members.append(probabilities(run, images, Path(tmp) / str(k)))
-            scores[str(run)] = pooled_dice(masks, [p > 0.5 for p in members[-1]])
-            print(f"{run}: pooled Dice {scores[str(run)]:.4f}", flush=True)
+    for run in args.runs:
+        members.append(probabilities(run, images, reader))
+        scores[str(run)] = pooled_dice(masks, [p > 0.5 for p in members[-1]])
+        print(f"{run}: pooled Dice {scores[str(run)]:.4f}", flush=True)
     ensemble = [np.mean(stack, axis=0) > 0.5 for stack in zip(*members)]
     result = {"runs": scores, "ensemble": pooled_dice(masks, ensemble), **bands(masks, ensemble)}
     print(f"ensemble of {len(members)}: pooled Dice {result['ensemble']:.4f}, pixel error {result['pixel_error']:.4f}")
     for k in BANDS:
         print(f"errors within {k} px of a labelled edge: {result[f'share_within_{k}px']:.3f}; Dice were every error "
               f"beyond {k} px removed: {result[f'dice_if_errors_beyond_{k}px_removed']:.4f}")
-    args.out.write_text(json.dumps(result, indent=2))
+    atomic_write_text(args.out, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

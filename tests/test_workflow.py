@@ -66,6 +66,38 @@ def test_train_without_a_budget_plans_and_records_the_plan(synthetic_data, tmp_p
     assert (len(loads), len(listings)) == (1, 1)
 
 
+def test_a_cross_validation_loads_the_config_once_and_lists_the_dataset_once(synthetic_data, tmp_path, monkeypatch):
+    """`medseg train --folds K`: every fold, the out-of-fold summary and the test evaluation share one listing."""
+    loads = _count_calls(monkeypatch, workflow.load_config, "load_config")
+    listings = _count_calls(monkeypatch, datasets.load_items, "load_items")
+    out = tmp_path / "cv"
+    assert main(["train", "--data", str(synthetic_data), "--out", str(out), "--folds", "2", "--iterations", "4",
+                 *TINY]) == 0
+    assert (out / "fold_1").is_dir() and RunFolder(out).cv_summary.is_file()
+    assert (len(loads), len(listings)) == (1, 1)
+
+
+def test_volumes_the_plan_slices_along_another_axis_are_not_listed_again(tmp_path, monkeypatch):
+    """One volume's coarsest axis is 0, the others' 2: the plan slices every volume along axis 2, from the one
+    listing."""
+    from tests.data import fixtures
+
+    root = fixtures.make_msd(tmp_path / "task", n=6)
+    image, labels = fixtures.blob_volume(5)
+    across = np.array([[2.0, 0, 0, 0], [0, 0.9, 0, 0], [0, 0, 0.9, 0], [0, 0, 0, 1]])
+    fixtures.write_nifti(root / "imagesTr" / "case_005.nii.gz", image, across)
+    fixtures.write_nifti(root / "labelsTr" / "case_005.nii.gz", labels, across)
+    assert {item.axis for item in datasets.load_items(root) if item.case == "case_005"} == {0}
+    listings = _count_calls(monkeypatch, datasets.load_items, "load_items")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out), "--iterations", "2", *TINY]) == 0
+    contract = RunFolder(out).read_contract()
+    splits = contract.data.splits
+    slices = [i for i in splits.train + splits.val + splits.test if i.startswith("case_005_")]
+    assert load_config(RunFolder(out).config).data.slice_axis == 2
+    assert len(slices) == image.shape[2] and len(listings) == 1
+
+
 def test_no_plan_trains_the_config_as_it_is(synthetic_data, tmp_path):
     out = tmp_path / "static"
     assert main(["train", "--data", str(synthetic_data), "--out", str(out), "--iterations", "4", "--no-plan",

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from medseg.claims import shard_order, try_claim
 from medseg.config import Config, load_config, user_keys
-from medseg.data.datasets import Item, dataset_items, with_classes
+from medseg.data.datasets import Item, dataset_items, reslice, with_classes
 from medseg.data.fingerprint import Fingerprint
 from medseg.errors import MedsegError
 from medseg.inference.evaluate import EvaluationSummary, evaluate_predictor
@@ -140,7 +140,7 @@ def _prepare(request: TrainRequest, folder: RunFolder, config: Config | None,
     if request.budget_minutes is not None and (plan is None or request.plan_path is not None):
         config.train.budget_minutes = request.budget_minutes  # a budget with a ready plan (or none): as it is
     if plan is not None and any(item.axis != config.data.slice_axis for item in items if item.case):
-        config, items, _ = dataset_items(config)  # the plan slices the volumes along another axis
+        items = reslice(items, config.data.slice_axis)  # the plan slices the volumes along another axis
     return Prepared(folder, config, items, plan, fingerprint, "fresh")
 
 
@@ -180,7 +180,7 @@ def _train(prepared: Prepared, request: TrainRequest,
     if not all(folder.fold(k).finished for k in range(config.data.folds)):
         get_logger().info("not every fold is finished yet; run again (without --shard) to summarise")
         return None, None
-    return None, summarise_folds(folder.path, config)
+    return None, summarise_folds(folder, config, prepared.items)
 
 
 def _train_fold(prepared: Prepared, fold: int, hooks: Hooks, context: DistributedContext) -> None:

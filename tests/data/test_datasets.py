@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.data.datasets import check_dataset, convert, load_items, load_sample, split_items
+from medseg.data.datasets import check_dataset, convert, load_items, load_sample, reslice, split_items
 from medseg.errors import MedsegError
 from tests.data import fixtures
 
@@ -182,3 +182,13 @@ def test_mask_errors_say_what_the_values_suggest(tmp_path):
     with pytest.raises(MedsegError, match=r"lossy JPEG file .* saved losslessly \(PNG or TIFF\)") as info:
         read_mask(lossy)
     assert "[" not in str(info.value)  # no list of 256 values
+
+
+def test_reslicing_listed_items_gives_what_listing_along_that_axis_gives(tmp_path):
+    root = fixtures.make_folder(tmp_path / "mixed", n=2, split=False)  # 2D images stay as they are
+    image, labels = fixtures.blob_volume(0)
+    fixtures.write_nifti(root / "images" / "volume.nii.gz", image)
+    fixtures.write_nifti(root / "masks" / "volume.nii.gz", labels)
+    listed = load_items(root)
+    for axis in (0, 1, 2):
+        assert reslice(listed, axis) == load_items(root, axis=axis)

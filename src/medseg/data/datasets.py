@@ -121,6 +121,19 @@ def volume_items(case: str, image: Path, masks: tuple[Path, ...], split: str | N
             for z in range(info.shape[axis])]
 
 
+def reslice(items: Iterable[Item], axis: int) -> list[Item]:
+    """``items`` with every volume sliced along ``axis`` instead (from its header; the dataset is not listed
+    again); 2D images and TIFF pages as they are."""
+    resliced, done = [], set()
+    for item in items:
+        if item.axis is None:
+            resliced.append(item)
+        elif item.group not in done:
+            done.add(item.group)
+            resliced += volume_items(item.group, item.image, item.masks, item.split, axis)
+    return resliced
+
+
 def _files_by_stem(folder: Path) -> dict[str, Path]:
     """Image files (2D images, NIfTI and DICOM files, DICOM series folders) of a folder by id."""
     if not folder.is_dir():

@@ -13,13 +13,12 @@ RUN_DIR layout (beside ``fold_<k>/``, one run folder per fold)::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from medseg.config import Config
-from medseg.data.datasets import load_items
+from medseg.data.datasets import Item
 from medseg.data.readers import Reader
 from medseg.run.folder import RunFolder
 from medseg.run.contract import PostprocessSpec, RunContract
@@ -47,10 +46,11 @@ class CrossValidationSummary:
     postprocess_steps: list[str]
 
 
-def summarise_folds(run_dir: Path, config: Config) -> CrossValidationSummary:
-    """Out-of-fold predictions -> post-processing choice -> ensemble contract, per-image CSV and summary."""
-    folder, folds = RunFolder(run_dir), config.data.folds
-    cases = _out_of_fold_cases(folder, config)
+def summarise_folds(folder: RunFolder, config: Config, items: Sequence[Item]) -> CrossValidationSummary:
+    """Out-of-fold predictions of the dataset's ``items`` -> post-processing choice -> ensemble contract, per-image
+    CSV and summary."""
+    folds = config.data.folds
+    cases = _out_of_fold_cases(folder, config, {item.id: item for item in items})
     choice = choose_postprocessing([case for _, case in cases], config.data.n_classes, config.inference.threshold)
     _ensemble_contract([folder.fold(k).read_contract() for k in range(folds)], choice).save(folder.contract)
     accumulator = MetricAccumulator(n_classes=config.data.n_classes)
@@ -70,10 +70,9 @@ def summarise_folds(run_dir: Path, config: Config) -> CrossValidationSummary:
     return summary
 
 
-def _out_of_fold_cases(folder: RunFolder, config: Config) -> list[tuple[int, PredictedCase]]:
+def _out_of_fold_cases(folder: RunFolder, config: Config, items: dict[str, Item]) -> list[tuple[int, PredictedCase]]:
     """``(fold, case)`` of each fold's validation cases predicted by that fold's selected weights (no
     post-processing; compact probabilities); a volume's slices as one case, in 3D."""
-    items = {item.id: item for item in load_items(config.data.root, config.data.format, config.data.slice_axis)}
     cases = []
     with Reader() as reader:
         for fold in range(config.data.folds):

@@ -30,11 +30,11 @@ def test_bad_mask_values_stop_before_training(capsys, tmp_path):
         (tmp_path / sub).mkdir()
     for i in range(3):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "images" / f"{i}.png")
-        Image.fromarray(np.full((8, 8), 128 if i == 2 else 255, np.uint8)).save(tmp_path / "masks" / f"{i}.png")
+        Image.fromarray(np.full((8, 8), 100 if i == 2 else 255, np.uint8)).save(tmp_path / "masks" / f"{i}.png")
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "1"])
     assert code == 2
     line = _error_line(capsys)
-    assert line.startswith("medseg: error: ") and "2.png: unexpected mask values [128]" in line
+    assert line.startswith("medseg: error: ") and "2.png: unexpected mask values [100]" in line
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
 
 

@@ -267,3 +267,22 @@ def test_classes_in_a_fixed_order_are_never_flipped_across_it(inputs):
     assert config.inference.tta and config.inference.tta_vflip and not config.inference.tta_hflip
     free = make_plan(compute_fingerprint(concentric, 3), three)
     assert "augment.flip" not in [c.key for c in free.choices] and free.value("augment.rotate90") is True
+
+
+def test_partial_labels_plan_objects_from_dense_masks_and_no_post_processing_without_them(inputs):
+    labelled = np.zeros((512, 512), bool)
+    labelled[:, :40] = labelled[:, -40:] = True  # scribbles along the edges: no object can be measured
+    scribbled = Sample("s", np.random.default_rng(0).random((512, 512, 1)).astype(np.float32),
+                       np.where(labelled, _blob(), 0), labelled=labelled)
+    partial_only = compute_fingerprint([scribbled] * 3, 2)
+    geometry = input_geometry(partial_only)
+    assert geometry.scale == 1.0 and "no dense mask to measure" in geometry.reason  # never shrunk blindly
+    plan = make_plan(partial_only, inputs)
+    assert plan.value("inference.postprocess") == "none"
+    dense = Sample("d", scribbled.image, _blob(), None)
+    mixed = compute_fingerprint([dense, scribbled, scribbled], 2)
+    assert input_geometry(mixed) == replace(input_geometry(compute_fingerprint([dense], 2)),
+                                            reason=input_geometry(mixed).reason)
+    assert "objects measured on the 1 dense masks, not the 2 partial" in input_geometry(mixed).reason
+    choice = next(c for c in make_plan(mixed, inputs).choices if c.key == "inference.postprocess")
+    assert choice.value == "auto" and "densely labelled" in choice.reason

@@ -244,3 +244,32 @@ def test_two_trainings_cannot_share_a_run_folder(synthetic_data, tmp_path):
     error = second.stderr.strip().splitlines()
     assert len(error) == 1 and "is in use by medseg train pid" in error[0] and str(first.pid) in error[0]
     assert RunFolder(out).read_contract().selected  # the first run finished intact
+
+
+def test_a_mixed_dataset_trains_on_its_dense_and_partial_masks_only(synthetic_data, tmp_path, capsys):
+    """Dense masks, partial masks (128 = unlabelled) and images without a mask: the unlabelled images are listed
+    by `data check` and never reach a split."""
+    import shutil
+
+    from medseg.data.readers import read_mask, write_array
+
+    root = tmp_path / "mixed"
+    shutil.copytree(synthetic_data, root)
+    (root / "split.csv").unlink()
+    masks = sorted((root / "masks").iterdir())
+    for path in masks[:4]:  # partial: only the top rows labelled
+        pixels = read_mask(path) * 255
+        pixels[16:] = 128
+        write_array(path, pixels.astype(np.uint8))
+    for path in masks[-3:]:
+        path.unlink()
+    unlabelled = sorted(path.stem for path in masks[-3:])
+    assert main(["data", "check", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "labels:        5 dense, 4 partial" in printed and ", 3 without a mask" in printed
+    assert f"unlabelled:    {', '.join(unlabelled)}" in printed
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out), "--iterations", "4", *TINY]) == 0
+    splits = RunFolder(out).read_contract().data.splits
+    assert len(splits.train + splits.val + splits.test) == 9 and not set(unlabelled) & set(splits.train)
+    assert (RunFolder(out).evaluation / "summary.json").is_file()

@@ -315,7 +315,13 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     print(f"  sizes (WxH):   {dict(list(report.sizes.items())[:8])}{' ...' if len(report.sizes) > 8 else ''}")
     print(f"  channels:      {report.channels}")
     print(f"  mask values:   {report.mask_values} (class ids after decoding)")
-    print(f"  foreground:    {100 * report.foreground_fraction:.2f}% of mask pixels")
+    print(f"  foreground:    {100 * report.foreground_fraction:.2f}% of labelled pixels")
+    labels = report.labels
+    print(f"  labels:        {labels['dense']} dense, {labels['partial']} partial ({100 * report.labelled_fraction:.1f}%"
+          f" of their pixels labelled), {labels['none']} without a mask")
+    if report.unlabelled:
+        shown = ", ".join(report.unlabelled[:10]) + (" ..." if len(report.unlabelled) > 10 else "")
+        print(f"  unlabelled:    {shown} (in no split: never trained on; `medseg suggest` ranks them)")
     return 0
 
 

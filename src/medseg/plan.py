@@ -204,7 +204,8 @@ def input_geometry(fingerprint: Fingerprint) -> Geometry:
     thinnest, which = _thinnest(fingerprint)
     height, width = fingerprint.height[1], fingerprint.width[1]
     scale = max(MIN_STRUCTURE_PX / thinnest, RESOLUTION_PX / max(height, width))
-    scale = 1.0 if scale >= NATIVE_SCALE or fingerprint.volumes is not None else round(scale, 3)
+    unmeasured = not fingerprint.n_dense  # partial labels only: how thin the structures are is unknown
+    scale = 1.0 if scale >= NATIVE_SCALE or fingerprint.volumes is not None or unmeasured else round(scale, 3)
     objects = fingerprint.object_width or fingerprint.foreground_width
     need = CONTEXT * objects * scale
     whole = _round_up(max(height, width) * scale, STRIDE)
@@ -214,9 +215,12 @@ def input_geometry(fingerprint: Fingerprint) -> Geometry:
     covers = patch >= WHOLE_SHARE * whole and whole <= MAX_PATCH
     patch = whole if covers else patch
     resize = covers and scale < 1.0 and max(height, width) / min(height, width) <= SQUARE_ASPECT
-    at = (f"native resolution ({which} {thinnest:g} px wide)" if scale == 1.0 else
+    at = ("native resolution (no dense mask to measure how thin the structures are)" if unmeasured else
+          f"native resolution ({which} {thinnest:g} px wide)" if scale == 1.0 else
           f"scale {scale:g} ({width}x{height} -> {round(width * scale)}x{round(height * scale)}; {which} "
           f"{thinnest:g} px wide keeps {thinnest * scale:.0f} px)")
+    if fingerprint.n_partial and not unmeasured:
+        at += f" (objects measured on the {fingerprint.n_dense} dense masks, not the {fingerprint.n_partial} partial)"
     context = f"objects up to ~{objects:.0f} px wide ({objects * scale:.0f} px scaled) need ~{need:.0f} px of context"
     inputs = (f"each (nearly square) image resized whole to {patch}x{patch}" if resize else
               f"whole images in one {patch}-px patch" if covers else
@@ -632,8 +636,13 @@ def _add_validation(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInp
         images = max(2, int(limit / per_image))
         choices.add("train.val_images", images, f"one validation pass over all {inputs.n_val} images would take "
                                                 f"~{inputs.n_val * per_image:.0f} s: a fixed subset of {images}")
+    if not fingerprint.n_dense:
+        choices.add("inference.postprocess", "none", "partial labels only: an unlabelled pixel may hold any "
+                                                     "object, so no threshold or post-processing can be judged")
+        return
+    dense = " on the densely labelled validation images" if fingerprint.n_partial else ""
     choices.add("inference.postprocess", "auto", "threshold, largest component, small-object removal and hole "
-                                                 "filling are each kept only if they raise validation Dice")
+                                                 f"filling are each kept only if they raise validation Dice{dense}")
 
 
 def _add_augmentation(choices: _Choices, fingerprint: Fingerprint, shrunk_whole: bool) -> None:

@@ -79,3 +79,21 @@ def test_fingerprint_file_round_trip(tmp_path):
     fingerprint = compute_fingerprint([_sample(np.random.default_rng(0).random((10, 10)), mask)], 2)
     fingerprint.save(tmp_path / "fingerprint.json")
     assert Fingerprint.load(tmp_path / "fingerprint.json") == fingerprint
+
+
+def test_objects_are_measured_on_dense_masks_only():
+    """A partial mask's unlabelled pixels may hold any object: its class shares count (on labelled pixels), its
+    objects do not."""
+    square = np.zeros((40, 40), np.int64)
+    square[5:16, 5:16] = 1
+    scribble = np.zeros((40, 40), np.int64)
+    scribble[20, 2:38] = 1  # a 1-px stroke: as an object it would be 1 px wide
+    labelled = np.zeros((40, 40), bool)
+    labelled[18:23] = True
+    partial = Sample("p", np.zeros((40, 40, 1), np.float32), scribble, labelled=labelled)
+    fingerprint = compute_fingerprint([_sample(np.zeros((40, 40)), square), partial], n_classes=2)
+    dense_only = compute_fingerprint([_sample(np.zeros((40, 40)), square)], n_classes=2)
+    assert (fingerprint.n_partial, fingerprint.n_dense) == (1, 1)
+    assert fingerprint.foreground_width == dense_only.foreground_width == 11
+    assert fingerprint.components_per_image == 1 and fingerprint.foreground_fraction == pytest.approx(121 / 1600, abs=1e-5)
+    assert fingerprint.class_fractions[1] == pytest.approx((121 + 36) / (1600 + 200), abs=1e-5)

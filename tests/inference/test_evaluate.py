@@ -31,7 +31,8 @@ def test_evaluate_writes_report_on_the_test_split(run, tmp_path, synthetic_data)
     rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").open()))
     test_ids = json.loads((run / "contract.json").read_text())["data"]["splits"]["test"]
     assert [r["id"] for r in rows] == test_ids and len(rows) == 2
-    assert list(rows[0]) == ["id", "dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95"]
+    assert list(rows[0]) == ["id", "dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95",
+                            "labelled_fraction"]
     saved = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert saved["metrics"]["dice"]["mean"] == pytest.approx(summary.metrics["dice"]["mean"])
     assert saved["empty_rule"] == "perfect" and saved["dataset"] == "the run's recorded test split"

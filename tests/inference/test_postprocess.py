@@ -8,7 +8,7 @@ from medseg.inference.postprocess import ValidationCase, choose_postprocessing
 
 
 def _case(truth: np.ndarray, probabilities: np.ndarray) -> ValidationCase:
-    return ValidationCase(probabilities.astype(np.float32), truth.astype(np.int64), None)
+    return ValidationCase(probabilities.astype(np.float32), truth.astype(np.int64), None, True)
 
 
 def test_largest_component_is_kept_when_it_removes_false_positives():
@@ -52,3 +52,16 @@ def test_largest_component_is_chosen_per_class_in_3d():
     choice = choose_postprocessing([_case(truth, probabilities)] * 2, n_classes=3)
     assert choice.postprocess.largest_component_classes == (1,) and not choice.postprocess.largest_component
     assert choice.dice_after > choice.dice_before
+
+
+def test_only_densely_labelled_cases_choose_post_processing():
+    truth = np.zeros((40, 40))
+    truth[10:25, 10:25] = 1
+    probabilities = truth * 0.9 + 0.05
+    probabilities[32:35, 32:35] = 0.8  # a speck the largest component would remove
+    partial = ValidationCase(probabilities.astype(np.float32), truth.astype(np.int64), None, False)
+    choice = choose_postprocessing([partial] * 3, n_classes=2)
+    assert not choice.postprocess.active and choice.threshold == 0.5 and choice.images == 0
+    assert "no densely labelled image" in choice.steps[0]
+    choice = choose_postprocessing([partial, _case(truth, probabilities)], n_classes=2)
+    assert choice.images == 1 and choice.postprocess.largest_component

@@ -103,3 +103,20 @@ def test_validation_shards_add_up_to_the_whole(tmp_path):
     assert kept[0].truth.shape[0] == sum(item.case == "case_000" for item in items) - 1
     shards = [score_store(predictor(3), store, indices, (rank, 2))[0] for rank in range(2)]
     assert sorted(row for shard in shards for row in shard) == whole
+
+
+def test_a_partial_label_is_scored_on_its_labelled_pixels_only():
+    """Wrong predictions at unlabelled pixels cost nothing; the case is marked not dense (it cannot judge
+    post-processing)."""
+    image = np.zeros((6, 6))
+    image[:, 3:] = 1  # the predictor says foreground on the right half
+    truth = np.zeros((6, 6))
+    truth[:, 3:5] = 1  # the truth's column 5 is background, but it is unlabelled
+    labelled = np.ones((6, 6), bool)
+    labelled[:, 5] = False
+    partial = Sample("img", image[..., None].astype(np.float32), truth.astype(np.int64), labelled=labelled)
+    (scored,) = score_cases(predictor(), [make_case([Item("img", None, ())], [partial])], MetricAccumulator())
+    assert scored.row.dice == 1 and not scored.predicted.dense
+    dense = sample("img", image, truth)
+    (scored,) = score_cases(predictor(), [make_case([Item("img", None, ())], [dense])], MetricAccumulator())
+    assert scored.row.dice == pytest.approx(2 * 12 / (18 + 12)) and scored.predicted.dense

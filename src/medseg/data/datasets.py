@@ -8,6 +8,10 @@ Adapters read the layouts people download (the Medical Segmentation Decathlon, n
 ISIC 2018, BUSI originals) into the same :class:`Item` list; :func:`convert` writes any of them out in the folder
 format. A volume (NIfTI, DICOM file or DICOM series folder) is listed as its 2D slices, which share a ``case``:
 splits keep a case's slices together and evaluation scores each case in 3D.
+
+Labels may be partial: a mask may leave pixels unlabelled (stored as 128 in the folder format, as the ``ignore``
+label of nnU-Net raw), and an image may have no mask at all. Unlabelled images are listed but belong to no split:
+they are never trained on or scored, and they are what `medseg suggest` ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from medseg.config import Config
-from medseg.data.readers import IMAGE_EXTENSIONS, Reader, volume_info, write_array, write_mask
+from medseg.data.readers import (IMAGE_EXTENSIONS, UNLABELLED, UNLABELLED_VALUE, Reader, volume_info, write_array,
+                                 write_mask)
 from medseg.data.volumes import is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_csv, read_csv
@@ -37,7 +42,8 @@ _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
 class Item:
     """One 2D sample on disk. ``masks`` (OR-merged if several) may be empty for unlabelled images; ``frame``
     selects a page of a TIFF stack, or the slice along ``axis`` of a volume whose slices share the id ``case``;
-    ``split`` is the source's own split if it has one."""
+    ``split`` is the source's own split if it has one; ``unlabelled_value`` is the stored mask value that marks an
+    unlabelled pixel in this source's masks (None: every pixel of a mask is labelled)."""
 
     id: str
     image: Path
@@ -47,18 +53,26 @@ class Item:
     split: str | None = None
     case: str | None = None
     axis: int | None = None
+    unlabelled_value: int | None = None
 
     @property
     def group(self) -> str:
         """What a split keeps together: the case of a volume's slice, else the item itself."""
         return self.case or self.id
 
+    @property
+    def labelled(self) -> bool:
+        """The item has a mask (a dense or a partial one)."""
+        return bool(self.masks)
+
 
 @dataclass
 class Sample:
     """A decoded sample: ``image`` float32 ``H x W x C`` in [0, 1] (a volume's slice: as stored), ``mask`` int64
-    ``H x W`` class ids (or None), ``region`` bool ``H x W`` (or None = everywhere); a volume's slice also carries
-    its case's intensity ``statistics`` (per-channel mean and std, ``1 x 1 x C``) and in-plane ``spacing`` (mm)."""
+    ``H x W`` class ids (or None), ``region`` bool ``H x W`` (or None = everywhere), ``labelled`` bool ``H x W``
+    for a partial mask (None: every pixel labelled; an unlabelled pixel's class id reads 0); a volume's slice also
+    carries its case's intensity ``statistics`` (per-channel mean and std, ``1 x 1 x C``) and in-plane ``spacing``
+    (mm)."""
 
     id: str
     image: np.ndarray
@@ -66,6 +80,18 @@ class Sample:
     region: np.ndarray | None = None
     statistics: tuple[np.ndarray, np.ndarray] | None = None
     spacing: tuple[float, float] | None = None
+    labelled: np.ndarray | None = None
+
+    @property
+    def partial(self) -> bool:
+        """The mask leaves some pixels unlabelled."""
+        return self.labelled is not None
+
+    def counted(self) -> np.ndarray | None:
+        """The pixels that count for the loss and the metrics: labelled and inside the region (None: all)."""
+        if self.labelled is None or self.region is None:
+            return self.labelled if self.region is None else self.region
+        return self.region & self.labelled
 
 
 def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader | None = None) -> Sample:
@@ -79,11 +105,15 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
     for path in item.masks:
         if is_volume_file(path) and is_volume_file(item.image):
             _check_aligned(reader, item.image, path)
-        part = reader.mask(path, n_classes, item.frame, item.axis)
+        part = reader.mask(path, n_classes, item.frame, item.axis, item.unlabelled_value)
         if part.shape != image.shape[:2]:
             raise MedsegError(path, f"mask size {part.shape[1]}x{part.shape[0]} does not match image size "
                                     f"{image.shape[1]}x{image.shape[0]} ({item.image.name})")
         mask = part if mask is None else np.maximum(mask, part)
+    labelled = None
+    if mask is not None and (mask == UNLABELLED).any():
+        labelled = mask != UNLABELLED
+        mask = np.where(labelled, mask, 0)
     region = None
     if item.region is not None:
         region = reader.mask(item.region, 2) > 0
@@ -91,10 +121,10 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
             raise MedsegError(item.region, f"region size {region.shape[::-1]} does not match image size "
                                            f"{image.shape[1::-1]}")
     if not is_volume_file(item.image):
-        return Sample(item.id, image, mask, region)
+        return Sample(item.id, image, mask, region, labelled=labelled)
     volume = reader.volume(item.image)
     return Sample(item.id, image, mask, region, reader.volume_statistics(item.image),
-                  volume.info.in_plane_spacing(2 if item.axis is None else item.axis))
+                  volume.info.in_plane_spacing(2 if item.axis is None else item.axis), labelled)
 
 
 def _check_aligned(reader: Reader, image: Path, label: Path) -> None:
@@ -107,18 +137,18 @@ def _check_aligned(reader: Reader, image: Path, label: Path) -> None:
         raise MedsegError(label, f"label affine differs from its image's ({image.name}): they are not aligned")
 
 
-def volume_items(case: str, image: Path, masks: tuple[Path, ...], split: str | None,
-                 axis: int | None = None) -> list[Item]:
+def volume_items(case: str, image: Path, masks: tuple[Path, ...], split: str | None, axis: int | None = None,
+                 unlabelled_value: int | None = None) -> list[Item]:
     """The 2D items of one image file: a volume's slices along ``axis`` (None: the coarsest spacing, as nnU-Net's
     2D configuration), ids ``<case>_<zzz>``; a 2D image or single-slice volume is one item with id ``case``."""
     if not is_volume_file(image):
-        return [Item(case, image, masks, split=split)]
+        return [Item(case, image, masks, split=split, unlabelled_value=unlabelled_value)]
     info = volume_info(image)
     axis = info.slice_axis() if axis is None else axis
     if info.shape[axis] == 1:
-        return [Item(case, image, masks, frame=0, split=split, axis=axis)]
-    return [Item(f"{case}_{z:03d}", image, masks, frame=z, split=split, case=case, axis=axis)
-            for z in range(info.shape[axis])]
+        return [Item(case, image, masks, frame=0, split=split, axis=axis, unlabelled_value=unlabelled_value)]
+    return [Item(f"{case}_{z:03d}", image, masks, frame=z, split=split, case=case, axis=axis,
+                 unlabelled_value=unlabelled_value) for z in range(info.shape[axis])]
 
 
 def reslice(items: Iterable[Item], axis: int) -> list[Item]:
@@ -130,7 +160,7 @@ def reslice(items: Iterable[Item], axis: int) -> list[Item]:
             resliced.append(item)
         elif item.group not in done:
             done.add(item.group)
-            resliced += volume_items(item.group, item.image, item.masks, item.split, axis)
+            resliced += volume_items(item.group, item.image, item.masks, item.split, axis, item.unlabelled_value)
     return resliced
 
 
@@ -180,7 +210,8 @@ def read_split_csv(path: Path) -> dict[str, str]:
 
 def load_folder(root: Path, axis: int | None = None) -> list[Item]:
     """Items of the folder format; split.csv (if present) must name every image exactly once (a volume by its
-    case id)."""
+    case id). An image without a mask is an unlabelled item; a mask's pixels of value 128
+    (:data:`~medseg.data.readers.UNLABELLED_VALUE`) are unlabelled."""
     images = _files_by_stem(root / "images")
     if not images:
         raise MedsegError(root / "images", "no images found (expected DIR/images/<id>.png and DIR/masks/<id>.png)")
@@ -195,19 +226,23 @@ def load_folder(root: Path, axis: int | None = None) -> list[Item]:
         missing = sorted(set(images) - set(splits))
         if missing:
             raise MedsegError(split_file, f"has no split for: {', '.join(missing[:5])}")
+    orphans = sorted(set(masks) - {f"{item_id}{suffix}" for item_id in images for suffix in MASK_SUFFIXES})
     items = []
     for item_id, image in images.items():
         mask = _find_mask(masks, item_id)
-        if mask is None and masks:
+        if mask is None and orphans:  # a misnamed mask, most likely: never leave the image unlabelled silently
             tried = ", ".join(f"{item_id}{suffix}.<ext>" for suffix in MASK_SUFFIXES)
-            raise MedsegError(image, f"no mask found for id {item_id!r} in {root / 'masks'} (tried {tried})")
+            raise MedsegError(image, f"no mask found for id {item_id!r} in {root / 'masks'} (tried {tried}), and "
+                                     f"{masks[orphans[0]].name} belongs to no image: rename it, or remove it to "
+                                     "leave the image unlabelled")
         masks_of = (_check_inside(root, mask),) if mask else ()
         if is_volume_file(image):
-            items += volume_items(item_id, _check_inside(root, image), masks_of, splits.get(item_id), axis)
+            items += volume_items(item_id, _check_inside(root, image), masks_of, splits.get(item_id), axis,
+                                  UNLABELLED_VALUE)
             continue
         items.append(Item(item_id, _check_inside(root, image), masks_of,
                           _check_inside(root, regions[item_id]) if item_id in regions else None,
-                          split=splits.get(item_id)))
+                          split=splits.get(item_id), unlabelled_value=UNLABELLED_VALUE))
     return items
 
 
@@ -233,9 +268,13 @@ def read_dataset_json(root: Path) -> dict:
     return meta
 
 
-def dataset_json_classes(root: Path) -> tuple[str, ...] | None:
+IGNORE_NAME = "ignore"  # nnU-Net v2's label name for unlabelled pixels: the highest id, not a class
+
+
+def dataset_json_labels(root: Path) -> tuple[tuple[str, ...], int | None] | None:
     """Class names by id from ``dataset.json``'s ``labels`` (MSD ``{"0": "background"}`` or nnU-Net v2
-    ``{"background": 0}``); ids must be 0..K-1. None when the dataset has no dataset.json."""
+    ``{"background": 0}``), ids 0..K-1, and the id of nnU-Net v2's ``ignore`` label (unlabelled pixels; it must be
+    the highest id, K) or None. None when the dataset has no dataset.json."""
     if not (root / "dataset.json").is_file():
         return None
     labels = read_dataset_json(root).get("labels")
@@ -248,15 +287,23 @@ def dataset_json_classes(root: Path) -> tuple[str, ...] | None:
             raise MedsegError(root / "dataset.json", f"label {key!r}: {value!r} is not a class id (region labels "
                                                      "of nnU-Net are not supported)")
         by_id[int(number)] = str(name)
+    ignore = next((number for number, name in by_id.items() if name == IGNORE_NAME), None)
+    if ignore is not None:
+        if ignore != max(by_id):
+            raise MedsegError(root / "dataset.json", f"the '{IGNORE_NAME}' label ({ignore}) must have the highest "
+                                                     f"id (as in nnU-Net v2), not below {max(by_id)}")
+        del by_id[ignore]
     if sorted(by_id) != list(range(len(by_id))) or len(by_id) < 2:
         raise MedsegError(root / "dataset.json", f"label ids {sorted(by_id)} are not 0..K-1 with K >= 2")
-    return tuple(by_id[k] for k in range(len(by_id)))
+    return tuple(by_id[k] for k in range(len(by_id))), ignore
 
 
 def _load_decathlon(root: Path, channel_suffix: str, axis: int | None) -> list[Item]:
     """MSD and nnU-Net raw: ``imagesTr/<case><suffix>.<ext>`` with ``labelsTr/<case>.<ext>``, and labelled test
-    cases in ``imagesTs`` + ``labelsTs``. Unlabelled ``imagesTs`` files are for `medseg predict`, not listed."""
+    cases in ``imagesTs`` + ``labelsTs``. Unlabelled ``imagesTs`` files are for `medseg predict`, not listed. A
+    label's pixels of the ``ignore`` label (nnU-Net v2) are unlabelled."""
     meta = read_dataset_json(root)
+    ignore = dataset_json_labels(root)[1]
     channels = meta.get("channel_names", meta.get("modality", {"0": ""}))
     if channel_suffix and len(channels) != 1:
         raise MedsegError(root / "dataset.json", "several channel files per case are not supported; merge them "
@@ -273,7 +320,8 @@ def _load_decathlon(root: Path, channel_suffix: str, axis: int | None) -> list[I
                 if split is None:
                     raise MedsegError(image, f"no label {case}.<ext> in {root / label_folder}")
                 continue
-            items += volume_items(case, _check_inside(root, image), (_check_inside(root, label),), split, axis)
+            items += volume_items(case, _check_inside(root, image), (_check_inside(root, label),), split, axis,
+                                  ignore)
     if not items:
         raise MedsegError(root / "imagesTr", "no labelled images found")
     return items
@@ -433,14 +481,16 @@ def split_items(
     fold: int | str | None = None,
     folds: int = 5,
 ) -> Splits:
-    """Train/val/test lists. The source's own split (split.csv, an adapter's) is kept; a split it lacks is carved
-    from its training items (a volume's slices as one), seeded: first ``test_fraction`` for test, then
+    """Train/val/test lists of the labelled items (unlabelled ones belong to none). The source's own split
+    (split.csv, an adapter's) is kept; a split it lacks is carved from its training items (a volume's slices as
+    one), seeded: first ``test_fraction`` for test, then
     ``val_fraction`` (or fold ``fold`` of
     ``folds``, the same partition for every fold) for val; fold ``"all"`` keeps no validation images. An id is
     never on two sides."""
     groups: dict[str, list[Item]] = {}
     for item in items:
-        groups.setdefault(item.group, []).append(item)
+        if item.labelled:  # an unlabelled image belongs to no split
+            groups.setdefault(item.group, []).append(item)
     rng = np.random.default_rng(seed)
     split_of = {name: members[0].split for name, members in groups.items()}
     pool = [name for name in groups if split_of[name] in (None, "train")]
@@ -499,20 +549,21 @@ class Classes:
 def find_classes(root: str | Path, items: Iterable[Item]) -> Classes:
     """The classes of a dataset: ``dataset.json``'s labels where there is one; else masks holding only 0..K-1
     with K > 2 are K classes (every mask read once); 0/1 and 0/255 masks are binary."""
-    names = dataset_json_classes(Path(root))
-    if names is not None:
-        return Classes(names, "dataset.json")
+    labels = dataset_json_labels(Path(root))
+    if labels is not None:
+        return Classes(labels[0], "dataset.json")
+    unlabelled = {path: item.unlabelled_value for item in items for path in item.masks}
     values: dict[Path, set[int]] = {}
     with Reader() as reader:
-        for path in dict.fromkeys(path for item in items for path in item.masks):
-            values[path] = set(reader.mask_values(path).tolist())
+        for path, value in unlabelled.items():
+            values[path] = set(reader.mask_values(path).tolist()) - {value}
         union = set().union(*values.values())
         top = max(union, default=1)
         if top + 1 > 2 and union <= set(range(top + 1)) and top < MAX_AUTO_CLASSES:
             return Classes(default_class_names(top + 1), f"masks hold the values 0..{top}")
         for path, found in values.items():  # binary: a mask with other values is an error, before any training
             if not (found <= {0, 1} or found <= {0, 255}):
-                reader.mask(path, 2)
+                reader.mask(path, 2, unlabelled=unlabelled[path])
     return Classes(default_class_names(2), "binary masks")
 
 
@@ -527,9 +578,12 @@ class DatasetReport:
     sizes: dict[str, int]
     channels: dict[int, int]
     mask_values: list[int]
-    foreground_fraction: float
+    foreground_fraction: float  # of the labelled pixels
     classes: Classes
     n_cases: int  # volumes (each listed as its slices); 0 for 2D images
+    labels: dict[str, int]  # images (a volume's slices) by label: dense, partial (pixels left unlabelled), none
+    labelled_fraction: float  # labelled pixels of the images that have a mask
+    unlabelled: list[str]  # the ids of the images without a mask
 
 
 def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int | None = None,
@@ -546,21 +600,35 @@ def check_dataset(root: str | Path, fmt: str = "auto", n_classes: int | None = N
     sizes: Counter[str] = Counter()
     channel_counts: Counter[int] = Counter()
     values: set[int] = set()
-    foreground = total = 0
+    labels: Counter[str] = Counter()
+    foreground = labelled = total = 0
     reader = Reader()
     for item in items:
         sample = load_sample(item, channels, n_classes, reader)
         sizes[f"{sample.image.shape[1]}x{sample.image.shape[0]}"] += 1
         channel_counts[sample.image.shape[2]] += 1
+        labels[label_kind(sample)] += 1
         if sample.mask is not None:
-            values.update(np.unique(sample.mask).tolist())
-            foreground += int((sample.mask > 0).sum())
+            known = sample.mask if sample.labelled is None else sample.mask[sample.labelled]
+            values.update(np.unique(known).tolist())
+            foreground += int((known > 0).sum())
+            labelled += known.size
             total += sample.mask.size
     reader.close()
-    splits = Counter(item.split or "unassigned" for item in items)
+    splits = Counter(item.split or "unassigned" for item in items if item.labelled)
     return DatasetReport(str(root), fmt, len(items), dict(splits), dict(sizes.most_common()), dict(channel_counts),
-                         sorted(values), foreground / total if total else 0.0, classes,
-                         len({item.case for item in items if item.case}))
+                         sorted(values), foreground / labelled if labelled else 0.0, classes,
+                         len({item.case for item in items if item.case}),
+                         {kind: labels[kind] for kind in LABEL_KINDS}, labelled / total if total else 0.0,
+                         sorted({item.group for item in items if not item.labelled}))
+
+
+LABEL_KINDS = ("dense", "partial", "none")
+
+
+def label_kind(sample: Sample) -> str:
+    """How a sample is labelled: ``dense`` (every pixel), ``partial`` (some pixels unlabelled) or ``none``."""
+    return "none" if sample.mask is None else "partial" if sample.partial else "dense"
 
 
 def input_channels(config: Config, splits: Splits, known: int | None = None) -> int:
@@ -604,6 +672,12 @@ def dataset_items(config: Config) -> tuple[Config, list[Item], Classes | None]:
     if not data.root:
         raise MedsegError("data.root", "no dataset given (--data DIR)")
     items = load_items(data.root, data.format, data.slice_axis)
+    unlabelled = sorted({item.group for item in items if not item.labelled})
+    if len(unlabelled) == len({item.group for item in items}):
+        raise MedsegError(data.root, "no image has a mask (expected DIR/masks/<id>.png beside DIR/images/<id>.png)")
+    if unlabelled:
+        get_logger().info("%d image(s) have no mask (e.g. %s): listed as unlabelled, never trained on",
+                          len(unlabelled), ", ".join(unlabelled[:3]))
     config, classes = with_classes(config, items)
     return config, items, classes
 

@@ -24,7 +24,7 @@ MAX_SAMPLES = 32  # the fingerprint measures at most this many images, spread ov
 @dataclass(frozen=True)
 class Fingerprint:
     """Dataset statistics (sizes in pixels, intensities in reader scale [0, 1], measured inside the region where
-    one is given). Medians are over images unless the name says otherwise."""
+    one is given; objects on dense masks only). Medians are over images unless the name says otherwise."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")
     n_images: int
@@ -57,6 +57,13 @@ class Fingerprint:
     # the width (px) below which objects hold 90% of the foreground area (per class): how wide the large objects
     # are, with specks counting by their few pixels
     object_width: float = 0.0
+    # images whose masks leave pixels unlabelled: their class shares count, but objects (sizes, widths, counts,
+    # layout) and the foreground fraction are measured on the dense masks only
+    n_partial: int = 0
+
+    @property
+    def n_dense(self) -> int:
+        return self.n_images - self.n_partial
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +182,7 @@ class _Accumulator:
         self.updown: list[float] = []
         self.leftright: list[float] = []
         self.layout: list[np.ndarray] = []
+        self.partial = 0
         self.rng = np.random.default_rng(0)
 
     def add(self, sample: Sample) -> None:
@@ -188,10 +196,16 @@ class _Accumulator:
         self.pixel_sq = self.pixel_sq + (inside.astype(np.float64) ** 2).sum(axis=0)
         self.pixel_n += inside.shape[0]
         self.percentile_samples.append(inside[self.rng.integers(0, inside.shape[0], min(10_000, inside.shape[0]))])
-        counted = mask[region] if region is not None else mask.ravel()
+        counted_pixels = sample.counted()
+        counted = mask[counted_pixels] if counted_pixels is not None else mask.ravel()
         self.class_counts += np.bincount(counted.ravel(), minlength=self.n_classes)[: self.n_classes]
-        self.foreground.append(float((counted > 0).mean()) if counted.size else 0.0)
         self.regions.append(float(region.mean()) if region is not None else 1.0)
+        self.updown.append(_profile_contrast(image, region, axis=0))
+        self.leftright.append(_profile_contrast(image, region, axis=1))
+        if sample.partial:  # an unlabelled pixel may belong to any object: objects are measured on dense masks
+            self.partial += 1
+            return
+        self.foreground.append(float((counted > 0).mean()) if counted.size else 0.0)
         foreground = mask > 0
         labels, count = ndimage.label(foreground)
         self.components.append(count)
@@ -208,8 +222,6 @@ class _Accumulator:
         background = ~foreground if region is None else ~foreground & region
         self.background_widths.append(structure_widths(background))
         self.layout += _class_offsets(mask, self.n_classes)
-        self.updown.append(_profile_contrast(image, region, axis=0))
-        self.leftright.append(_profile_contrast(image, region, axis=1))
 
     def result(self) -> Fingerprint:
         if not self.heights:
@@ -236,10 +248,10 @@ class _Accumulator:
             intensity_mean=rounded(mean), intensity_std=rounded(std),
             intensity_p01=rounded(np.percentile(pooled, 1, axis=0)),
             intensity_p99=rounded(np.percentile(pooled, 99, axis=0)),
-            foreground_fraction=round(float(np.mean(self.foreground)), 5),
+            foreground_fraction=round(float(np.mean(self.foreground)), 5) if self.foreground else 0.0,
             class_fractions=rounded(self.class_counts / max(self.class_counts.sum(), 1), 5),
-            empty_mask_share=round(float(np.mean([c == 0 for c in self.components])), 4),
-            components_per_image=float(np.median(self.components)),
+            empty_mask_share=round(float(np.mean([c == 0 for c in self.components])), 4) if self.components else 0.0,
+            components_per_image=float(np.median(self.components)) if self.components else 0.0,
             component_area=float(np.median(self.areas)) if self.areas else 0.0,
             component_area_share=round(float(np.median(self.area_shares)), 5) if self.area_shares else 0.0,
             foreground_width=median_width(self.foreground_widths),
@@ -251,6 +263,7 @@ class _Accumulator:
             class_widths=tuple(median_width(parts) for parts in self.class_widths),
             object_width=round(area_percentile(np.concatenate(self.object_widths or [np.zeros(0)]),
                                                np.concatenate(self.object_areas or [np.zeros(0)]), 0.9), 2),
+            n_partial=self.partial,
         )
 
 

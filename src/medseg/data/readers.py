@@ -1,7 +1,9 @@
 """The one place that decodes and writes image files. Every problem is a one-line MedsegError naming the file.
 
 Images come back as ``H x W x C`` arrays scaled to float32 [0, 1] (8/16-bit integers divided by their maximum,
-float TIFFs checked for NaN/inf and kept as they are); masks as ``H x W`` int64 class ids. Slices of volumes
+float TIFFs checked for NaN/inf and kept as they are); masks as ``H x W`` int64 class ids, with
+:data:`UNLABELLED` where a partial label leaves a pixel unlabelled (the dataset's stored value for it: 128 in the
+folder format, a trimap's grey; dataset.json's ``ignore`` label in nnU-Net raw). Slices of volumes
 (NIfTI, DICOM) keep their stored intensities (after the modality LUT), since a volume is normalised as a whole.
 
 A :class:`Reader` keeps TIFF files open, so a stack's frame count comes from its metadata and each frame is one
@@ -31,6 +33,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")
 MAX_PIXELS = 2**30  # 1 gigapixel per plane: larger declared sizes are refused as decompression bombs
+UNLABELLED = -1  # the class id of an unlabelled pixel in a decoded mask (a partial label)
+UNLABELLED_VALUE = 128  # the folder format's stored mask value for an unlabelled pixel (black, grey, white: a trimap)
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
@@ -150,9 +154,10 @@ class Reader:
             return volume_slice(self.volume(path), _slice_axis(axis), frame or 0, channels, path)
         return as_unit_image(self.plane(path, frame, "images").pixels, channels, path)
 
-    def mask(self, path: str | Path, n_classes: int = 2, frame: int | None = None,
-             axis: int | None = None) -> np.ndarray:
-        """A mask as ``H x W`` int64 class ids.
+    def mask(self, path: str | Path, n_classes: int = 2, frame: int | None = None, axis: int | None = None,
+             unlabelled: int | None = None) -> np.ndarray:
+        """A mask as ``H x W`` int64 class ids, :data:`UNLABELLED` where the stored value is ``unlabelled`` (the
+        dataset's convention for unlabelled pixels; never a class id).
 
         Binary tasks (``n_classes == 2``) accept {0, 1} and {0, 255}; multi-class tasks accept 0..K-1. Multi-channel
         masks are accepted only if their colour channels are identical (alpha ignored); other values are an error
@@ -161,7 +166,7 @@ class Reader:
         path = Path(path)
         if is_volume_file(path):
             labels = self.volume(path, label=True).plane(_slice_axis(axis), frame or 0)
-            return _class_ids(labels, n_classes, path, "NIfTI" if is_nifti(path) else "DICOM")
+            return _class_ids(labels, n_classes, path, "NIfTI" if is_nifti(path) else "DICOM", unlabelled)
         plane = self.plane(path, frame, "masks")
         pixels = plane.pixels
         if pixels.ndim == 3:
@@ -174,7 +179,7 @@ class Reader:
         if np.issubdtype(pixels.dtype, np.floating):
             if not np.isfinite(pixels).all() or not np.equal(np.mod(pixels, 1), 0).all():
                 raise MedsegError(path, "mask has non-integer values")
-        return _class_ids(pixels, n_classes, path, plane.format)
+        return _class_ids(pixels, n_classes, path, plane.format, unlabelled)
 
     def mask_values(self, path: str | Path) -> np.ndarray:
         """The distinct values of a mask file (every frame of a stack or volume), as stored."""
@@ -236,14 +241,22 @@ def _slice_axis(axis: int | None) -> int:
     return 2 if axis is None else axis
 
 
-def _class_ids(pixels: np.ndarray, n_classes: int, path: Path, fmt: str) -> np.ndarray:
-    """Whole-number label values as int64 class ids 0..K-1 (binary tasks also take {0, 255})."""
+def _class_ids(pixels: np.ndarray, n_classes: int, path: Path, fmt: str, unlabelled: int | None) -> np.ndarray:
+    """Whole-number label values as int64 class ids 0..K-1 (binary tasks also take {0, 255}), and
+    :data:`UNLABELLED` where the value is ``unlabelled`` (when that is not a class id)."""
     values = np.unique(pixels)
+    marked = None
+    if unlabelled is not None and unlabelled >= n_classes and (values == unlabelled).any():
+        marked, values = pixels == unlabelled, values[values != unlabelled]
     if n_classes == 2 and set(values.tolist()) <= {0, 255}:
-        return (pixels == 255).astype(np.int64)
-    if values.min(initial=0) < 0 or values.max(initial=0) >= n_classes:
+        ids = (pixels == 255).astype(np.int64)
+    elif values.min(initial=0) < 0 or values.max(initial=0) >= n_classes:
         raise MedsegError(path, _bad_mask_values(values, n_classes, fmt))
-    return pixels.astype(np.int64)
+    else:
+        ids = pixels.astype(np.int64)
+    if marked is not None:
+        ids[marked] = UNLABELLED
+    return ids
 
 
 def _dicom_labels(volume: Volume, path: Path) -> np.ndarray:
@@ -418,8 +431,16 @@ def stack_length(path: str | Path) -> int:
 
 
 def mask_pixels(mask: np.ndarray, n_classes: int = 2) -> np.ndarray:
-    """Class ids as the 8-bit pixels medseg writes: binary masks as {0, 255}, label maps as their ids."""
-    return (mask.astype(np.uint8) * 255) if n_classes == 2 else mask.astype(np.uint8)
+    """Class ids as the 8-bit pixels medseg writes: binary masks as {0, 255}, label maps as their ids, and
+    :data:`UNLABELLED` pixels as :data:`UNLABELLED_VALUE` (the folder format's partial labels)."""
+    pixels = (mask.clip(0, 1).astype(np.uint8) * 255) if n_classes == 2 else mask.clip(0, None).astype(np.uint8)
+    unlabelled = mask == UNLABELLED
+    if unlabelled.any():
+        if n_classes > UNLABELLED_VALUE:
+            raise MedsegError("mask", f"{n_classes} classes leave no value to mark unlabelled pixels "
+                                      f"({UNLABELLED_VALUE} is a class)")
+        pixels[unlabelled] = UNLABELLED_VALUE
+    return pixels
 
 
 def write_mask(path: str | Path, mask: np.ndarray, n_classes: int = 2) -> None:

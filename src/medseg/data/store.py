@@ -4,7 +4,7 @@ per-epoch sample keys, and the patch dataset that crops and augments one sample 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ class _Compact:
     region: np.ndarray | None
     statistics: tuple[np.ndarray, np.ndarray] | None
     spacing: tuple[float, float] | None
+    labelled: np.ndarray | None
 
     @classmethod
     def of(cls, sample: Sample) -> "_Compact":
@@ -37,17 +38,20 @@ class _Compact:
         in_unit_range = image.min(initial=0) >= 0 and image.max(initial=0) <= 1
         if in_unit_range and np.array_equal(as_8_bit.astype(np.float32) / 255, image):
             image, divisor = as_8_bit.astype(np.uint8), 255.0
-        return cls(image, divisor, sample.mask.astype(np.uint8), sample.region, sample.statistics, sample.spacing)
+        return cls(image, divisor, sample.mask.astype(np.uint8), sample.region, sample.statistics, sample.spacing,
+                   sample.labelled)
 
     @property
     def nbytes(self) -> int:
-        return self.image.nbytes + self.mask.nbytes + (self.region.nbytes if self.region is not None else 0)
+        return self.image.nbytes + self.mask.nbytes + sum(part.nbytes for part in (self.region, self.labelled)
+                                                          if part is not None)
 
     def sample(self, item_id: str) -> Sample:
         image = self.image.astype(np.float32)
         if self.divisor != 1.0:
             image /= np.float32(self.divisor)
-        return Sample(item_id, image, self.mask.astype(np.int64), self.region, self.statistics, self.spacing)
+        return Sample(item_id, image, self.mask.astype(np.int64), self.region, self.statistics, self.spacing,
+                      self.labelled)
 
 
 class SampleStore:
@@ -141,7 +145,8 @@ def epoch_keys(n_items: int, steps: int, batch_size: int, seed: int, epoch: int)
 class PatchDataset(Dataset):
     """Training examples, one per ``(index, seed)`` key; the key fixes crop and augmentation, so a resumed run
     sees exactly the examples the uninterrupted run would have. A volume's slice is swapped, with probability
-    ``foreground_p``, for one of the same volume that holds foreground (nnU-Net's oversampling, for slices).
+    ``foreground_p``, for one of the same volume that holds foreground (nnU-Net's oversampling, for slices). A
+    partial label's crops are centred on its labelled pixels, and only they count (``region``).
     Returns ``image`` float32 ``C x P x P``, ``mask`` int64 ``P x P`` and ``region`` bool ``P x P``."""
 
     def __init__(self, store: SampleStore, data: DataConfig, augmentation: AugmentConfig,
@@ -158,11 +163,13 @@ class PatchDataset(Dataset):
         if self.store.items[index].case is not None and rng.random() < self.data.foreground_p:
             index = self.store.foreground_slice(index, rng)
         sample = self.store[index]
+        partial = sample.partial
+        sample = replace(sample, region=sample.counted(), labelled=None)
         if self.data.resize:
             sample = resize_sample(sample, self.data.resize)
         elif self.data.patch_size:
             sample = random_patch(sample, self.data.patch_size, rng, self.data.foreground_p,
-                                  self.store.statistics[index][0].reshape(-1))
+                                  self.store.statistics[index][0].reshape(-1), within_region=partial)
         sample = augment(self.pipeline, sample, int(rng.integers(2**31)))
         image = normalize(sample.image, self.data.normalize, self.store.statistics[index])
         return {

@@ -113,10 +113,11 @@ def augment(pipeline: A.Compose, sample: Sample, seed: int) -> Sample:
 
 
 def random_patch(sample: Sample, size: int, rng: np.random.Generator, foreground_p: float = 0.33,
-                 fill: np.ndarray | float = 0.0) -> Sample:
+                 fill: np.ndarray | float = 0.0, within_region: bool = False) -> Sample:
     """A ``size x size`` crop; with probability ``foreground_p`` centred on a random foreground pixel (nnU-Net
-    style oversampling). Images smaller than the patch are padded with ``fill`` (per channel; the image mean is
-    zero after z-scoring, as inference pads), and the padding is outside the region."""
+    style oversampling), else anywhere (``within_region``: centred on a random pixel of the region, so that a
+    partial label's crops hold labelled pixels). Images smaller than the patch are padded with ``fill`` (per
+    channel; the image mean is zero after z-scoring, as inference pads), and the padding is outside the region."""
     image, mask = sample.image, sample.mask
     region = sample.region if sample.region is not None else np.ones(mask.shape, bool)
     height, width = mask.shape
@@ -129,14 +130,22 @@ def random_patch(sample: Sample, size: int, rng: np.random.Generator, foreground
         region = np.pad(region, spec)
         height, width = mask.shape
     if foreground_p > 0 and rng.random() < foreground_p and (mask > 0).any():
-        ys, xs = np.nonzero(mask > 0)
-        pick = rng.integers(len(ys))
-        y0 = int(np.clip(ys[pick] - size // 2, 0, height - size))
-        x0 = int(np.clip(xs[pick] - size // 2, 0, width - size))
+        y0, x0 = _centred(mask > 0, size, rng)
+    elif within_region and region.any():
+        y0, x0 = _centred(region, size, rng)
     else:
         y0, x0 = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
     window = (slice(y0, y0 + size), slice(x0, x0 + size))
     return Sample(sample.id, image[window], mask[window], region[window])
+
+
+def _centred(candidates: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """The top-left corner of a ``size x size`` window centred on a random pixel of ``candidates`` (``H x W``
+    bool), kept inside the image."""
+    ys, xs = np.nonzero(candidates)
+    pick = rng.integers(len(ys))
+    height, width = candidates.shape
+    return int(np.clip(ys[pick] - size // 2, 0, height - size)), int(np.clip(xs[pick] - size // 2, 0, width - size))
 
 
 def resize_sample(sample: Sample, size: int) -> Sample:
@@ -191,15 +200,19 @@ def rescale_sample(sample: Sample, scale: float) -> Sample:
 
 
 def _resized(sample: Sample, size: tuple[int, int]) -> Sample:
-    """The image resampled to ``size`` with a smooth (cubic) interpolator, the mask and region nearest-neighbour."""
+    """The image resampled to ``size`` with a smooth (cubic) interpolator, the mask, region and labelled pixels
+    nearest-neighbour."""
     if size == sample.image.shape[:2]:
         return sample
+
+    def nearest(part: np.ndarray | None) -> np.ndarray | None:
+        return None if part is None else resize_image(part[..., None].astype(np.uint8), size,
+                                                      cv2.INTER_NEAREST)[..., 0]
+
     image = resize_image(sample.image, size, cv2.INTER_CUBIC)
-    mask = None if sample.mask is None else resize_image(sample.mask[..., None].astype(np.uint8), size,
-                                                         cv2.INTER_NEAREST)[..., 0].astype(np.int64)
-    region = None if sample.region is None else resize_image(sample.region[..., None].astype(np.uint8), size,
-                                                             cv2.INTER_NEAREST)[..., 0] > 0
-    return replace(sample, image=image, mask=mask, region=region)
+    mask, region, labelled = (nearest(part) for part in (sample.mask, sample.region, sample.labelled))
+    return replace(sample, image=image, mask=None if mask is None else mask.astype(np.int64),
+                   region=None if region is None else region > 0, labelled=None if labelled is None else labelled > 0)
 
 
 def image_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from medseg.data.fingerprint import dataset_hash
 from medseg.data.readers import Reader
 from medseg.run.contract import RunContract
 from medseg.inference.predictor import Predictor
-from medseg.inference.scoring import ScoredCase, case_groups, load_cases, score_cases
+from medseg.inference.scoring import Case, ScoredCase, case_groups, load_cases, score_cases
 from medseg.visualize import ERROR_LEGEND, GridRow, image_grid, overlay, png_bytes, to_display
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes, atomic_write_csv, atomic_write_json
@@ -44,6 +44,8 @@ class EvaluationSummary:
     members: int  # models averaged (folds of a cross-validation run)
     empty_rule: str
     prune_depth: int | None
+    labelled_fraction: float = 1.0  # the scored pixels' share of the images (inside their regions): partial labels
+    # count their labelled pixels only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +64,7 @@ def select_items(items: list[Item], contract: RunContract, split: str, data: Pat
     log = get_logger()
     recorded = contract.data.splits
     by_id = {item.id: item for item in items}
+    items = [item for item in items if item.labelled]  # an image without a mask cannot be scored
     if split == "all":
         return items, "all images"
     known = set(recorded.train) | set(recorded.val) | set(recorded.test)
@@ -69,7 +72,7 @@ def select_items(items: list[Item], contract: RunContract, split: str, data: Pat
         if dataset_hash([by_id[i] for i in known]) != contract.data.hash:
             log.warning("%s holds the ids the run was trained with, but the files differ (hash); using the "
                         "recorded %s split", data, split)
-        chosen = [by_id[i] for i in getattr(recorded, split)]
+        chosen = [by_id[i] for i in getattr(recorded, split) if by_id[i].labelled]
         trained = set(recorded.train) | (set(recorded.val) if split == "test" else set())
         if split != "train" and {i.id for i in chosen} & trained:
             raise MedsegError(data, f"the {split} split overlaps the model's training images")
@@ -112,13 +115,16 @@ def evaluate_predictor(predictor: Predictor, items: list[Item], data: str | Path
         raise MedsegError(data, f"the {split!r} split is empty")
     spec = predictor.spec
     accumulator = MetricAccumulator(n_classes=spec.n_classes, empty=empty)
-    grid_rows = _score(predictor, chosen, accumulator, max_overlays)
+    grid_rows, coverage = _score(predictor, chosen, accumulator, max_overlays)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(out / "per_image.csv", [row.columns() for row in accumulator.rows()])
+    atomic_write_csv(out / "per_image.csv", [{**row.columns(), "labelled_fraction": round(counted / total, 5)}
+                                             for row, (counted, total) in zip(accumulator.rows(), coverage)])
+    counted, total = np.sum(coverage, axis=0)
     summary = EvaluationSummary(
         metrics=accumulator.summary(), n_images=len(accumulator.rows()), class_names=spec.class_names, split=split,
         data=str(data), dataset=note, run=run, threshold=spec.threshold, postprocess=spec.postprocess.describe(),
-        tta=spec.tta, members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth)
+        tta=spec.tta, members=len(predictor.backends), empty_rule=empty, prune_depth=prune_depth,
+        labelled_fraction=round(float(counted / total), 5))
     atomic_write_json(out / "summary.json", summary.to_dict())
     if grid_rows:
         atomic_write_bytes(out / "overlays.png", png_bytes(image_grid(grid_rows, tile=192)))
@@ -127,22 +133,33 @@ def evaluate_predictor(predictor: Predictor, items: list[Item], data: str | Path
     get_logger().info("%s split: Dice %.4f +/- %.4f (pooled %.4f) over %d %s (threshold %.2f, post-processing: "
                       "%s); report in %s", split, dice["mean"], dice["std"], dice["pooled"], summary.n_images, unit,
                       spec.threshold, summary.postprocess, out)
+    if summary.labelled_fraction < 1:
+        get_logger().warning("the %s split's masks are partial: scored on their labelled pixels, %.1f%% of the "
+                             "pixels", split, 100 * summary.labelled_fraction)
     if spec.n_classes > 2:
         get_logger().info("Dice per class: %s", summary.per_class())
     return summary
 
 
 def _score(predictor: Predictor, chosen: list[Item], accumulator: MetricAccumulator,
-           max_overlays: int) -> list[GridRow]:
+           max_overlays: int) -> tuple[list[GridRow], list[tuple[int, int]]]:
     """Score every case of ``chosen`` into ``accumulator``, decoding one case at a time; the overlay rows of the
-    first ``max_overlays`` cases."""
-    spec, grid_rows, total = predictor.spec, [], len(case_groups(chosen))
+    first ``max_overlays`` cases, and each case's scored pixels and pixels (inside its region)."""
+    spec, grid_rows, coverage, total = predictor.spec, [], [], len(case_groups(chosen))
     with Reader() as reader:
         cases = load_cases(chosen, spec.channels, spec.n_classes, reader)
         for scored in progress(score_cases(predictor, cases, accumulator), desc="evaluate", total=total, unit="case"):
+            coverage.append(_coverage(scored.case))
             if len(grid_rows) < max_overlays:
                 grid_rows.append(_overlay_row(scored))
-    return grid_rows
+    return grid_rows, coverage
+
+
+def _coverage(case: Case) -> tuple[int, int]:
+    """The pixels of a case that are scored (labelled, inside the region) and its pixels inside the region."""
+    counted = sum(int(s.counted().sum()) if s.counted() is not None else s.mask.size for s in case.samples)
+    total = sum(int(s.region.sum()) if s.region is not None else s.mask.size for s in case.samples)
+    return counted, max(total, 1)
 
 
 def _overlay_row(scored: ScoredCase) -> GridRow:

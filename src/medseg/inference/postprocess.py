@@ -5,6 +5,7 @@ post-processed whole, in 3D."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -55,11 +56,14 @@ def to_labels(probabilities: np.ndarray, threshold: float, n_classes: int) -> np
 
 @dataclass(frozen=True)
 class ValidationCase:
-    """A validation image's predicted probabilities (``H x W`` or ``K x H x W``), truth and region."""
+    """A validation image's predicted probabilities (``H x W`` or ``K x H x W``), truth, the pixels that count
+    (``region``: labelled, inside the field of view; None: all), and whether its label is ``dense`` (every pixel
+    labelled: only such an image can judge a threshold or a component)."""
 
     probabilities: np.ndarray
     truth: np.ndarray
     region: np.ndarray | None
+    dense: bool
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class PostprocessChoice:
     dice_before: float
     dice_after: float
     steps: tuple[str, ...]  # one line per candidate tried, saying whether it was kept
+    images: int  # the densely labelled images it was chosen on
 
 
 def mean_dice(cases: Sequence[ValidationCase], n_classes: int, threshold: float, spec: PostprocessSpec) -> float:
@@ -83,8 +88,14 @@ def mean_dice(cases: Sequence[ValidationCase], n_classes: int, threshold: float,
 
 def choose_postprocessing(cases: Sequence[ValidationCase], n_classes: int, threshold: float = 0.5,
                           min_gain: float = 1e-3) -> PostprocessChoice:
-    """Try each candidate in turn on ``cases``; keep it only if mean Dice rises by more than ``min_gain``."""
+    """Try each candidate in turn on the densely labelled ``cases``; keep it only if mean Dice rises by more than
+    ``min_gain``. A partial label cannot judge them (an unlabelled pixel may hold any component), so without a
+    dense case nothing is chosen."""
     spec = PostprocessSpec()
+    cases = [case for case in cases if case.dense]
+    if not cases:
+        return PostprocessChoice(threshold, spec, math.nan, math.nan,
+                                 ("no densely labelled image to judge a threshold or a component on: none chosen",), 0)
     best = before = mean_dice(cases, n_classes, threshold, spec)
     steps: list[str] = []
 
@@ -115,4 +126,4 @@ def choose_postprocessing(cases: Sequence[ValidationCase], n_classes: int, thres
         size = max(scored, key=lambda s: (scored[s], -s))
         consider(f"remove objects < {size} px", threshold, replace(spec, min_size=size))
     consider("fill holes", threshold, replace(spec, fill_holes=True))
-    return PostprocessChoice(threshold, spec, before, best, tuple(steps))
+    return PostprocessChoice(threshold, spec, before, best, tuple(steps), len(cases))

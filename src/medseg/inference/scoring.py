@@ -31,8 +31,9 @@ class Case:
 
 @dataclass(frozen=True)
 class PredictedCase(ValidationCase):
-    """A case's probabilities (a volume's slices stacked after the class axis), truth and region, with its name
-    and spacing: what post-processing is chosen on, and what is scored."""
+    """A case's probabilities (a volume's slices stacked after the class axis), truth and the pixels that count
+    (labelled, inside the region), with its name and spacing: what post-processing is chosen on, and what is
+    scored."""
 
     name: str
     spacing: tuple[float, ...] | None = None
@@ -82,12 +83,16 @@ def predict_case(predictor: Predictor, case: Case) -> PredictedCase:
     """The case's probabilities, each slice predicted from its own spacing, and its truth and region."""
     samples = case.samples
     probabilities = [predictor.probabilities(s.image, s.statistics, s.spacing) for s in samples]
+    dense = not any(s.partial for s in samples)
     if not case.volume:
-        return PredictedCase(probabilities[0], samples[0].mask, samples[0].region, case.name, case.spacing)
-    regions = [s.region for s in samples]
+        return PredictedCase(probabilities[0], samples[0].mask, samples[0].counted(), dense, case.name, case.spacing)
+    counted = [s.counted() for s in samples]
+    if all(c is None for c in counted):
+        region = None
+    else:
+        region = np.stack([np.ones(s.mask.shape, bool) if c is None else c for s, c in zip(samples, counted)])
     return PredictedCase(np.stack(probabilities, axis=0 if predictor.spec.n_classes == 2 else 1),
-                         np.stack([s.mask for s in samples]),
-                         None if any(r is None for r in regions) else np.stack(regions), case.name, case.spacing)
+                         np.stack([s.mask for s in samples]), region, dense, case.name, case.spacing)
 
 
 def score_predicted(case: PredictedCase, accumulator: MetricAccumulator, threshold: float,

@@ -45,7 +45,7 @@ def keep(config: Config, run: RunFolder, contract: RunContract, model: torch.nn.
     if selected == "best_model" or not cases or context.enabled:
         cases = validator.cases(_weights(model, run, selected))
     choice = choose_postprocessing(cases, config.data.n_classes, config.inference.threshold)
-    _record(run, choice, selected, len(cases))
+    _record(run, choice, selected)
     return contract.with_inference(threshold=choice.threshold, postprocess=choice.postprocess)
 
 
@@ -59,11 +59,14 @@ def _weights(model: torch.nn.Module, run: RunFolder, selected: WeightsName) -> t
     return best
 
 
-def _record(run: RunFolder, choice: PostprocessChoice, selected: WeightsName, images: int) -> None:
+def _record(run: RunFolder, choice: PostprocessChoice, selected: WeightsName) -> None:
     atomic_write_json(run.postprocess, {
-        "images": images, "weights": selected, "threshold": choice.threshold,
+        "images": choice.images, "weights": selected, "threshold": choice.threshold,
         "postprocess": asdict(choice.postprocess), "dice_before": choice.dice_before,
         "dice_after": choice.dice_after, "steps": list(choice.steps)})
-    get_logger().info("post-processing chosen on %d validation images: threshold %.2f, %s (Dice %.4f -> %.4f)",
-                      images, choice.threshold, choice.postprocess.describe(), choice.dice_before,
-                      choice.dice_after)
+    if not choice.images:
+        get_logger().info("post-processing: %s", choice.steps[0])
+        return
+    get_logger().info("post-processing chosen on %d densely labelled validation images: threshold %.2f, %s (Dice "
+                      "%.4f -> %.4f)", choice.images, choice.threshold, choice.postprocess.describe(),
+                      choice.dice_before, choice.dice_after)

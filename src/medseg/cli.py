@@ -61,6 +61,7 @@ RUN_FLAG_KEYS = {  # the destination of each run flag -> the config key it sets
     "data": "data.root", "model": "model.name", "epochs": "train.epochs", "iterations": "train.iterations",
     "batch_size": "train.batch_size", "patch_size": "data.patch_size", "lr": "optim.lr", "seed": "train.seed",
     "val_fraction": "data.val_fraction", "device": "train.device", "fold": "data.fold", "folds": "data.folds",
+    "init": "train.init",
 }
 
 
@@ -398,6 +399,8 @@ def _add_train_parser(commands: Any) -> None:
     train.add_argument("--plan", help="a plan file from `medseg plan` (flags and --config still override it)")
     train.add_argument("--out", help="run folder to create (default: runs/<dataset>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--init", metavar="RUN", help="start from a trained run's weights (fine-tuning), with its "
+                                                     "network, input geometry and split")
     train.add_argument("--folds", type=int, help="cross-validation: train every one of K folds into --out")
     train.add_argument("--fold", type=_fold, help="train only fold i of --folds K; 'all': no validation split")
     train.add_argument("--shard", help="with --folds: this process's share i/N of the folds (others run the rest)")

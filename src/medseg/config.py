@@ -112,6 +112,8 @@ class TrainConfig(Section):
     select: Selection = "auto"  # weights predict/evaluate use: final, best (EMA of val Dice), auto (see README)
     log_every: int = Field(20, ge=1)
     tensorboard: bool | None = None  # log to RUN_DIR/tensorboard; None: when the tensorboard package is installed
+    init: str | None = None  # start from this trained run's weights (its folder or a weights file), keeping its
+    # network, input geometry and split
 
 
 class InferenceConfig(Section):

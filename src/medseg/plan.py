@@ -158,6 +158,8 @@ class PlanInputs:
     fixed: frozenset[str]  # config keys the user set: the plan keeps out of their way
     base: Config  # the user's config: the values of the fixed keys (the probes time the run that will train)
     examples: tuple[Item, ...] = ()  # a few training items: the data loading of a step is timed on them
+    kept: tuple[PlanChoice, ...] = ()  # choices made before planning (a --init run's network and geometry): their
+    # keys are fixed, and the plan records them first
 
     @property
     def n_classes(self) -> int:
@@ -411,8 +413,8 @@ def _plan(geometry: Geometry, fingerprint: Fingerprint, inputs: PlanInputs, spen
         _add_training_time(choices, inputs.budget_minutes, spent_seconds + time.perf_counter() - started)
     else:
         _add_step_count(choices, inputs, batch_size, step)
-    return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, tuple(choices.items), tuple(probes),
-                round(step, 4))
+    return Plan(PLAN_SCHEMA, inputs.data, inputs.budget_minutes, inputs.device, inputs.kept + tuple(choices.items),
+                tuple(probes), round(step, 4))
 
 
 def _data_seconds(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs, batch_size: int) -> float:
@@ -716,9 +718,11 @@ def fingerprint_dataset(config: Config, items: list[Item], hold_out: bool = True
 
 
 def plan_dataset(config: Config, items: list[Item], fixed: frozenset[str], classes_source: str,
-                 budget_minutes: float | None, spent_seconds: float = 0.0) -> tuple[Plan, Fingerprint]:
+                 budget_minutes: float | None, spent_seconds: float = 0.0,
+                 kept: Sequence[PlanChoice] = ()) -> tuple[Plan, Fingerprint]:
     """Fingerprint the dataset's ``items`` and plan for the budget (or, without one, for the config's step count),
-    leaving the ``fixed`` keys at the config's values; logs the plan as a table."""
+    leaving the ``fixed`` keys at the config's values and recording the ``kept`` choices made before planning;
+    logs the plan as a table."""
     import time
 
     started = time.perf_counter()
@@ -727,7 +731,7 @@ def plan_dataset(config: Config, items: list[Item], fixed: frozenset[str], class
     inputs = PlanInputs(data=str(config.data.root), classes=names, classes_source=classes_source,
                         n_train=planned.n_train, n_val=planned.n_val, test_fraction=planned.test_fraction,
                         budget_minutes=budget_minutes, device=str(select_device(config.train.device)), fixed=fixed,
-                        base=config, examples=planned.examples)
+                        base=config, examples=planned.examples, kept=tuple(kept))
     plan = make_plan(planned.fingerprint, inputs, spent_seconds=spent_seconds + time.perf_counter() - started)
     get_logger().info("%s", plan.table())
     return plan, planned.fingerprint

@@ -18,12 +18,13 @@ from medseg.inference.evaluate import EvaluationSummary, evaluate_predictor
 from medseg.inference.predictor import Predictor
 from medseg.log import get_logger, log_to_file
 from medseg.models import get_entry
-from medseg.plan import Plan, plan_dataset
+from medseg.plan import Plan, PlanChoice, plan_dataset, under_user_values
 from medseg.run.folder import Opening, ResumeRule, RunFolder
 from medseg.run.history import HistoryRow
 from medseg.training.callbacks import Callback
 from medseg.training.components import prepare_data
 from medseg.training.crossval import CrossValidationSummary, summarise_folds
+from medseg.training.init import InitSource
 from medseg.distributed import DistributedContext, init_distributed, shutdown_distributed
 from medseg.training.schedule import Clock
 from medseg.training.trainer import TrainResult, default_callbacks, fit_run, tensorboard_installed
@@ -122,8 +123,17 @@ def _prepare(request: TrainRequest, folder: RunFolder, config: Config | None,
         return _recorded(request, folder, opening)
     config = config or _load_config(request)
     _check_config(config)
-    fixed = user_keys(config) - {"data.root"}
+    fixed = user_keys(config) - {"data.root", "train.init"}
+    init = InitSource.load(config.train.init) if config.train.init else None
+    if init is not None:  # RUN's geometry first: its volumes are sliced as RUN sliced them
+        config = under_user_values(init.choices(), config)
     config, items, classes = dataset_items(config)
+    kept: tuple[PlanChoice, ...] = ()
+    if init is not None:
+        init.check(config, fixed, items)
+        items = init.with_splits(items)
+        kept = init.choices(config.data.n_classes)
+        fixed |= {choice.key for choice in kept}
     plan, fingerprint = None, None
     if request.plan_path is not None:
         plan = Plan.load(request.plan_path)
@@ -134,7 +144,7 @@ def _prepare(request: TrainRequest, folder: RunFolder, config: Config | None,
         if request.cross_validate and budget is not None:
             budget /= config.data.folds  # a cross-validation's budget covers every fold
         source = classes.source if classes is not None else "the config"
-        plan, fingerprint = context.all_gather(plan_dataset(config, items, fixed, source, budget)
+        plan, fingerprint = context.all_gather(plan_dataset(config, items, fixed, source, budget, kept=kept)
                                                if context.is_main else None)[0]
     config = plan.apply(config) if plan is not None else config  # the plan's choices under the user's values
     if request.budget_minutes is not None and (plan is None or request.plan_path is not None):

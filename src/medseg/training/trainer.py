@@ -33,6 +33,7 @@ from medseg.run.contract import RunContract, WeightsName, training_contract
 from medseg.distributed import DistributedContext, parameter_checksum
 from medseg.training.schedule import Clock, WallClock
 from medseg.training.curves import curves_png
+from medseg.training.init import InitSource, start_from
 from medseg.training.selection import keep
 from medseg.training.state import RunState
 from medseg.training.validation import ValidationPicture, Validator
@@ -91,6 +92,8 @@ class Trainer:
         seed_everything(config.train.seed, config.train.deterministic)
         self.data = data
         self.components: Components = build_components(config, self.data.channels, self.device, context)
+        if config.train.init and not resume:
+            start_from(self.components.model, InitSource.load(config.train.init))
         self.contract: RunContract = training_contract(config, self.components.model.spec, self.data.channels,
                                                        self.data.record, plan)
         self.callbacks = list(callbacks)

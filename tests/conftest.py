@@ -40,3 +40,13 @@ def tiny_config(synthetic_data):
     config.train.deterministic = True
     config.train.log_every = 1
     return config
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The demo's run (synthetic cells), trained for a few seconds; its data is in ``demo_run.parent / "data"``."""
+    from medseg.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    run_demo(out, minutes=0.3)  # planning (timed probes) takes a few seconds of it; training needs the rest
+    return out / "run"

@@ -43,11 +43,16 @@ def test_msd_task_trains_with_classes_from_dataset_json_and_is_scored_per_case(t
 def test_prediction_of_a_nifti_volume_is_a_nifti_aligned_with_it(tmp_path):
     root = fixtures.make_msd(tmp_path / "task", n=4)
     train(tiny_config(root, epochs=1, steps=1), tmp_path / "run")
-    written = predict_paths(Predictor.from_run(tmp_path / "run"), [root / "imagesTs"], tmp_path / "out")
+    written = predict_paths(Predictor.from_run(tmp_path / "run"), [root / "imagesTs"], tmp_path / "out",
+                            save_uncertainty=True)
     assert [path.name for path in written] == ["case_100.nii.gz"]
     mask, image = nib.load(str(written[0])), nib.load(str(root / "imagesTs" / "case_100.nii.gz"))
     assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    unsure = nib.load(str(tmp_path / "out" / "case_100_uncertainty.nii.gz"))  # the volume's map, aligned with it
+    assert unsure.shape == image.shape and np.allclose(unsure.affine, image.affine)
+    values = np.asarray(unsure.dataobj)
+    assert values.dtype == np.float32 and 0 <= values.min() and values.max() <= 1
 
 
 def test_three_class_png_masks_train_with_no_flag(tmp_path):

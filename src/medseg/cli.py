@@ -221,7 +221,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise MedsegError("inputs", "no images to predict (medseg predict RUN_DIR IMAGE... --out DIR)")
     predictor = Predictor.from_run(_model_source(args, run), args.backend, args.device, _folds(args.folds),
                                    args.prune_depth, args.batch_size or 4, **_inference_overrides(args))
-    predict_paths(predictor, inputs, args.out, save_probabilities=args.probabilities, save_overlays=args.overlays)
+    predict_paths(predictor, inputs, args.out, save_probabilities=args.probabilities, save_overlays=args.overlays,
+                  save_uncertainty=args.uncertainty)
     return 0
 
 
@@ -427,6 +428,10 @@ def _add_inference_parsers(commands: Any) -> None:
     predict.add_argument("--batch-size", type=int, help="tiles per forward pass")
     predict.add_argument("--probabilities", action="store_true", help="also write probability maps (TIFF)")
     predict.add_argument("--overlays", action="store_true", help="also write overlay PNGs")
+    predict.add_argument("--uncertainty", action="store_true",
+                         help="also write where the model is unsure (<name>_uncertainty: the entropy of its mean "
+                              "probability, 255 = most unsure; NIfTI for volumes) and each input's score in "
+                              "uncertainty.csv")
     _add_inference_flags(predict)
     predict.set_defaults(handler=_cmd_predict)
 

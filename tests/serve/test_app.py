@@ -71,6 +71,22 @@ def test_json_and_tiff_variants(client, demo_run, image):
     assert probabilities.dtype == np.float32 and ((predictor.labels(probabilities) > 0) == mask).all()
 
 
+def test_the_uncertainty_map_on_request(client, demo_run, image, tmp_path):
+    """format=uncertainty is the map `medseg predict --uncertainty` writes; json gives its mean."""
+    Image.fromarray(image).save(tmp_path / "cells.png")
+    assert main(["predict", str(demo_run), str(tmp_path / "cells.png"), "--out", str(tmp_path / "out"),
+                 "--uncertainty"]) == 0
+    response = client.post("/v1/segment?format=uncertainty", content=png_bytes(image),
+                           headers={"Content-Type": "image/png"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    served = np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
+    written = np.asarray(Image.open(tmp_path / "out" / "cells_uncertainty.png")).astype(int)
+    assert served.shape == image.shape and np.abs(served - written).max() <= 1  # float32 batches: ~1e-6 apart
+    summary = client.post("/v1/segment?format=json", content=png_bytes(image),
+                          headers={"Content-Type": "image/png"}).json()
+    assert summary["uncertainty"] == pytest.approx(served.mean() / 255, abs=0.01)
+
+
 def test_model_description_and_health(client):
     model = client.get("/v1/model").json()
     assert model["model"] == "unet" and model["classes"] == ["background", "foreground"]

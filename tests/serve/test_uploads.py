@@ -132,7 +132,7 @@ def test_a_nifti_volume_comes_back_as_a_nifti_with_its_shape_and_affine(client, 
     affine = np.array([[0, -0.9, 0, 12.0], [0.8, 0, 0, -30.0], [0, 0, 2.5, 7.5], [0, 0, 0, 1]])
     body = nifti(data, affine)
     (tmp_path / "case.nii.gz").write_bytes(body)
-    expected = predict_volume(predictor, read_nifti(tmp_path / "case.nii.gz"))
+    expected = predict_volume(predictor, read_nifti(tmp_path / "case.nii.gz")).labels
     assert set(np.unique(expected)) == {0, 1, 2}
     response = post(client, body, "nifti", "application/gzip")
     assert response.status_code == 200, response.text
@@ -199,7 +199,7 @@ def test_a_multi_frame_dicom_is_segmented_as_a_volume(client, predictor):
     stack = np.stack([frames, frames[::-1], frames[:, ::-1]])
     body = dicom(NumberOfFrames=3, PixelData=stack.astype(frames.dtype).tobytes())
     volume = read_dicom_bytes(body, "ct")
-    expected = predict_volume(predictor, volume)
+    expected = predict_volume(predictor, volume).labels
     summary = post(client, body, "json", "application/dicom").json()
     assert summary["shape"] == [128, 128, 3] and summary["spacing_mm"] == pytest.approx(volume.spacing)
     for entry in summary["classes"]:

@@ -164,6 +164,20 @@ def write_nifti_labels(path: Path, labels: np.ndarray, like: Path) -> None:
 def nifti_label_bytes(labels: np.ndarray, affine: np.ndarray, header: Any = None, gz: bool = True) -> bytes:
     """Class ids ``X x Y x Z`` as uint8 NIfTI bytes with ``affine``, in the format of an image's ``header`` if
     given (NIfTI-1 or -2; its data type and shape set for the labels, so an MSD channel axis is dropped)."""
+    return nifti_volume_bytes(labels.astype(np.uint8), affine, header, gz)
+
+
+def write_nifti_map(path: Path, values: np.ndarray, like: Path) -> None:
+    """A float map ``X x Y x Z`` (e.g. uncertainty) as a float32 NIfTI with the affine and header of the image
+    ``like``, atomically."""
+    source = _nifti(like)
+    atomic_write_bytes(path, nifti_volume_bytes(values.astype(np.float32), source.affine, source.header,
+                                                gz=path.name.lower().endswith(".gz")))
+
+
+def nifti_volume_bytes(data: np.ndarray, affine: np.ndarray, header: Any = None, gz: bool = True) -> bytes:
+    """``data`` as NIfTI bytes with ``affine``, in the format of ``header`` if given (its data type and shape set
+    for ``data``)."""
     import gzip
 
     import nibabel as nib
@@ -171,9 +185,9 @@ def nifti_label_bytes(labels: np.ndarray, affine: np.ndarray, header: Any = None
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     if header is not None:
         header = header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_data_shape(labels.shape)
-    output = image_class(labels.astype(np.uint8), affine, header)
+        header.set_data_dtype(data.dtype)
+        header.set_data_shape(data.shape)
+    output = image_class(data, affine, header)
     output.header.set_slope_inter(1, 0)
     raw = output.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw

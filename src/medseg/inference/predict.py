@@ -1,18 +1,22 @@
 """Prediction on files: images, folders, TIFF stacks and volumes of any size -> masks on disk (and, on request,
-probability maps and overlays), through a :class:`~medseg.inference.predictor.Predictor`. A NIfTI volume's mask is
-a NIfTI with the image's affine and header; a DICOM's is a PNG (a TIFF stack for several slices) and a DICOM
-Segmentation object that references its source."""
+probability maps, overlays and uncertainty maps with a per-input score), through a
+:class:`~medseg.inference.predictor.Predictor`. A NIfTI volume's mask (and uncertainty) is a NIfTI with the image's
+affine and header; a DICOM's is a PNG (a TIFF stack for several slices) and a DICOM Segmentation object that
+references its source."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from medseg.data.readers import IMAGE_EXTENSIONS, Reader, mask_pixels, volume_slice, write_array, write_mask
-from medseg.data.volumes import Volume, is_nifti, is_volume_file, volume_stem, write_nifti_labels
+from medseg.data.volumes import Volume, is_nifti, is_volume_file, volume_stem, write_nifti_labels, write_nifti_map
+from medseg.files import atomic_write_csv
 from medseg.inference.predictor import Predictor
+from medseg.inference.uncertainty import entropy_map, entropy_pixels, uncertainty_score, unsure_fraction
 from medseg.visualize import overlay
 from medseg.errors import MedsegError
 from medseg.log import get_logger, progress
@@ -46,21 +50,36 @@ def frames(reader: Reader, path: Path, channels: int) -> Iterator[np.ndarray]:
         yield reader.image(path, channels, frame if count > 1 else None)
 
 
-def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "volume") -> np.ndarray:
-    """Class ids of a whole volume in its own voxel order (uint8, ``X x Y x Z``): slices along the run's axis
-    (else the volume's coarsest), normalised with the volume's statistics, resampled to the run's spacing and
-    back, post-processed in 3D."""
+@dataclass(frozen=True)
+class VolumePrediction:
+    """A volume's class ids (uint8) and, when asked for, its scaled entropy (float32), both ``X x Y x Z`` in the
+    volume's own voxel order."""
+
+    labels: np.ndarray
+    uncertainty: np.ndarray | None = None
+
+
+def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "volume",
+                   uncertainty: bool = False) -> VolumePrediction:
+    """A whole volume's prediction: slices along the run's axis (else the volume's coarsest), normalised with the
+    volume's statistics, resampled to the run's spacing and back, post-processed in 3D; with ``uncertainty`` each
+    slice's entropy map too."""
     spec = predictor.spec
     axis = spec.slice_axis if spec.slice_axis is not None else volume.info.slice_axis()
     statistics, spacing = volume.statistics(), volume.info.in_plane_spacing(axis)
     probabilities = [predictor.probabilities(volume_slice(volume, axis, z, spec.channels, where), statistics, spacing)
                      for z in range(volume.data.shape[axis])]
-    return np.moveaxis(predictor.volume_labels(probabilities), 0, axis)
+    entropy = np.stack([entropy_map(p, spec.n_classes) for p in probabilities]) if uncertainty else None
+    return VolumePrediction(np.moveaxis(predictor.volume_labels(probabilities), 0, axis),
+                            None if entropy is None else np.moveaxis(entropy, 0, axis))
 
 
 def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str | Path,
-                  save_probabilities: bool = False, save_overlays: bool = False) -> list[Path]:
-    """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths."""
+                  save_probabilities: bool = False, save_overlays: bool = False,
+                  save_uncertainty: bool = False) -> list[Path]:
+    """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths.
+    ``save_uncertainty``: each input's entropy map beside its mask (``<stem>_uncertainty``) and its score in
+    ``uncertainty.csv``."""
     spec = predictor.spec
     files = expand_inputs(inputs)
     stems: dict[str, Path] = {}
@@ -71,14 +90,16 @@ def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str |
                                     "other in --out; predict them into separate folders")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, scores = [], []
     with Reader() as reader:
         for path in progress(files, desc="predict", unit="img"):
             if is_volume_file(path):
-                labels = predict_volume(predictor, reader.volume(path), path)
-                written.append(_write_volume(out, path, predictor, labels))
+                prediction = predict_volume(predictor, reader.volume(path), path, save_uncertainty)
+                written.append(_write_volume(out, path, predictor, prediction.labels))
+                if prediction.uncertainty is not None:
+                    scores.append(_write_uncertainty(out, path, [prediction.uncertainty], volume=True))
                 continue
-            labels_stack, prob_stack, overlays = [], [], []
+            labels_stack, prob_stack, overlays, entropies = [], [], [], []
             for image in frames(reader, path, spec.channels):
                 probabilities = predictor.probabilities(image)
                 labels = predictor.labels(probabilities)
@@ -87,10 +108,34 @@ def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str |
                     prob_stack.append(probabilities)
                 if save_overlays:
                     overlays.append(overlay(image, labels))
+                if save_uncertainty:
+                    entropies.append(entropy_map(probabilities, spec.n_classes))
             written.append(_write(out, path, spec.n_classes, labels_stack, prob_stack, overlays))
-    get_logger().info("wrote %d mask file(s) to %s (threshold %.2f, post-processing: %s)", len(written), out,
-                      spec.threshold, spec.postprocess.describe())
+            if entropies:
+                scores.append(_write_uncertainty(out, path, entropies, volume=False))
+    if scores:
+        atomic_write_csv(out / "uncertainty.csv", scores)
+    get_logger().info("wrote %d mask file(s) to %s (threshold %.2f, post-processing: %s)%s", len(written), out,
+                      spec.threshold, spec.postprocess.describe(),
+                      "; uncertainty maps and uncertainty.csv beside them" if scores else "")
     return written
+
+
+def _write_uncertainty(out: Path, source: Path, entropies: list[np.ndarray], volume: bool) -> dict[str, object]:
+    """An input's scaled entropy beside its mask -- a NIfTI volume's as a float NIfTI, any other as 8-bit PNG (a
+    TIFF stack for several frames or slices) -- and its ``uncertainty.csv`` row."""
+    stem = volume_stem(source) if volume else source.stem
+    whole = entropies[0] if volume else np.stack(entropies)
+    if volume and is_nifti(source):
+        path = out / f"{stem}_uncertainty.nii.gz"
+        write_nifti_map(path, whole, source)
+    else:
+        planes = [entropy_pixels(whole[..., z]) for z in range(whole.shape[-1])] if volume else [
+            entropy_pixels(e) for e in entropies]
+        path = out / f"{stem}_uncertainty.{'tif' if len(planes) > 1 else 'png'}"
+        write_array(path, np.stack(planes) if len(planes) > 1 else planes[0], stack=len(planes) > 1)
+    return {"input": source.name, "uncertainty": round(uncertainty_score(whole), 6),
+            "unsure_fraction": round(unsure_fraction(whole), 6), "map": path.name}
 
 
 def _write_volume(out: Path, source: Path, predictor: Predictor, labels: np.ndarray) -> Path:

@@ -1,6 +1,6 @@
 """The HTTP service: a FastAPI app over an :class:`InferenceQueue`.
 
-``POST /v1/segment`` (multipart upload or raw body; ``?format=png|json|tiff|nifti``), ``GET /v1/model``,
+``POST /v1/segment`` (multipart upload or raw body; ``?format=png|json|tiff|nifti|uncertainty``), ``GET /v1/model``,
 ``GET /healthz`` and ``GET /`` (a page to try the model in a browser). Every error is JSON ``{"error": "..."}``
 without a traceback. Limits: body size (413), declared pixel count (413, before decoding; a volume's voxels, all
 slices, count), queue length (503 with ``Retry-After``), request time (504). With a token, every endpoint but
@@ -13,6 +13,8 @@ colours of :func:`~medseg.visualize.class_colour` with the background transparen
 areas (pixels, and mm² when the upload says its pixel spacing) and objects, ``tiff`` the probabilities. A volume
 of several slices is segmented as a volume: ``nifti`` is the label volume (``.nii.gz``, the upload's affine),
 ``json`` the per-class voxel counts and volumes in mm³; ``nifti`` also takes a single-slice DICOM or NIfTI.
+``uncertainty`` is where the model is unsure (:mod:`medseg.inference.uncertainty`): an image's scaled entropy as an
+8-bit PNG, a volume's as a float32 NIfTI; ``json`` gives its mean (``uncertainty``) and unsure share.
 """
 
 from __future__ import annotations
@@ -35,17 +37,19 @@ from starlette.requests import ClientDisconnect
 
 import medseg
 from medseg.data.readers import ImageTooLarge, encode_array, mask_pixels
+from medseg.inference.predict import VolumePrediction
 from medseg.inference.predictor import Predictor
+from medseg.inference.uncertainty import entropy_map, entropy_pixels, uncertainty_score, unsure_fraction
 from medseg.visualize import class_colour, label_png
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 from medseg.serve.queue import InferenceQueue, QueueFull
-from medseg.serve.uploads import Limits, Upload, decode_upload, nifti_labels
+from medseg.serve.uploads import Limits, Upload, decode_upload, nifti_labels, nifti_map
 
 RAW_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "image/gif", "image/x-ms-bmp",
              "application/octet-stream", "application/dicom", "application/gzip", "application/x-gzip")
-FORMATS = ("png", "json", "tiff", "nifti")
-VOLUME_FORMATS = ("json", "nifti")  # a volume of several slices has no 2D mask or probability image
+FORMATS = ("png", "json", "tiff", "nifti", "uncertainty")
+VOLUME_FORMATS = ("json", "nifti", "uncertainty")  # a volume of several slices has no 2D mask or probability image
 
 
 @dataclass(frozen=True)
@@ -145,15 +149,22 @@ def _bbox(box: tuple[slice, ...]) -> list[int]:
     return [part.start for part in box] + [part.stop for part in box]
 
 
-def render(result: np.ndarray, upload: Upload, predictor: Predictor, fmt: str) -> Response:
-    """The response body for a prediction: ``result`` is an image's probabilities or a volume's class ids (CPU
+def render(result: np.ndarray | VolumePrediction, upload: Upload, predictor: Predictor, fmt: str) -> Response:
+    """The response body for a prediction: ``result`` is an image's probabilities or a volume's prediction (CPU
     work: run it in a thread)."""
     if fmt == "tiff":
         return Response(encode_array(result.astype(np.float32), ".tif", stack=result.ndim == 3),
                         media_type="image/tiff")
-    labels = result if upload.is_volume else predictor.labels(result)
+    spec = predictor.spec
+    volume = isinstance(result, VolumePrediction)
+    labels = result.labels if volume else predictor.labels(result)
+    entropy = result.uncertainty if volume else entropy_map(result, spec.n_classes)
+    if fmt == "uncertainty":
+        return _uncertainty_response(entropy, upload)
     if fmt == "json":
-        return JSONResponse(objects_json(labels, predictor, upload.spacing))
+        summary = objects_json(labels, predictor, upload.spacing)
+        return JSONResponse({**summary, "uncertainty": uncertainty_score(entropy),
+                             "unsure_fraction": unsure_fraction(entropy)})
     if fmt == "nifti":
         volume = labels if upload.is_volume else np.expand_dims(labels, upload.axis)
         return Response(nifti_labels(volume, upload), media_type="application/gzip",
@@ -161,6 +172,15 @@ def render(result: np.ndarray, upload: Upload, predictor: Predictor, fmt: str) -
     if predictor.spec.n_classes == 2:
         return Response(encode_array(mask_pixels(labels, 2), ".png"), media_type="image/png")
     return Response(label_png(labels), media_type="image/png")
+
+
+def _uncertainty_response(entropy: np.ndarray, upload: Upload) -> Response:
+    """The scaled entropy map: an image's as an 8-bit grey PNG (255 most unsure), a volume's as a float32 NIfTI
+    with the upload's affine."""
+    if not upload.is_volume:
+        return Response(encode_array(entropy_pixels(entropy), ".png"), media_type="image/png")
+    return Response(nifti_map(entropy, upload), media_type="application/gzip",
+                    headers={"Content-Disposition": 'attachment; filename="uncertainty.nii.gz"'})
 
 
 def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
@@ -244,7 +264,7 @@ def _add_routes(app: FastAPI, predictor: Predictor, inference: InferenceQueue, s
         try:
             async with asyncio.timeout(settings.timeout_s):
                 upload = await _decode(request, predictor, settings, format)
-                result = await _infer(upload, inference)
+                result = await _infer(upload, inference, format)
                 return await run_in_threadpool(render, result, upload, predictor, format)
         except TimeoutError:
             raise ServiceError(504, f"the request took longer than {settings.timeout_s:g} s") from None
@@ -266,18 +286,19 @@ async def _decode(request: Request, predictor: Predictor, settings: ServeSetting
         raise ServiceError(422, exc.reason) from None
     if upload.is_volume and fmt not in VOLUME_FORMATS:
         raise ServiceError(422, f"the upload is a {upload.describe()} voxels: ask for format=nifti (the label "
-                                f"volume) or format=json (the volume of each class)")
+                                f"volume), format=json (the volume of each class) or format=uncertainty")
     if fmt == "nifti" and upload.volume is None:
         raise ServiceError(422, "format=nifti needs a NIfTI or DICOM upload; this is a 2D image (ask for png, json "
                                 "or tiff)")
     return upload
 
 
-async def _infer(upload: Upload, inference: InferenceQueue) -> np.ndarray:
-    """The queue -> an image's probabilities, or a volume's class ids."""
+async def _infer(upload: Upload, inference: InferenceQueue, fmt: str) -> np.ndarray | VolumePrediction:
+    """The queue -> an image's probabilities, or a volume's prediction (with its uncertainty where ``fmt`` needs
+    it)."""
     try:
-        future = (inference.submit_volume(upload.volume) if upload.is_volume
-                  else inference.submit(upload.image, upload.statistics, upload.plane_spacing))
+        future = (inference.submit_volume(upload.volume, uncertainty=fmt in ("json", "uncertainty"))
+                  if upload.is_volume else inference.submit(upload.image, upload.statistics, upload.plane_spacing))
         return await asyncio.wrap_future(future)  # cancelling this cancels a queued job (stops a volume's)
     except QueueFull as exc:
         raise ServiceError(503, f"busy: {exc}", {"Retry-After": "1"}) from None

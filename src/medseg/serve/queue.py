@@ -44,11 +44,12 @@ class Request(Future):
 @dataclass
 class Job:
     image: np.ndarray | None  # H x W x C float32 in reader scale (a volume's slice: as stored)
-    future: Request  # -> probabilities (H x W or K x H x W); a volume's: class ids X x Y x Z
+    future: Request  # -> probabilities (H x W or K x H x W); a volume's: its VolumePrediction
     statistics: tuple[np.ndarray, np.ndarray] | None = None  # normalisation of a volume's slice (its volume's)
     spacing: tuple[float, float] | None = None  # a volume's slice: its in-plane spacing (mm), resampled to the run's
     volume: Volume | None = None  # a whole volume instead of an image
     where: str = "upload"
+    uncertainty: bool = False  # a volume's: its entropy map too
 
 
 class _Watched:
@@ -110,9 +111,10 @@ class InferenceQueue:
         ``spacing``); its future gives the probabilities."""
         return self._put(Job(image, Request(), statistics, spacing))
 
-    def submit_volume(self, volume: Volume, where: str = "upload") -> Request:
-        """Queue an admitted request's volume; its future gives the class ids (``X x Y x Z`` uint8)."""
-        return self._put(Job(None, Request(), volume=volume, where=where))
+    def submit_volume(self, volume: Volume, where: str = "upload", uncertainty: bool = False) -> Request:
+        """Queue an admitted request's volume; its future gives its
+        :class:`~medseg.inference.predict.VolumePrediction` (class ids, and with ``uncertainty`` the entropy map)."""
+        return self._put(Job(None, Request(), volume=volume, where=where, uncertainty=uncertainty))
 
     def _put(self, job: Job) -> Request:
         with self.lock:
@@ -186,7 +188,7 @@ class InferenceQueue:
         get_logger().info("inference: volume of %s voxels, %d waiting", shape, self.waiting)
         try:
             job.future.set_result(predict_volume(_Watched(self.predictor, job.future.abandoned), job.volume,
-                                                 job.where))
+                                                 job.where, job.uncertainty))
         except Abandoned as exc:
             get_logger().info("inference: volume of %s voxels abandoned by its request", shape)
             job.future.set_exception(exc)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medseg.data.readers import ImageTooLarge, decode_image_bytes, volume_slice
-from medseg.data.volumes import Volume, nifti_label_bytes
+from medseg.data.volumes import Volume, nifti_label_bytes, nifti_volume_bytes
 from medseg.errors import MedsegError
 
 NIFTI_MAGIC = {b"n+1\0": 344, b"n+2\0": 4}  # magic -> offset (``ni1``: a header without its .img is refused)
@@ -178,3 +178,11 @@ def nifti_labels(labels: np.ndarray, upload: Upload) -> bytes:
         return nifti_label_bytes(labels, LPS_TO_RAS @ upload.volume.affine)
     labels = labels.reshape(upload.header.get_data_shape()[:3])  # the upload's own shape, less a channel axis
     return nifti_label_bytes(labels, upload.volume.affine, upload.header)
+
+
+def nifti_map(values: np.ndarray, upload: Upload) -> bytes:
+    """A float map ``X x Y x Z`` (uncertainty) of a volume upload as gzip float32 NIfTI bytes with its affine."""
+    if upload.header is None:
+        return nifti_volume_bytes(values.astype(np.float32), LPS_TO_RAS @ upload.volume.affine)
+    values = values.reshape(upload.header.get_data_shape()[:3])
+    return nifti_volume_bytes(values.astype(np.float32), upload.volume.affine, upload.header)

@@ -305,6 +305,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from medseg.label.suggest import suggest_for_run
+
+    if args.n < 1:
+        raise MedsegError("-n", f"must be at least 1, got {args.n}")
+    suggestions = suggest_for_run(args.run, args.data, args.n, args.out, args.format, args.device)
+    if not suggestions:
+        print(f"every image of {args.data} has a complete mask: nothing to suggest")
+        return 0
+    width = max(len(s.id) for s in suggestions)
+    for s in suggestions:
+        print(f"{s.rank:>3}  {s.id:<{width}}  {s.score:.3f}  {s.reason}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from medseg.data.datasets import check_dataset
 
@@ -474,6 +490,17 @@ def _add_compare_parser(commands: Any) -> None:
     compare.set_defaults(handler=_cmd_compare)
 
 
+def _add_suggest_parser(commands: Any) -> None:
+    suggest = commands.add_parser("suggest", help="rank the images without a complete mask: what to label next")
+    suggest.add_argument("run", help="run folder (its model, as it predicts)")
+    suggest.add_argument("data", metavar="DIR", help="dataset folder (images without a mask, or with a partial one)")
+    suggest.add_argument("-n", type=int, default=10, help="how many to suggest (default 10)")
+    suggest.add_argument("--out", default="suggestions.csv", help="CSV to write (default suggestions.csv)")
+    suggest.add_argument("--format", default="auto")
+    suggest.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    suggest.set_defaults(handler=_cmd_suggest)
+
+
 def _add_data_parsers(commands: Any) -> None:
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="validate a dataset and print its statistics")
@@ -500,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_parsers(commands)
     _add_compare_parser(commands)
     _add_serve_parser(commands)
+    _add_suggest_parser(commands)
     demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--minutes", type=float, default=1.5, help="training time budget")

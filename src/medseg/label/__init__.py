@@ -1,0 +1,1 @@
+"""Labelling: what to label next (`medseg suggest`) and the labelling page (`medseg label`)."""

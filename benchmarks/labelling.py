@@ -1,0 +1,486 @@
+"""Labelling with medseg, measured with annotators simulated from the shared sets' dense masks.
+
+    python benchmarks/labelling.py --work /tmp/medseg-labelling --out labelling.json --markdown docs/labelling.md
+
+On each dataset's train/test split (``accuracy.py``'s: the test images are never labelled, trained on or chosen),
+for each seed:
+- **scribbles**: every training image labelled by strokes along its objects' skeletons and through its background,
+  covering at most ``--scribble`` of its pixels (the rest unlabelled: 128 in the folder format), trained from
+  scratch for ``--budget-scribble`` minutes; against every training image's full mask, the same budget;
+- **the loop**: 10% of the training images (at least 2) fully labelled at random and trained from scratch for
+  ``--budget-first`` minutes; then 4 rounds, each labelling 5% more (at least 1) chosen by `medseg suggest` with the
+  last round's run, or at random, and fine-tuning with `medseg train --init <last run>` for ``--budget-round``
+  minutes; the test Dice after every round. The suggest and random orders share the first round;
+- **the whole pool**: every training image's full mask, from scratch for the loop's total budget;
+- **fine-tuning**: the last round's labelled images from scratch for 3 x ``--budget-round``, against the last
+  round's fine-tune.
+
+Every run is `medseg train` / `medseg suggest` with defaults (and ``--seed``), as a user runs them, in a
+subprocess; the test Dice is the run's own test evaluation (pooled Dice on the 2D sets, the mean per case in 3D on
+the MSD set, as ``accuracy.py`` reports them). ``--through-api`` drives the same steps through the labelling page's
+HTTP API (`medseg label`) instead. Every run is cached under ``--work/cells`` as it finishes, so an interrupted
+benchmark resumes; the figures are only comparable within one machine and thread count (``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import DATASETS, NIFTI, SHARED, Dataset, labelled_cases, test_ids  # noqa: E402
+
+FIRST_SHARE, ROUND_SHARE, ROUNDS = 0.10, 0.05, 4
+STROKE_TILE = 24  # strokes are cut into pieces by a grid of this many pixels, and pieces drawn at random
+BRUSH = 5  # a stroke's width, px
+RING = 3  # background strokes also run this many brush widths from the objects
+ORDERS = ("suggest", "random")
+
+
+# -- the data: a dataset's images, its test split, and its masks as an annotator would give them ---------------------
+
+@dataclass(frozen=True)
+class Source:
+    """A shared dataset as the benchmark uses it: its training pool and test ids, and where each file is."""
+
+    dataset: Dataset
+    pool: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> "Source":
+        if dataset.volumes:
+            cases = labelled_cases(dataset)
+            held = set(test_ids(dataset))
+            return cls(dataset, tuple(c for c in cases if c not in held), tuple(sorted(held)))
+        root = SHARED / dataset.name
+        ids = sorted(p.stem for p in (root / "images").iterdir() if not p.name.startswith("."))
+        if dataset.test_ids is not None:
+            held = set(dataset.test_ids)
+        else:
+            rows = [line.split(",") for line in (root / "split.csv").read_text().splitlines()[1:] if line.strip()]
+            held = {i for i, split in rows if split.strip() == "test"}
+        return cls(dataset, tuple(i for i in ids if i not in held), tuple(i for i in ids if i in held))
+
+    def image(self, item: str) -> Path:
+        root = SHARED / self.dataset.name
+        return root / "imagesTr" / f"{item}{NIFTI}" if self.dataset.volumes else root / "images" / f"{item}.png"
+
+    def mask(self, item: str) -> Path:
+        root = SHARED / self.dataset.name
+        return root / "labelsTr" / f"{item}{NIFTI}" if self.dataset.volumes else root / "masks" / f"{item}.png"
+
+    def region(self, item: str) -> Path | None:
+        path = SHARED / self.dataset.name / "regions" / f"{item}.png"
+        return path if path.is_file() else None
+
+    def suffix(self) -> str:
+        return NIFTI if self.dataset.volumes else ".png"
+
+
+def make_folder(source: Source, folder: Path) -> Path:
+    """A folder-format copy of the images (regions, test masks) with split.csv: the pool unlabelled, the test
+    split labelled."""
+    if (folder / "split.csv").is_file():
+        return folder
+    for item in source.pool + source.test:
+        target = folder / "images" / f"{item}{source.suffix()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source.image(item), target)
+        if source.region(item) is not None:
+            (folder / "regions").mkdir(exist_ok=True)
+            shutil.copy(source.region(item), folder / "regions" / f"{item}.png")
+    for item in source.test:
+        dense(source, folder, item)
+    rows = [f"{i},train" for i in source.pool] + [f"{i},test" for i in source.test]
+    (folder / "split.csv").write_text("id,split\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+def dense(source: Source, folder: Path, item: str) -> float:
+    """The full mask of ``item`` (an annotator who draws everything); returns its labelled share (1)."""
+    target = folder / "masks" / f"{item}{source.suffix()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.mask(item), target)
+    return 1.0
+
+
+def scribble(source: Source, folder: Path, item: str, share: float, rng: np.random.Generator) -> float:
+    """Strokes on ``item``'s mask (every slice of a volume) covering at most ``share`` of its pixels inside the
+    region, the rest unlabelled; returns the labelled share."""
+    from medseg.data.readers import UNLABELLED, read_mask, write_mask
+
+    target = folder / "masks" / f"{item}{source.suffix()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.dataset.volumes:
+        return _scribble_volume(source.mask(item), target, share, rng)
+    labels = read_mask(source.mask(item), source.dataset.n_classes)
+    region = read_mask(source.region(item)) > 0 if source.region(item) is not None else None
+    strokes = strokes_of(labels, region, share, rng)
+    write_mask(target, np.where(strokes, labels, UNLABELLED), source.dataset.n_classes)
+    return float(strokes.sum() / (region.sum() if region is not None else labels.size))
+
+
+def _scribble_volume(mask: Path, target: Path, share: float, rng: np.random.Generator) -> float:
+    import nibabel as nib
+
+    from medseg.data.readers import UNLABELLED_VALUE
+
+    image = nib.load(str(mask))
+    labels = np.asarray(image.dataobj).astype(np.int64)
+    strokes = np.stack([strokes_of(labels[..., z], None, share, rng) for z in range(labels.shape[2])], axis=2)
+    stored = np.where(strokes, labels, UNLABELLED_VALUE).astype(np.uint8)
+    header = image.header.copy()
+    header.set_data_dtype(np.uint8)
+    nib.save(nib.Nifti1Image(stored, image.affine, header), str(target))
+    return float(strokes.mean())
+
+
+def strokes_of(labels: np.ndarray, region: np.ndarray | None, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Scribbles on an ``H x W`` label map: strokes :data:`BRUSH` px wide along each class's skeleton, and in the
+    background along its skeleton and around the objects (:data:`RING` brushes from them), cut into pieces by a
+    grid and drawn at random while they fit in ``share`` of the region's pixels: half for the objects, half for
+    the background (all for the background of an image without objects)."""
+    inside = region if region is not None else np.ones(labels.shape, bool)
+    budget = share * inside.sum()
+    classes = [c for c in np.unique(labels[inside]) if c != 0]
+    chosen = np.zeros(labels.shape, bool)
+    shares = {0: 0.5 if classes else 1.0, **{c: 0.5 / len(classes) for c in classes}}
+    for cls, part in shares.items():
+        own = (labels == cls) & inside
+        line = skeleton(own)
+        if cls == 0:
+            away = ndimage.distance_transform_edt(labels == 0)
+            line = skeleton(ndimage.binary_erosion(own, iterations=BRUSH)) | (np.rint(away) == RING * BRUSH)
+        chosen |= _pieces(line, own, part * budget, rng)
+    return chosen
+
+
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a boolean mask: its 1-px skeleton."""
+    image = np.pad(mask, 1).astype(np.uint8)
+    changed = True
+    while changed:
+        changed = False
+        for first in (True, False):
+            p = [np.roll(np.roll(image, -dy, 0), -dx, 1) for dy, dx in
+                 ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))]
+            neighbours = sum(p)
+            transitions = sum((p[i] == 0) & (p[(i + 1) % 8] == 1) for i in range(8))
+            if first:
+                ends = (p[0] * p[2] * p[4] == 0) & (p[2] * p[4] * p[6] == 0)
+            else:
+                ends = (p[0] * p[2] * p[6] == 0) & (p[0] * p[4] * p[6] == 0)
+            remove = (image == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & ends
+            if remove.any():
+                image[remove] = 0
+                changed = True
+    return image[1:-1, 1:-1].astype(bool)
+
+
+def _pieces(line: np.ndarray, within: np.ndarray, budget: float, rng: np.random.Generator) -> np.ndarray:
+    """Pieces of ``line`` widened to the brush (inside ``within``), one grid tile each, drawn at random while they
+    fit in ``budget`` pixels."""
+    brush = ndimage.binary_dilation(line, iterations=BRUSH // 2) & within
+    rows, cols = np.indices(line.shape) // STROKE_TILE
+    tiles = rows * (cols.max() + 1) + cols
+    sizes = np.bincount(tiles[brush], minlength=tiles.max() + 1)
+    picked, used = [], 0
+    for tile in rng.permutation(np.flatnonzero(sizes)):
+        if used + sizes[tile] <= budget:
+            picked.append(tile)
+            used += sizes[tile]
+    return brush & np.isin(tiles, picked)
+
+
+# -- the tool the simulated annotator drives: medseg's commands, or the labelling page's HTTP API ----------------------
+
+class Tool(Protocol):
+    """What the annotator does with medseg: train (or fine-tune) on the folder, and ask what to label next."""
+
+    def train(self, folder: Path, run: Path, minutes: float, seed: int, init: Path | None) -> None: ...
+
+    def suggest(self, run: Path, folder: Path, count: int) -> list[str]: ...
+
+
+class Commands:
+    """`medseg train` and `medseg suggest` as a user runs them."""
+
+    def train(self, folder: Path, run: Path, minutes: float, seed: int, init: Path | None) -> None:
+        if run.exists():
+            shutil.rmtree(run)
+        medseg("train", "--data", str(folder), "--out", str(run), "--budget", f"{minutes}m", "--seed", str(seed),
+               *(["--init", str(init)] if init else []))
+
+    def suggest(self, run: Path, folder: Path, count: int) -> list[str]:
+        import csv
+
+        out = run / "suggestions.csv"
+        medseg("suggest", str(run), str(folder), "-n", str(count), "--out", str(out))
+        with out.open() as handle:
+            return [row["id"] for row in csv.DictReader(handle)]
+
+
+def medseg(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"medseg {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def test_dice(dataset: Dataset, run: Path) -> dict[str, float]:
+    """The run's own test evaluation: pooled and mean Dice, and the figure the benchmark reports."""
+    metrics = json.loads((run / "eval" / "summary.json").read_text())["metrics"]["dice"]
+    figure = metrics["mean"] if dataset.metric == "dice_mean" else metrics["pooled"]
+    return {"dice": figure, "dice_pooled": metrics["pooled"], "dice_mean": metrics["mean"]}
+
+
+# -- the measurements ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Cells:
+    """Measurements cached in ``work/cells`` (one JSON each), so that an interrupted benchmark resumes."""
+
+    work: Path
+    code: str
+    done: list[dict[str, Any]] = field(default_factory=list)
+
+    def get(self, key: str, measure) -> dict[str, Any]:
+        path = self.work / "cells" / f"{key}.json"
+        if path.is_file():
+            cached = json.loads(path.read_text())
+            if cached.get("code") == self.code:
+                self.done.append(cached)
+                return cached
+        print(f"{time.strftime('%H:%M:%S')} {key}", flush=True)
+        started = time.perf_counter()
+        result = {**measure(), "key": key, "code": self.code, "wall_seconds": round(time.perf_counter() - started)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        print(f"    Dice {result['dice']:.4f}", flush=True)
+        self.done.append(result)
+        return result
+
+
+@dataclass(frozen=True)
+class Budgets:
+    first: float
+    round: float
+    scribble: float
+
+    @property
+    def loop(self) -> float:
+        return self.first + ROUNDS * self.round
+
+
+class Annotator(Protocol):
+    """Writes an item's mask into a folder as some annotator would; returns the share of its pixels labelled."""
+
+    def __call__(self, source: Source, folder: Path, item: str) -> float: ...
+
+
+def annotate(source: Source, folder: Path, items: Sequence[str], annotator: Annotator) -> list[float]:
+    """The labelled shares of the ``items`` not yet labelled in ``folder``, now labelled by ``annotator``."""
+    return [annotator(source, folder, item) for item in items
+            if not (folder / "masks" / f"{item}{source.suffix()}").exists()]
+
+
+def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, tool: Tool, cells: Cells,
+                mode: str) -> None:
+    """Every measurement of one dataset and seed."""
+    name, pool = source.dataset.name, source.pool
+    runs = cells.work / "runs" / mode / name / f"seed{seed}"
+    first = max(2, round(FIRST_SHARE * len(pool)))
+    step = max(1, round(ROUND_SHARE * len(pool)))
+    start = [str(i) for i in np.random.default_rng(seed).choice(pool, first, replace=False)]
+    strokes = np.random.default_rng([seed, 7])
+
+    def scribbles(source: Source, folder: Path, item: str) -> float:
+        return scribble(source, folder, item, share, strokes)
+
+    def train(arm: str, labelled: Sequence[str], minutes: float, init: Path | None = None,
+              annotator: Annotator = dense) -> dict[str, Any]:
+        folder = make_folder(source, runs / arm / "data")
+        shares = annotate(source, folder, labelled, annotator)
+        run = runs / arm / f"run{len(labelled)}"
+        tool.train(folder, run, minutes, seed, init)
+        return {"run": str(run), "labelled_images": len(labelled), "pool": len(pool), "minutes": minutes,
+                "labelled_share": float(np.mean(shares)) if shares else 1.0, **test_dice(source.dataset, run)}
+
+    key = f"{mode}_{name}_seed{seed}"
+    cells.get(f"{key}_dense", lambda: train("dense", pool, budgets.scribble))
+    cells.get(f"{key}_scribble{share:g}", lambda: train("scribble", pool, budgets.scribble, annotator=scribbles))
+    cells.get(f"{key}_pool", lambda: train("pool", pool, budgets.loop))
+    round0 = cells.get(f"{key}_round0", lambda: train("round0", start, budgets.first))
+    for order in ORDERS:
+        labelled, previous = list(start), Path(round0["run"])
+        annotate(source, make_folder(source, runs / order / "data"), start, dense)
+        choices = np.random.default_rng([seed, 11])
+        for k in range(1, ROUNDS + 1):
+            def measure(order: str = order, labelled: list[str] = labelled, previous: Path = previous) -> dict:
+                rest = [i for i in pool if i not in labelled]
+                picks = (tool.suggest(previous, runs / order / "data", step) if order == "suggest"
+                         else [str(i) for i in choices.choice(rest, min(step, len(rest)), replace=False)])
+                return {"picked": picks, **train(order, labelled + picks, budgets.round, init=previous)}
+
+            result = cells.get(f"{key}_{order}{k}", measure)
+            labelled, previous = labelled + result["picked"], Path(result["run"])
+        if order == "suggest":
+            cells.get(f"{key}_scratch", lambda: train("scratch", labelled, 3 * budgets.round))
+
+
+# -- the report -----------------------------------------------------------------------------------------------------
+
+def summarise(done: list[dict[str, Any]], names: list[str], seeds: list[int], share: float,
+              budgets: Budgets, mode: str) -> tuple[dict[str, Any], str]:
+    """The curves' table and the targets, per dataset (means over seeds)."""
+    by_key = {cell["key"]: cell for cell in done}
+    targets, lines = {}, []
+    for name in names:
+        def figures(arm: str) -> list[float]:
+            return [by_key[f"{mode}_{name}_seed{s}_{arm}"]["dice"] for s in seeds
+                    if f"{mode}_{name}_seed{s}_{arm}" in by_key]
+
+        def mean(arm: str) -> float:
+            values = figures(arm)
+            return float(np.mean(values)) if values else math.nan
+
+        rounds = {order: [mean("round0")] + [mean(f"{order}{k}") for k in range(1, ROUNDS + 1)] for order in ORDERS}
+        sample = next((by_key[k] for k in by_key if k.startswith(f"{mode}_{name}_") and "labelled_images" in
+                       by_key[k]), None)
+        if sample is None:
+            continue
+        pool = sample["pool"]
+        counts = [max(2, round(FIRST_SHARE * pool)) + k * max(1, round(ROUND_SHARE * pool)) for k in range(ROUNDS + 1)]
+        scribbled = [by_key[k]["labelled_share"] for k in by_key if k.startswith(f"{mode}_{name}_seed")
+                     and k.endswith(f"_scribble{share:g}")]
+        targets[name] = {
+            "scribble_over_dense": mean(f"scribble{share:g}") / mean("dense"),
+            "scribble_labelled_share": float(np.mean(scribbled)) if scribbled else math.nan,
+            "suggest_over_pool": rounds["suggest"][-1] / mean("pool"),
+            "suggest_minus_random": [s - r for s, r in zip(rounds["suggest"][1:], rounds["random"][1:])],
+            "finetune_over_scratch3x": rounds["suggest"][-1] / mean("scratch"),
+            "rounds": rounds, "labelled_images": counts, "pool": pool, "dense": mean("dense"),
+            "scribble": mean(f"scribble{share:g}"), "whole_pool": mean("pool"), "scratch3x": mean("scratch"),
+            "seeds": len(figures("pool")),
+        }
+        lines += _table(name, targets[name], budgets, share)
+    return targets, "\n".join(lines)
+
+
+def _table(name: str, t: dict[str, Any], budgets: Budgets, share: float) -> list[str]:
+    counts, pool = t["labelled_images"], t["pool"]
+    rows = [f"### {name} (training pool {pool} images; mean of {t['seeds']} seeds)", "",
+            "| labelled images | " + " | ".join(f"{c} ({100 * c / pool:.0f}%)" for c in counts) + " |",
+            "|---|" + "---:|" * len(counts)]
+    for order in ORDERS:
+        rows.append(f"| {order} order | " + " | ".join(f"{d:.4f}" for d in t["rounds"][order]) + " |")
+    rows += ["", "| measurement | test Dice | target | |", "|---|---:|---|---|",
+             f"| dense masks, {budgets.scribble:g} min | {t['dense']:.4f} | | |",
+             f"| scribbles ({100 * t['scribble_labelled_share']:.1f}% of pixels), {budgets.scribble:g} min | "
+             f"{t['scribble']:.4f} | >= 90% of dense | {100 * t['scribble_over_dense']:.1f}% |",
+             f"| whole pool, {budgets.loop:g} min | {t['whole_pool']:.4f} | | |",
+             f"| suggest after {ROUNDS} rounds ({counts[-1]} images, {budgets.loop:g} min in all) | "
+             f"{t['rounds']['suggest'][-1]:.4f} | >= 95% of whole pool | {100 * t['suggest_over_pool']:.1f}% |",
+             "| suggest minus random, rounds 1-4 | " + ", ".join(f"{d:+.4f}" for d in t["suggest_minus_random"])
+             + " | >= 0 every round | |",
+             f"| last round from scratch, {3 * budgets.round:g} min | {t['scratch3x']:.4f} | fine-tune "
+             f"({budgets.round:g} min) >= it | {100 * t['finetune_over_scratch3x']:.1f}% |", ""]
+    return rows
+
+
+def curves_png(targets: dict[str, Any], path: Path) -> None:
+    """Test Dice against labelled images (the loop's orders) and against labelled pixels (scribbles, rounds,
+    whole pool), one row per dataset."""
+    from medseg.visualize import pyplot
+
+    plt = pyplot()
+    figure, axes = plt.subplots(len(targets), 2, figsize=(10, 3.2 * len(targets)), squeeze=False)
+    for row, (name, t) in enumerate(targets.items()):
+        left, right = axes[row]
+        for order in ORDERS:
+            left.plot(t["labelled_images"], t["rounds"][order], marker="o", label=f"{order} order")
+        left.axhline(t["whole_pool"], color="grey", linestyle="--", label="whole pool")
+        left.set(title=f"{name}: Dice against labelled images", xlabel="labelled images", ylabel="test Dice")
+        left.legend(fontsize=8)
+        pixels = [100 * c / t["pool"] for c in t["labelled_images"]]
+        right.plot(pixels, t["rounds"]["suggest"], marker="o", label="full masks (suggest order)")
+        right.plot([100 * t["scribble_labelled_share"]], [t["scribble"]], marker="s", linestyle="",
+                   label="scribbles on every image")
+        right.plot([100], [t["dense"]], marker="^", linestyle="", label="full masks on every image")
+        right.set(title=f"{name}: Dice against labelled pixels", xlabel="% of the pool's pixels labelled",
+                  ylabel="test Dice", xscale="log")
+        right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def code_version() -> str:
+    """This script and medseg's source, as a digest: a cached cell measured by other code is measured again."""
+    import hashlib
+
+    import medseg
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted(Path(medseg.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="busi,chase_db1,msd_hippocampus,isbi2012_em")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--budget-first", type=float, default=2.0, help="minutes for the first round")
+    parser.add_argument("--budget-round", type=float, default=1.0, help="minutes for each later round")
+    parser.add_argument("--budget-scribble", type=float, default=3.0, help="minutes for scribbles and dense")
+    parser.add_argument("--scribble", type=float, default=0.05, help="the largest share of pixels a scribble labels")
+    parser.add_argument("--threads", type=int, help="torch threads of every run (OMP_NUM_THREADS)")
+    parser.add_argument("--through-api", action="store_true", help="drive the labelling page's HTTP API")
+    parser.add_argument("--work", default="/tmp/medseg-labelling")
+    parser.add_argument("--out", default="labelling.json")
+    parser.add_argument("--markdown", help="also write the tables here, and the curves beside it (PNG)")
+    args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    budgets = Budgets(args.budget_first, args.budget_round, args.budget_scribble)
+    names, seeds = args.datasets.split(","), [int(s) for s in args.seeds.split(",")]
+    mode = "api" if args.through_api else "direct"
+    tool: Tool = Commands()
+    if args.through_api:
+        from labelling_api import PageApi
+
+        tool = PageApi()
+    cells = Cells(Path(args.work), code_version())
+    missing = [name for name in names if not (SHARED / name).is_dir()]
+    if missing:
+        raise SystemExit(f"{SHARED / missing[0]} not found: the benchmark needs ../shared/data")
+    for seed in seeds:  # every dataset's first seed before any second: an early stop leaves a complete picture
+        for name in names:
+            run_dataset(Source.of(DATASETS[name]), seed, budgets, args.scribble, tool, cells, mode)
+    targets, markdown = summarise(cells.done, names, seeds, args.scribble, budgets, mode)
+    header = (f"Machine: {platform.machine()}, {os.environ.get('OMP_NUM_THREADS', 'all')} thread(s); "
+              f"budgets: first round {budgets.first:g} min, later rounds {budgets.round:g} min, scribbles "
+              f"{budgets.scribble:g} min; {mode}.\n\n")
+    print(markdown)
+    Path(args.out).write_text(json.dumps({"cells": cells.done, "targets": targets}, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(header + markdown)
+        curves_png(targets, Path(args.markdown).with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

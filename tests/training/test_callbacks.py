@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from medseg.config import Config
-from medseg.training.callbacks import PAUSE_HOOK, SIGNAL_HOOK, PauseAtStep, ProgressCallback, TrainingView
+from medseg.run.history import read_progress
+from medseg.training.callbacks import (PAUSE_HOOK, SIGNAL_HOOK, PauseAtStep, ProgressCallback, ProgressFile,
+                                       TrainingView)
 from medseg.training.trainer import default_callbacks
 
 
@@ -55,7 +57,18 @@ def test_default_observers_and_test_hooks(monkeypatch):
     config.train.tensorboard = False
     monkeypatch.delenv(SIGNAL_HOOK, raising=False)
     monkeypatch.delenv(PAUSE_HOOK, raising=False)
-    assert [type(c) for c in default_callbacks(config)] == [ProgressCallback]
+    assert [type(c) for c in default_callbacks(config)] == [ProgressCallback, ProgressFile]
     monkeypatch.setenv(PAUSE_HOOK, "7:/tmp/somewhere")
     hook = default_callbacks(config)[-1]
     assert isinstance(hook, PauseAtStep) and (hook.step, hook.folder) == (7, Path("/tmp/somewhere"))
+
+
+def test_progress_json_follows_a_run_to_its_end(tiny_config, tmp_path):
+    from medseg.workflow import train
+
+    seen = []
+    train(tiny_config, tmp_path / "run", on_epoch_end=lambda epoch, row: seen.append(read_progress(tmp_path / "run")))
+    final = read_progress(tmp_path / "run")
+    assert [p.step for p in seen] == [2, 4, 6] and not any(p.finished for p in seen)  # written before the hook
+    assert final.finished and final.fraction == 1.0 and final.step == 6 and final.total_steps is None
+    assert final.val_dice is not None and final.seconds_left is None

@@ -7,7 +7,7 @@ RUN_DIR layout::
     checkpoint.safetensors (+ .json)             weights and training state after the last epoch (resume)
     best_model.safetensors / final_model...      the best-by-validation and the last weights
     contract.json                                the run contract: what predict, evaluate and export read
-    history.csv  steps.csv  train.log  curves.png  postprocess.json
+    history.csv  steps.csv  train.log  curves.png  postprocess.json  progress.json
     fold_<k>/                                    cross-validation: one run folder per fold, and beside them
     cv_summary.json  cv_per_image.csv            the out-of-fold summary
     eval/                                        the test-split evaluation
@@ -90,6 +90,11 @@ class RunFolder:
     @property
     def postprocess(self) -> Path:
         return self.path / "postprocess.json"
+
+    @property
+    def progress(self) -> Path:
+        """How far a training run is (``progress.json``), for whoever watches it from another process."""
+        return self.path / "progress.json"
 
     @property
     def cv_summary(self) -> Path:

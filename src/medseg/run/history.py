@@ -1,4 +1,5 @@
-"""The rows of ``history.csv`` and ``steps.csv`` that training writes and reports read."""
+"""What training writes as it goes and others read: the rows of ``history.csv`` and ``steps.csv``, and
+``progress.json``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TypeVar
 from medseg.errors import MedsegError
 from medseg.files import read_csv
 from medseg.run.folder import RunFolder
+from medseg.typed_file import TypedFile
 
 NAN = math.nan
 
@@ -43,6 +45,28 @@ class StepRow:
     seconds: float  # elapsed training time after the step
     loss: float  # exponentially smoothed training loss
     lr: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``progress.json``: how far a training run is, rewritten as it trains (atomically)."""
+
+    step: int
+    total_steps: int | None  # None: trained to a budget
+    fraction: float  # the share of the run done: of its steps, or of its budget
+    elapsed: float  # seconds of training so far
+    seconds_left: float | None  # with a budget: what is left of it
+    val_dice: float | None  # the last validation's Dice
+    finished: bool  # the run ended and wrote its contract
+
+
+PROGRESS_FILE = TypedFile(Progress, "training progress")
+
+
+def read_progress(run_dir: Path) -> Progress | None:
+    """``RUN_DIR/progress.json``, or None before the run writes one."""
+    path = RunFolder(run_dir).progress
+    return PROGRESS_FILE.load(path) if path.is_file() else None
 
 
 Row = TypeVar("Row", HistoryRow, StepRow)

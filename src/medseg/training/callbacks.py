@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +20,8 @@ import numpy as np
 from medseg.config import Config
 from medseg.log import get_logger, is_interactive
 from medseg.run.folder import RunFolder
-from medseg.run.history import HistoryRow
+from medseg.files import atomic_write_json
+from medseg.run.history import HistoryRow, Progress
 from medseg.training.validation import ValidationPicture
 from medseg.visualize import overlay
 
@@ -42,6 +43,7 @@ class TrainingView:
     row: HistoryRow | None  # on_epoch_end: a copy of the epoch's history row, validation included
     improved: bool  # on_epoch_end: the smoothed validation Dice is the best so far
     pictures: Callable[[int], list[ValidationPicture]]  # the first n validation images, predicted now
+    fraction: float = 0.0  # the share of the run done: of its steps, or of its budget
 
     @property
     def is_main(self) -> bool:
@@ -97,6 +99,37 @@ class ProgressCallback(Callback):
         validated = f"  val Dice {row.val_dice:.4f}  IoU {row.val_iou:.4f}" if row.validated else ""
         get_logger().info("epoch %d%s  loss %.4f%s  lr %.2e  %.0fs%s", row.epoch, view.epochs_text, row.train_loss,
                           validated, row.lr, row.seconds, "  *best*" if view.improved else "")
+
+
+class ProgressFile(Callback):
+    """``RUN_DIR/progress.json`` (:class:`~medseg.run.history.Progress`) every ``log_every`` steps, after every
+    epoch and at the end: how far the run is, for a watcher in another process (the labelling page)."""
+
+    def __init__(self) -> None:
+        self.val_dice: float | None = None
+
+    def on_step_end(self, view: TrainingView) -> None:
+        if view.is_main and view.step % view.config.train.log_every == 0:
+            self.write(view, finished=False)
+
+    def on_epoch_end(self, view: TrainingView) -> None:
+        if view.row.validated:
+            self.val_dice = view.row.val_dice
+        if view.is_main:
+            self.write(view, finished=False)
+
+    def on_fit_end(self, view: TrainingView) -> None:
+        if view.is_main:
+            self.write(view, finished=True)
+
+    def write(self, view: TrainingView, finished: bool) -> None:
+        train = view.config.train
+        budget = train.budget_minutes * 60 if train.budget_minutes else None
+        total = None if budget else train.iterations
+        atomic_write_json(view.run.progress, asdict(Progress(
+            view.step, total, round(1.0 if finished else min(view.fraction, 1.0), 4), round(view.elapsed, 2),
+            None if budget is None else round(max(budget - view.elapsed, 0.0) * (not finished), 1), self.val_dice,
+            finished)))
 
 
 class TensorBoardCallback(Callback):

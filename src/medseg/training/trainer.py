@@ -22,8 +22,8 @@ import torch
 from medseg.config import Config
 from medseg.files import atomic_write_bytes, atomic_write_csv
 from medseg.inference.postprocess import ValidationCase
-from medseg.training.callbacks import (Callback, EpochFunction, PauseAtStep, ProgressCallback, SignalAtStep,
-                                     TensorBoardCallback, TrainingView)
+from medseg.training.callbacks import (Callback, EpochFunction, PauseAtStep, ProgressCallback, ProgressFile,
+                                       SignalAtStep, TensorBoardCallback, TrainingView)
 from medseg.run.folder import RunFolder
 from medseg.run.history import HistoryRow, StepRow
 from medseg.run.weights import WeightsInfo, load_checkpoint, load_resumable, load_weights_into, save_checkpoint
@@ -180,7 +180,7 @@ class Trainer:
         return TrainingView(self.observed_config, self.run_dir, self.context.rank, state.step, state.epoch,
                             self.step_total_text(), self.epoch_total_text(), state.elapsed, self.current_lr,
                             self.last_loss, None if row is None else replace(row), self.improved,
-                            self.validation_pictures)
+                            self.validation_pictures, self.progress())
 
     def notify(self, hook: str, row: HistoryRow | None = None) -> None:
         if self.callbacks:
@@ -436,8 +436,9 @@ def tensorboard_installed() -> bool:
 
 
 def default_callbacks(config: Config, on_epoch_end: Callable[[int, HistoryRow], None] | None = None) -> list[Callback]:
-    """The observers: progress; TensorBoard when asked for (or installed); the user's function; the test hooks."""
-    callbacks: list[Callback] = [ProgressCallback()]
+    """The observers: progress (lines, and ``progress.json``); TensorBoard when asked for (or installed); the user's
+    function; the test hooks."""
+    callbacks: list[Callback] = [ProgressCallback(), ProgressFile()]
     if config.train.tensorboard or (config.train.tensorboard is None and tensorboard_installed()):
         callbacks.append(TensorBoardCallback())
     if on_epoch_end is not None:

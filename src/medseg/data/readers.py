@@ -92,7 +92,7 @@ class Reader:
     def __init__(self, max_open: int = 8, max_volumes: int = 4) -> None:
         self.max_open, self.max_volumes = max_open, max_volumes
         self._tiffs: OrderedDict[tuple[str, int, int], _OpenTiff] = OrderedDict()
-        self._volumes: OrderedDict[tuple[str, bool], tuple[Volume, Any]] = OrderedDict()  # volume, statistics
+        self._volumes: OrderedDict[tuple[str, bool, int, int], tuple[Volume, Any]] = OrderedDict()  # volume, stats
         self._pid = os.getpid()
 
     def __enter__(self) -> "Reader":
@@ -117,7 +117,8 @@ class Reader:
         return self._volume(Path(path), False)[1]
 
     def _volume(self, path: Path, label: bool) -> tuple[Volume, tuple[np.ndarray, np.ndarray]]:
-        key = (str(path.resolve()), label)
+        stat = path.stat() if path.exists() else None  # a file rewritten since it was decoded is decoded again
+        key = (str(path.resolve()), label, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
         if key in self._volumes:
             self._volumes.move_to_end(key)
             return self._volumes[key]

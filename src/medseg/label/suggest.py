@@ -19,6 +19,7 @@ import numpy as np
 
 from medseg.data.datasets import Item, Sample, label_kind, load_items, load_sample
 from medseg.data.readers import Reader
+from medseg.errors import MedsegError
 from medseg.files import atomic_write_csv
 from medseg.inference.predictor import Predictor
 from medseg.inference.scoring import case_groups
@@ -61,7 +62,11 @@ def suggest(predictor: Predictor, items: Sequence[Item], count: int) -> list[Sug
     assessed = []
     with Reader() as reader:
         for group in progress(groups, desc="suggest", unit="img"):
-            samples = [load_sample(item, spec.channels, spec.n_classes, reader) for item in group]
+            try:
+                samples = [load_sample(item, spec.channels, spec.n_classes, reader) for item in group]
+            except MedsegError as exc:  # one unreadable file does not stop the ranking of the others
+                get_logger().warning("skipped: %s", exc)
+                continue
             kinds = {label_kind(sample) for sample in samples}
             if kinds != {"dense"}:
                 assessed.append(assess(predictor, group[0].group, samples, "none" if kinds == {"none"} else "partial"))
@@ -72,19 +77,23 @@ def suggest(predictor: Predictor, items: Sequence[Item], count: int) -> list[Sug
 
 def assess(predictor: Predictor, name: str, samples: Sequence[Sample], label: str) -> Assessment:
     """Predict an image (or a volume's slices) and measure how unsure the model is where nothing is labelled."""
-    spec = predictor.spec
-    entropies, unlabelled, pictures = [], [], []
-    for sample in samples:
-        probabilities = predictor.probabilities(sample.image, sample.statistics, sample.spacing)
-        entropies.append(entropy_map(probabilities, spec.n_classes))
-        unlabelled.append(_unlabelled(sample))
-        foreground = probabilities if spec.n_classes == 2 else 1 - probabilities[0]
-        pictures.append((sample.image, foreground))
-    entropy, where = np.concatenate([e.ravel() for e in entropies]), np.concatenate([u.ravel() for u in unlabelled])
+    probabilities = [predictor.probabilities(s.image, s.statistics, s.spacing) for s in samples]
+    n_classes = predictor.spec.n_classes
+    return assessment(name, label, samples, probabilities, [entropy_map(p, n_classes) for p in probabilities])
+
+
+def assessment(name: str, label: str, samples: Sequence[Sample], probabilities: Sequence[np.ndarray],
+               entropies: Sequence[np.ndarray]) -> Assessment:
+    """How unsure the model is about an image's (a volume's slices') unlabelled pixels, from its predicted
+    ``probabilities`` and their scaled ``entropies``, and what the image and its prediction look like."""
+    unlabelled = np.concatenate([_unlabelled(sample).ravel() for sample in samples])
+    entropy = np.concatenate([e.ravel() for e in entropies])
+    pictures = [(sample.image, p if p.ndim == 2 else 1 - p[0]) for sample, p in zip(samples, probabilities)]
     spread = [pictures[round(i)] for i in np.linspace(0, len(pictures) - 1, min(VOLUME_SLICES, len(pictures)))]
     feature = np.concatenate([_thumbnail(part) for image, foreground in spread
                               for part in (image.mean(axis=2), foreground)])
-    return Assessment(name, label, uncertainty_score(entropy, where), unsure_fraction(entropy, where), feature)
+    return Assessment(name, label, uncertainty_score(entropy, unlabelled), unsure_fraction(entropy, unlabelled),
+                      feature)
 
 
 def _unlabelled(sample: Sample) -> np.ndarray:

@@ -200,10 +200,16 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="medseg", version=medseg.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.inference = inference
-    _add_error_handlers(app, settings)
     _add_routes(app, predictor, inference, settings)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    add_guards(app, settings)
     return app
+
+
+def add_guards(app: FastAPI, settings: ServeSettings) -> None:
+    """What every medseg service puts in front of its routes: the body limit, the token check, and JSON errors for
+    everything that goes wrong."""
+    _add_error_handlers(app, settings)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
 
 def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:

@@ -234,24 +234,37 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def _serving(command: str) -> None:
+    """The serving packages, or a one-line error."""
     try:
-        import uvicorn
-
-        from medseg.serve.app import ServeSettings, create_app
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise MedsegError("serve", f"needs the serving packages ({exc.name} is missing): "
+        raise MedsegError(command, f"needs the serving packages ({exc.name} is missing): "
                                    "pip install 'medseg[serve]'") from None
-    from medseg.inference.predictor import Predictor
 
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise MedsegError(args.token_file, f"cannot read the token file ({exc.strerror})") from None
-        if len(token) < 16:
-            raise MedsegError(args.token_file, "the token is shorter than 16 characters")
+
+def _token(token_file: str | None) -> str | None:
+    """The bearer token in ``token_file`` (None without one); a token shorter than 16 characters is refused."""
+    if not token_file:
+        return None
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise MedsegError(token_file, f"cannot read the token file ({exc.strerror})") from None
+    if len(token) < 16:
+        raise MedsegError(token_file, "the token is shorter than 16 characters")
+    return token
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _serving("serve")
+    import uvicorn
+
+    from medseg.inference.predictor import Predictor
+    from medseg.serve.app import ServeSettings, create_app
+
+    token = _token(args.token_file)
     predictor = Predictor.from_run(args.run, args.backend, args.device, _folds(args.folds))
     settings = ServeSettings(max_queue=args.max_queue, timeout_s=args.timeout,
                              max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
@@ -259,6 +272,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                              batch_wait_ms=args.batch_wait_ms, token=token)
     uvicorn.run(create_app(predictor, settings), host=args.host, port=args.port, log_level="info",
                 timeout_graceful_shutdown=int(args.timeout) + 5, proxy_headers=args.proxy_headers)
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    _serving("label")
+    import uvicorn
+
+    from medseg.label.app import Labelling, create_label_app
+    from medseg.label.workspace import Workspace
+    from medseg.run.folder import RunFolder
+    from medseg.serve.app import ServeSettings
+
+    if args.budget and args.iterations:
+        raise MedsegError("--iterations", "give a --budget or a number of --iterations, not both")
+    token = _token(args.token_file)
+    workspace = Workspace(args.dir, tuple(n.strip() for n in args.classes.split(",")) if args.classes else None)
+    changes: dict[str, object] = {}
+    if args.budget:
+        changes.update(budget_minutes=parse_duration(args.budget), iterations=None)
+    if args.iterations:
+        changes.update(iterations=args.iterations, budget_minutes=None)
+    if args.run and workspace.state.model is None:
+        RunFolder(args.run).read_contract()  # a finished run, or a one-line error
+        changes["model"] = str(Path(args.run).resolve())
+    workspace.update(**changes)
+    settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 2**20), token=token)
+    app = create_label_app(Labelling(workspace, args.set or []), settings)
+    print(f"labelling {args.dir}: open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -479,6 +521,22 @@ def _add_serve_parser(commands: Any) -> None:
     serve.set_defaults(handler=_cmd_serve)
 
 
+def _add_label_parser(commands: Any) -> None:
+    label = commands.add_parser("label", help="label a dataset in the browser: the model proposes, you correct, it "
+                                              "retrains in the background")
+    label.add_argument("dir", metavar="DIR", help="dataset folder (folder format: DIR/images, DIR/masks)")
+    label.add_argument("--run", help="a trained run to start from (its model proposes first)")
+    label.add_argument("--budget", metavar="DURATION", help="each training round's time: 90s, 3m (default 3m)")
+    label.add_argument("--iterations", type=int, help="train this many steps a round instead of a budget")
+    label.add_argument("--classes", help="class names for a folder without masks yet, e.g. lesion or liver,tumour")
+    label.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    label.add_argument("--port", type=int, default=8100)
+    label.add_argument("--token-file", help="require 'Authorization: Bearer <token>' with the token in this file")
+    label.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (413 above)")
+    label.add_argument("--set", action="append", metavar="KEY=VALUE", help="a config key for every training round")
+    label.set_defaults(handler=_cmd_label)
+
+
 def _add_compare_parser(commands: Any) -> None:
     compare = commands.add_parser("compare", help="train, evaluate and compare several models with one protocol")
     _add_run_flags(compare, "training time per run (the schedule follows it)", one_run=False)
@@ -528,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(commands)
     _add_serve_parser(commands)
     _add_suggest_parser(commands)
+    _add_label_parser(commands)
     demo = commands.add_parser("demo", help="train and evaluate on built-in synthetic data")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--minutes", type=float, default=1.5, help="training time budget")

@@ -90,7 +90,7 @@ def assessment(name: str, label: str, samples: Sequence[Sample], probabilities: 
     entropy = np.concatenate([e.ravel() for e in entropies])
     pictures = [(sample.image, p if p.ndim == 2 else 1 - p[0]) for sample, p in zip(samples, probabilities)]
     spread = [pictures[round(i)] for i in np.linspace(0, len(pictures) - 1, min(VOLUME_SLICES, len(pictures)))]
-    feature = np.concatenate([_thumbnail(part) for image, foreground in spread
+    feature = np.concatenate([thumbnail(part) for image, foreground in spread
                               for part in (image.mean(axis=2), foreground)])
     return Assessment(name, label, uncertainty_score(entropy, unlabelled), unsure_fraction(entropy, unlabelled),
                       feature)
@@ -106,7 +106,7 @@ def _unlabelled(sample: Sample) -> np.ndarray:
     return region & ~sample.labelled if sample.labelled is not None else np.zeros(shape, bool)
 
 
-def _thumbnail(picture: np.ndarray) -> np.ndarray:
+def thumbnail(picture: np.ndarray) -> np.ndarray:
     """A picture shrunk to ``THUMBNAIL x THUMBNAIL`` (area averaging) and standardised, flattened."""
     small = cv2.resize(picture.astype(np.float32), (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA).ravel()
     return (small - small.mean()) / max(float(small.std()), 1e-6)

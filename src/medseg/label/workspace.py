@@ -189,6 +189,16 @@ class Workspace:
             known = self._statuses[entry_id] = (version, status)
         return known[1]
 
+    def labelled(self) -> int:
+        """How many images have a mask (unreadable ones aside)."""
+        count = 0
+        for entry_id in self.entries:
+            try:
+                count += self.status(entry_id) != "unlabelled"
+            except MedsegError:
+                continue
+        return count
+
     def window(self, entry_id: str) -> tuple[float, float]:
         """The default display window of an image: its 1st to 99th intensity percentile (a volume's, over the
         volume), so 16-bit and scanner-unit data are shown by their own range."""
@@ -217,6 +227,9 @@ class Workspace:
                 self._save_slice(entry, slice_index, ids)
             else:
                 write_mask(entry.mask, ids, self.n_classes)
+            if not entry.items[0].masks:  # the image's first mask: its items read it from now on
+                self.entries[entry_id] = replace(entry, items=tuple(replace(item, masks=(entry.mask,))
+                                                                    for item in entry.items))
             self.state = replace(self.state, new_labels=self.state.new_labels + 1)
             atomic_write_json(self.state_path, asdict(self.state))
             return mask_version(entry.mask)

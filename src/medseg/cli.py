@@ -236,12 +236,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _serving(command: str) -> None:
     """The serving packages, or a one-line error."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise MedsegError(command, f"needs the serving packages ({exc.name} is missing): "
-                                   "pip install 'medseg[serve]'") from None
+    import importlib.util
+
+    for package in ("fastapi", "uvicorn", "multipart"):
+        if importlib.util.find_spec(package) is None:
+            raise MedsegError(command, f"needs the serving packages ({package} is missing): pip install "
+                                       "'medseg[serve]'")
 
 
 def _token(token_file: str | None) -> str | None:

@@ -104,49 +104,75 @@ def make_folder(source: Source, folder: Path) -> Path:
             (folder / "regions").mkdir(exist_ok=True)
             shutil.copy(source.region(item), folder / "regions" / f"{item}.png")
     for item in source.test:
-        dense(source, folder, item)
+        target = folder / "masks" / f"{item}{source.suffix()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source.mask(item), target)
     rows = [f"{i},train" for i in source.pool] + [f"{i},test" for i in source.test]
     (folder / "split.csv").write_text("id,split\n" + "\n".join(rows) + "\n")
     return folder
 
 
-def dense(source: Source, folder: Path, item: str) -> float:
-    """The full mask of ``item`` (an annotator who draws everything); returns its labelled share (1)."""
-    target = folder / "masks" / f"{item}{source.suffix()}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(source.mask(item), target)
-    return 1.0
+@dataclass(frozen=True)
+class Annotation:
+    """An annotator's labels of one image: its class ids per slice (a 2D image has one; a volume's are along its
+    last axis), ``UNLABELLED`` where nothing is labelled, and the labelled share of its pixels (in its region)."""
+
+    planes: tuple[np.ndarray, ...]
+    share: float
+
+    @property
+    def dense(self) -> bool:
+        return self.share >= 1.0
 
 
-def scribble(source: Source, folder: Path, item: str, share: float, rng: np.random.Generator) -> float:
-    """Strokes on ``item``'s mask (every slice of a volume) covering at most ``share`` of its pixels inside the
-    region, the rest unlabelled; returns the labelled share."""
-    from medseg.data.readers import UNLABELLED, read_mask, write_mask
+def truth(source: Source, item: str) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """``item``'s full mask as class-id planes, and its region (field of view) if it has one."""
+    from medseg.data.readers import read_mask
 
-    target = folder / "masks" / f"{item}{source.suffix()}"
-    target.parent.mkdir(parents=True, exist_ok=True)
     if source.dataset.volumes:
-        return _scribble_volume(source.mask(item), target, share, rng)
-    labels = read_mask(source.mask(item), source.dataset.n_classes)
+        import nibabel as nib
+
+        labels = np.asarray(nib.load(str(source.mask(item))).dataobj).astype(np.int64)
+        return [labels[..., z] for z in range(labels.shape[2])], None
     region = read_mask(source.region(item)) > 0 if source.region(item) is not None else None
-    strokes = strokes_of(labels, region, share, rng)
-    write_mask(target, np.where(strokes, labels, UNLABELLED), source.dataset.n_classes)
-    return float(strokes.sum() / (region.sum() if region is not None else labels.size))
+    return [read_mask(source.mask(item), source.dataset.n_classes)], region
 
 
-def _scribble_volume(mask: Path, target: Path, share: float, rng: np.random.Generator) -> float:
+def dense(source: Source, item: str) -> Annotation:
+    """An annotator who draws everything: the full mask."""
+    return Annotation(tuple(truth(source, item)[0]), 1.0)
+
+
+def scribble(source: Source, item: str, share: float, rng: np.random.Generator) -> Annotation:
+    """Strokes on ``item``'s mask (every slice of a volume) covering at most ``share`` of its pixels inside the
+    region, the rest unlabelled."""
+    from medseg.data.readers import UNLABELLED
+
+    planes, region = truth(source, item)
+    strokes = [strokes_of(plane, region, share, rng) for plane in planes]
+    inside = region.sum() if region is not None else planes[0].size
+    return Annotation(tuple(np.where(s, p, UNLABELLED) for s, p in zip(strokes, planes)),
+                      float(sum(s.sum() for s in strokes) / (inside * len(planes))))
+
+
+def write_annotation(source: Source, folder: Path, item: str, annotation: Annotation) -> None:
+    """An annotation as the folder format stores it: a PNG mask, or a NIfTI label volume aligned with the image
+    (128 where nothing is labelled)."""
+    from medseg.data.readers import UNLABELLED, UNLABELLED_VALUE, write_mask
+
+    target = folder / "masks" / f"{item}{source.suffix()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not source.dataset.volumes:
+        write_mask(target, annotation.planes[0], source.dataset.n_classes)
+        return
     import nibabel as nib
 
-    from medseg.data.readers import UNLABELLED_VALUE
-
-    image = nib.load(str(mask))
-    labels = np.asarray(image.dataobj).astype(np.int64)
-    strokes = np.stack([strokes_of(labels[..., z], None, share, rng) for z in range(labels.shape[2])], axis=2)
-    stored = np.where(strokes, labels, UNLABELLED_VALUE).astype(np.uint8)
+    image = nib.load(str(source.mask(item)))
+    stored = np.where(np.stack(annotation.planes, axis=2) == UNLABELLED, UNLABELLED_VALUE,
+                      np.stack(annotation.planes, axis=2)).astype(np.uint8)
     header = image.header.copy()
     header.set_data_dtype(np.uint8)
     nib.save(nib.Nifti1Image(stored, image.affine, header), str(target))
-    return float(strokes.mean())
 
 
 def strokes_of(labels: np.ndarray, region: np.ndarray | None, share: float, rng: np.random.Generator) -> np.ndarray:
@@ -209,21 +235,33 @@ def _pieces(line: np.ndarray, within: np.ndarray, budget: float, rng: np.random.
 # -- the tool the simulated annotator drives: medseg's commands, or the labelling page's HTTP API ----------------------
 
 class Tool(Protocol):
-    """What the annotator does with medseg: train (or fine-tune) on the folder, and ask what to label next."""
+    """What the annotator does with medseg: hand over labels, train (or fine-tune) on the folder, and ask what to
+    label next. ``arm`` names the labelling effort a folder belongs to (its own data folder and runs)."""
 
-    def train(self, folder: Path, run: Path, minutes: float, seed: int, init: Path | None) -> None: ...
+    def label(self, source: Source, folder: Path, item: str, annotation: Annotation) -> None: ...
+
+    def train(self, folder: Path, run: Path, minutes: float, seed: int, init: Path | None) -> Path: ...
 
     def suggest(self, run: Path, folder: Path, count: int) -> list[str]: ...
 
+    def timings(self) -> dict[str, Any]:
+        """What the tool measured of itself since the last call (seconds), for the cell."""
+
+    def close(self) -> None: ...
+
 
 class Commands:
-    """`medseg train` and `medseg suggest` as a user runs them."""
+    """Mask files written into the folder, and `medseg train` and `medseg suggest` as a user runs them."""
 
-    def train(self, folder: Path, run: Path, minutes: float, seed: int, init: Path | None) -> None:
+    def label(self, source: Source, folder: Path, item: str, annotation: Annotation) -> None:
+        write_annotation(source, folder, item, annotation)
+
+    def train(self, folder: Path, run: Path, minutes: float, seed: int, init: Path | None) -> Path:
         if run.exists():
             shutil.rmtree(run)
         medseg("train", "--data", str(folder), "--out", str(run), "--budget", f"{minutes}m", "--seed", str(seed),
                *(["--init", str(init)] if init else []))
+        return run
 
     def suggest(self, run: Path, folder: Path, count: int) -> list[str]:
         import csv
@@ -232,6 +270,12 @@ class Commands:
         medseg("suggest", str(run), str(folder), "-n", str(count), "--out", str(out))
         with out.open() as handle:
             return [row["id"] for row in csv.DictReader(handle)]
+
+    def timings(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 def medseg(*args: str) -> None:
@@ -286,15 +330,9 @@ class Budgets:
 
 
 class Annotator(Protocol):
-    """Writes an item's mask into a folder as some annotator would; returns the share of its pixels labelled."""
+    """An annotator's labels of one image."""
 
-    def __call__(self, source: Source, folder: Path, item: str) -> float: ...
-
-
-def annotate(source: Source, folder: Path, items: Sequence[str], annotator: Annotator) -> list[float]:
-    """The labelled shares of the ``items`` not yet labelled in ``folder``, now labelled by ``annotator``."""
-    return [annotator(source, folder, item) for item in items
-            if not (folder / "masks" / f"{item}{source.suffix()}").exists()]
+    def __call__(self, source: Source, item: str) -> Annotation: ...
 
 
 def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, tool: Tool, cells: Cells,
@@ -307,17 +345,27 @@ def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, tool:
     start = [str(i) for i in np.random.default_rng(seed).choice(pool, first, replace=False)]
     strokes = np.random.default_rng([seed, 7])
 
-    def scribbles(source: Source, folder: Path, item: str) -> float:
-        return scribble(source, folder, item, share, strokes)
+    def scribbles(source: Source, item: str) -> Annotation:
+        return scribble(source, item, share, strokes)
+
+    def label(folder: Path, items: Sequence[str], annotator: Annotator) -> list[float]:
+        """The labelled shares of the ``items`` not labelled in ``folder`` yet, now labelled."""
+        shares = []
+        for item in items:
+            if not (folder / "masks" / f"{item}{source.suffix()}").exists():
+                annotation = annotator(source, item)
+                tool.label(source, folder, item, annotation)
+                shares.append(annotation.share)
+        return shares
 
     def train(arm: str, labelled: Sequence[str], minutes: float, init: Path | None = None,
               annotator: Annotator = dense) -> dict[str, Any]:
         folder = make_folder(source, runs / arm / "data")
-        shares = annotate(source, folder, labelled, annotator)
-        run = runs / arm / f"run{len(labelled)}"
-        tool.train(folder, run, minutes, seed, init)
+        shares = label(folder, labelled, annotator)
+        run = tool.train(folder, runs / arm / f"run{len(labelled)}", minutes, seed, init)
         return {"run": str(run), "labelled_images": len(labelled), "pool": len(pool), "minutes": minutes,
-                "labelled_share": float(np.mean(shares)) if shares else 1.0, **test_dice(source.dataset, run)}
+                "labelled_share": float(np.mean(shares)) if shares else 1.0, **test_dice(source.dataset, run),
+                **tool.timings()}
 
     key = f"{mode}_{name}_seed{seed}"
     cells.get(f"{key}_dense", lambda: train("dense", pool, budgets.scribble))
@@ -326,7 +374,7 @@ def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, tool:
     round0 = cells.get(f"{key}_round0", lambda: train("round0", start, budgets.first))
     for order in ORDERS:
         labelled, previous = list(start), Path(round0["run"])
-        annotate(source, make_folder(source, runs / order / "data"), start, dense)
+        label(make_folder(source, runs / order / "data"), start, dense)
         choices = np.random.default_rng([seed, 11])
         for k in range(1, ROUNDS + 1):
             def measure(order: str = order, labelled: list[str] = labelled, previous: Path = previous) -> dict:
@@ -468,9 +516,12 @@ def main() -> None:
     missing = [name for name in names if not (SHARED / name).is_dir()]
     if missing:
         raise SystemExit(f"{SHARED / missing[0]} not found: the benchmark needs ../shared/data")
-    for seed in seeds:  # every dataset's first seed before any second: an early stop leaves a complete picture
-        for name in names:
-            run_dataset(Source.of(DATASETS[name]), seed, budgets, args.scribble, tool, cells, mode)
+    try:
+        for seed in seeds:  # every dataset's first seed before any second: an early stop leaves a complete picture
+            for name in names:
+                run_dataset(Source.of(DATASETS[name]), seed, budgets, args.scribble, tool, cells, mode)
+    finally:
+        tool.close()
     targets, markdown = summarise(cells.done, names, seeds, args.scribble, budgets, mode)
     header = (f"Machine: {platform.machine()}, {os.environ.get('OMP_NUM_THREADS', 'all')} thread(s); "
               f"budgets: first round {budgets.first:g} min, later rounds {budgets.round:g} min, scribbles "

@@ -299,8 +299,14 @@ def _cmd_label(args: argparse.Namespace) -> int:
     workspace.update(**changes)
     settings = ServeSettings(max_body_bytes=int(args.max_body_mb * 2**20), token=token)
     app = create_label_app(Labelling(workspace, args.set or []), settings)
-    print(f"labelling {args.dir}: open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    address = f"labelling {args.dir}: open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops)"
+
+    class Announced(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            print(address, flush=True)  # once it listens
+
+    Announced(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")).run()
     return 0
 
 

@@ -193,3 +193,16 @@ def test_reslicing_listed_items_gives_what_listing_along_that_axis_gives(tmp_pat
     listed = load_items(root)
     for axis in (0, 1, 2):
         assert reslice(listed, axis) == load_items(root, axis=axis)
+
+
+def test_a_dataset_without_any_mask_is_refused(tmp_path):
+    from medseg.config import Config
+    from medseg.data.datasets import dataset_items
+
+    root = fixtures.make_folder(tmp_path, n=2, split=False)
+    for path in (root / "masks").iterdir():
+        path.unlink()
+    config = Config()
+    config.data.root = str(root)
+    with pytest.raises(MedsegError, match="no image has a mask"):
+        dataset_items(config)

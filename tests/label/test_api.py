@@ -141,3 +141,38 @@ def test_a_round_trains_and_its_model_proposes(service):
     assert accepted.status_code == 200 and accepted.json()["status"] == "labelled"
     assert np.array_equal(np.asarray(Image.open(root / "masks" / "img4.png")) // 255, proposal)
     assert client.get("/v1/items/img4").json()["accepted"]
+
+
+def test_the_label_command_prints_its_address_and_checks_the_token(tmp_path):
+    """`medseg label DIR` as a user starts it: one line with the address; with --token-file every call but
+    /healthz needs the token; a folder it cannot label is one line."""
+    import http.client
+    import os
+    import subprocess
+    import sys
+
+    from tests.serve.test_server import free_port
+
+    root = labelling_folder(tmp_path / "data", unreadable=False)
+    (tmp_path / "token").write_text("a-token-of-sixteen-or-more\n")
+    port = free_port()
+    job = subprocess.Popen([sys.executable, "-m", "medseg", "label", str(root), "--port", str(port), "--token-file",
+                            str(tmp_path / "token"), "--budget", "2m"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        line = job.stdout.readline()  # printed once the server listens
+        assert line.startswith(f"labelling {root}: open http://127.0.0.1:{port}/")
+        def get(path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", path, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.read()
+
+        assert get("/healthz")[0] == 200 and get("/v1/project")[0] == 401
+        status, body = get("/v1/project", {"Authorization": "Bearer a-token-of-sixteen-or-more"})
+        assert status == 200 and json.loads(body)["settings"]["budget_minutes"] == 2
+    finally:
+        job.terminate()
+        job.wait(timeout=30)
+    done = subprocess.run([sys.executable, "-m", "medseg", "label", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "works on the folder format" in done.stderr

@@ -79,7 +79,8 @@ def test_init_keeps_the_network_geometry_and_split_and_the_plan_says_so(source_r
         shutil.copy(grown / "images" / "cells_011.png", grown / "images" / f"{name}.png")
         shutil.copy(grown / "masks" / "cells_011.png", grown / "masks" / f"{name}.png")
     out = tmp_path / "tuned"
-    assert main(["train", "--data", str(grown), "--out", str(out), "--init", str(run), *SMALL]) == 0
+    assert main(["train", "--data", str(grown), "--out", str(out), "--init", str(run), *SMALL,
+                 "--set", "model.widths=[4,8,16]"]) == 0  # the network RUN has: no conflict
     source, tuned = RunFolder(run).read_contract(), RunFolder(out).read_contract()
     assert tuned.model == source.model and tuned.inference.patch_size == source.inference.patch_size
     assert tuned.data.splits.test == source.data.splits.test

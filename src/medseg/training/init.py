@@ -70,9 +70,11 @@ class InitSource:
         """Refuse, in one line, what the weights cannot start: a network the user chose, volumes against 2D images
         (either way round), or images of another channel count (the first labelled image's)."""
         chosen = sorted(fixed & set(NETWORK_KEYS))
-        if chosen:
-            raise MedsegError("--init", f"{self.given} fixes the network ({self.contract.model.name}); "
-                                        f"{chosen[0]} cannot change it")
+        model = self.contract.model
+        same = config.model.name == model.name and _jsonable(config.model.zoo_options()) == _jsonable(model.options)
+        if chosen and not same:
+            raise MedsegError("--init", f"{self.given} fixes the network ({model.name}); {chosen[0]} cannot change "
+                                        "it")
         volumes = any(item.case is not None or item.axis is not None for item in items)
         if volumes != self.volumes:
             kinds = ("volumes (NIfTI or DICOM slices)", "2D images")
@@ -94,6 +96,13 @@ class InitSource:
     @property
     def has_test(self) -> bool:
         return bool(self.contract.data.splits.test)
+
+
+def _jsonable(options: dict[str, Any]) -> str:
+    """Model options as JSON (tuples and lists alike), to compare two networks."""
+    import json
+
+    return json.dumps(options, sort_keys=True)
 
 
 def start_from(model: torch.nn.Module, source: InitSource) -> None:

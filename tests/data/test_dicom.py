@@ -1,4 +1,5 @@
-"""DICOM decoding (pydicom's own test files and files written here) and DICOM Segmentation writing."""
+"""DICOM decoding (pydicom's own test files and files written here) and DICOM Segmentation writing. Volumes are read
+into the canonical orientation; ``file_order`` turns them back, to compare with what pydicom decodes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
-from medseg.data.dicom import dicom_info, read_dicom, read_dicom_bytes, write_dicom_seg
+from medseg.data.dicom import dicom_info, read_dicom, read_dicom_bytes, read_dicom_parts, write_dicom_seg
 from medseg.errors import MedsegError
 
 
@@ -19,6 +20,16 @@ def pydicom_file(name: str) -> Path:
     path = get_testdata_file(name, download=False)  # never download: these ship with pydicom
     assert path is not None, name
     return Path(path)
+
+
+def file_order(volume) -> np.ndarray:
+    """A volume's voxels in its file's order (``rows x cols x slices x C``), and its file-order affine in LPS."""
+    return volume.to_file(volume.data)
+
+
+def lps_affine(volume) -> np.ndarray:
+    """The file-order voxel-to-LPS affine of a volume read from DICOM."""
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.orientation.affine
 
 
 def expected(path: Path) -> np.ndarray:
@@ -68,12 +79,16 @@ def test_ct_modality_lut_spacing_and_affine(tmp_path):
     volume = read_dicom(path)
 
     assert volume.data.dtype == np.float32 and volume.data.shape == (128, 128, 1, 1)
-    np.testing.assert_array_equal(volume.data[:, :, 0, 0], apply_modality_lut(ds.pixel_array, ds))
+    np.testing.assert_array_equal(file_order(volume)[:, :, 0, 0], apply_modality_lut(ds.pixel_array, ds))
     assert volume.data.min() < -500  # HU, not stored values
     assert dicom_info(path) == volume.info
     assert volume.spacing == pytest.approx((0.661468, 0.661468, 5.0))
     position = np.array([float(v) for v in ds.ImagePositionPatient])
-    np.testing.assert_allclose(volume.affine @ [3, 7, 0, 1], [*(position + [7 * 0.661468, 3 * 0.661468, 0]), 1])
+    np.testing.assert_allclose(lps_affine(volume) @ [3, 7, 0, 1], [*(position + [7 * 0.661468, 3 * 0.661468, 0]), 1])
+    marker = np.zeros((128, 128, 1))
+    marker[3, 7, 0] = 1  # the same voxel in canonical axes lies at the same point of the patient
+    canonical = np.argwhere(volume.orientation.to_canonical(marker))[0]
+    np.testing.assert_allclose(volume.affine @ [*canonical, 1], volume.orientation.affine @ [3, 7, 0, 1])
     in_memory = read_dicom_bytes(path.read_bytes(), "upload.dcm")
     np.testing.assert_array_equal(in_memory.data, volume.data)
     np.testing.assert_array_equal(in_memory.affine, volume.affine)
@@ -86,7 +101,7 @@ def test_monochrome1_is_inverted(tmp_path):
     ds.save_as(path)
 
     values = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
-    np.testing.assert_array_equal(read_dicom(path).data[:, :, 0, 0], values.max() + values.min() - values)
+    np.testing.assert_array_equal(file_order(read_dicom(path))[:, :, 0, 0], values.max() + values.min() - values)
 
 
 @pytest.mark.parametrize("name, shape", [
@@ -102,13 +117,13 @@ def test_decodes_like_pydicom(name, shape):
     path = pydicom_file(name)
     volume = read_dicom(path)
 
-    assert volume.data.shape == shape
-    np.testing.assert_array_equal(volume.data, expected(path))
+    assert file_order(volume).shape == shape
+    np.testing.assert_array_equal(file_order(volume), expected(path))
     assert dicom_info(path) == volume.info
 
 
 def test_ybr_is_converted_to_rgb():
-    red = read_dicom(pydicom_file("SC_rgb_jpeg_dcmtk.dcm")).data[0, 0, 0]  # the file's first rows are pure red
+    red = file_order(read_dicom(pydicom_file("SC_rgb_jpeg_dcmtk.dcm")))[0, 0, 0]  # the first rows are pure red
     np.testing.assert_allclose(red, [255, 0, 0], atol=2)
 
 
@@ -119,10 +134,10 @@ def test_series_folder_is_sorted_by_position(tmp_path):
 
     assert volume.data.shape == (128, 128, 3, 1)
     for k, ds in enumerate(datasets):
-        np.testing.assert_array_equal(volume.data[:, :, k, 0], apply_modality_lut(ds.pixel_array, ds))
+        np.testing.assert_array_equal(file_order(volume)[:, :, k, 0], apply_modality_lut(ds.pixel_array, ds))
     assert volume.spacing == pytest.approx((0.661468, 0.661468, 2.5))
-    np.testing.assert_allclose(volume.affine[:3, 2], [0, 0, 2.5])
-    np.testing.assert_allclose(volume.affine[:3, 3], [-158.1, -179.0, 0.0])
+    np.testing.assert_allclose(lps_affine(volume)[:3, 2], [0, 0, 2.5])
+    np.testing.assert_allclose(lps_affine(volume)[:3, 3], [-158.1, -179.0, 0.0])
     assert dicom_info(tmp_path / "series") == volume.info
 
 
@@ -141,28 +156,30 @@ def test_enhanced_multi_frame_keeps_frame_order_and_reads_functional_groups(tmp_
 
     volume = read_dicom(path)
 
-    for k, ds in enumerate(datasets[::-1]):
-        np.testing.assert_array_equal(volume.data[:, :, k, 0], apply_modality_lut(ds.pixel_array, ds))
+    for k, ds in enumerate(datasets):  # the frames sorted by their own positions, not as stored
+        np.testing.assert_array_equal(file_order(volume)[:, :, k, 0], apply_modality_lut(ds.pixel_array, ds))
     assert volume.spacing == pytest.approx((0.661468, 0.661468, 2.5))
-    np.testing.assert_allclose(volume.affine[:3, 2:], [[0, -158.1], [0, -179.0], [-2.5, 5.0]])
+    np.testing.assert_allclose(lps_affine(volume)[:3, 2:], [[0, -158.1], [0, -179.0], [2.5, 0.0]])
     assert dicom_info(path) == volume.info
 
     labels = np.zeros((128, 128, 3), np.uint8)
-    labels[5:9, 5:9, 0] = 1
+    labels[5:9, 5:9, 0] = 1  # on the lowest slice, which the file stores last
     write_dicom_seg(tmp_path / "seg.dcm", labels, path, ["background", "spot"])
     back = hd.seg.segread(tmp_path / "seg.dcm")
     frames = back.get_pixels_by_source_frame(enhanced.SOPInstanceUID, [1, 2, 3], combine_segments=True)
-    np.testing.assert_array_equal(np.moveaxis(frames, 0, 2), labels)
+    np.testing.assert_array_equal(np.moveaxis(frames, 0, 2), labels[..., ::-1])
 
 
-def test_folder_with_two_series_is_an_error(tmp_path):
+def test_a_folder_of_two_series_is_two_parts_and_refused_for_training(tmp_path):
     ct_series(tmp_path / "mixed", count=2)
     ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     ds.save_as(tmp_path / "mixed" / "other.dcm")
 
     with pytest.raises(MedsegError) as exc_info:
         dicom_info(tmp_path / "mixed")
-    assert_one_line_error(exc_info, tmp_path / "mixed", "holds 2 series", ds.SeriesInstanceUID)
+    assert_one_line_error(exc_info, tmp_path / "mixed", "holds 2 volumes (series 1, series 2)")
+    assert [(name, volume.data.shape[:3]) for name, volume in read_dicom_parts(tmp_path / "mixed")] == [
+        ("series 1", (128, 128, 2)), ("series 2", (128, 128, 1))]
 
 
 def test_slices_of_different_sizes_are_an_error(tmp_path):

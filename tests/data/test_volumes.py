@@ -20,16 +20,19 @@ from tests.data import fixtures
 def test_nifti_read_keeps_values_spacing_and_affine(tmp_path):
     image, _ = fixtures.blob_volume(0)
     path = fixtures.write_nifti(tmp_path / "a.nii.gz", image)
-    volume = read_nifti(path)
-    assert volume.data.shape == (20, 24, 6, 1) and np.array_equal(volume.data[..., 0], image)
-    assert volume.spacing == pytest.approx((0.9, 0.9, 2.0)) and np.allclose(volume.affine, fixtures.AFFINE)
+    volume = read_nifti(path)  # the file is LAS: its first axis runs to the left, so it is reversed
+    assert volume.data.shape == (20, 24, 6, 1) and np.array_equal(volume.data[..., 0], image[::-1])
+    assert np.array_equal(volume.to_file(volume.data)[..., 0], image)
+    canonical = fixtures.AFFINE.copy()
+    canonical[0] = [0.9, 0, 0, 10.0 - 0.9 * 19]
+    assert volume.spacing == pytest.approx((0.9, 0.9, 2.0)) and np.allclose(volume.affine, canonical)
     assert volume.info.slice_axis() == 2 and volume.info.in_plane_spacing(2) == pytest.approx((0.9, 0.9))
 
 
 def test_written_labels_load_with_the_image_shape_and_affine(tmp_path):
     image_path = fixtures.write_nifti(tmp_path / "a.nii.gz", fixtures.blob_volume(0)[0])
     labels = fixtures.blob_volume(0)[1]
-    write_nifti_labels(tmp_path / "out" / "a.nii.gz", labels, image_path)
+    write_nifti_labels(tmp_path / "out" / "a.nii.gz", labels[::-1], image_path)  # canonical, written as the image
     written = nib.load(str(tmp_path / "out" / "a.nii.gz"))
     assert written.shape == labels.shape and np.allclose(written.affine, fixtures.AFFINE)
     assert np.array_equal(np.asarray(written.dataobj), labels) and written.get_data_dtype() == np.uint8

@@ -26,7 +26,6 @@ from medseg.inference.predict import predict_volume  # noqa: E402
 from medseg.visualize import class_colour, class_palette  # noqa: E402
 from medseg.models import create_model  # noqa: E402
 from medseg.serve.app import ServeSettings, create_app  # noqa: E402
-from medseg.serve.uploads import LPS_TO_RAS  # noqa: E402
 from tests.helpers import contract_for  # noqa: E402
 
 CLASSES = ("background", "bright", "dark")
@@ -88,6 +87,18 @@ def nifti(data: np.ndarray, affine: np.ndarray | None = None, zipped: bool = Tru
     return gzip.compress(raw) if zipped else raw
 
 
+def lps(body: bytes) -> np.ndarray:
+    """The voxel-to-LPS affine of a DICOM file's rows, columns and frames (as stored), from its header."""
+    ds = pydicom.dcmread(io.BytesIO(body))
+    along_row, down_column = np.array(ds.ImageOrientationPatient, float).reshape(2, 3)
+    affine = np.eye(4)
+    affine[:3, 0] = down_column * float(ds.PixelSpacing[0])
+    affine[:3, 1] = along_row * float(ds.PixelSpacing[1])
+    affine[:3, 2] = np.cross(along_row, down_column) * float(ds.SliceThickness)
+    affine[:3, 3] = [float(v) for v in ds.ImagePositionPatient]
+    return affine
+
+
 def dicom(**changes) -> bytes:
     dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
     for key, value in changes.items():
@@ -132,8 +143,9 @@ def test_a_nifti_volume_comes_back_as_a_nifti_with_its_shape_and_affine(client, 
     affine = np.array([[0, -0.9, 0, 12.0], [0.8, 0, 0, -30.0], [0, 0, 2.5, 7.5], [0, 0, 0, 1]])
     body = nifti(data, affine)
     (tmp_path / "case.nii.gz").write_bytes(body)
-    expected = predict_volume(predictor, read_nifti(tmp_path / "case.nii.gz")).labels
-    assert set(np.unique(expected)) == {0, 1, 2}
+    volume = read_nifti(tmp_path / "case.nii.gz")  # transposed: segmented in canonical axes, answered as sent
+    expected = volume.to_file(predict_volume(predictor, volume).labels)
+    assert set(np.unique(expected)) == {0, 1, 2} and volume.data.shape[:3] == (24, 20, 6)
     response = post(client, body, "nifti", "application/gzip")
     assert response.status_code == 200, response.text
     result = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
@@ -170,8 +182,9 @@ def test_a_dicom_upload_is_segmented(client, predictor, demo_run):
     body = dicom()
     volume = read_dicom_bytes(body, "ct")
     image = volume_slice(volume, 2, 0, 1, "ct")
-    labels = predictor.labels(predictor.probabilities(image, volume.statistics()))
-    assert set(np.unique(labels)) == {0, 1, 2}
+    canonical = predictor.labels(predictor.probabilities(image, volume.statistics()))
+    labels = volume.to_file(canonical[..., None])[..., 0]  # in the file's rows and columns
+    assert set(np.unique(labels)) == {0, 1, 2} and not np.array_equal(labels, canonical)
     response = post(client, body, "png", "application/dicom")
     assert response.status_code == 200, response.text
     assert (np.asarray(Image.open(io.BytesIO(response.content))) == labels).all()
@@ -185,7 +198,7 @@ def test_a_dicom_upload_is_segmented(client, predictor, demo_run):
     assert unspaced["spacing_mm"] is None and unspaced["classes"][0]["area_mm2"] is None
     as_nifti = nib.Nifti1Image.from_bytes(gzip.decompress(post(client, body, "nifti").content))
     assert as_nifti.shape == (128, 128, 1) and (np.asarray(as_nifti.dataobj)[..., 0] == labels).all()
-    np.testing.assert_allclose(as_nifti.affine, LPS_TO_RAS @ volume.affine)  # DICOM's LPS as NIfTI's RAS
+    np.testing.assert_allclose(as_nifti.affine, np.diag([-1.0, -1.0, 1, 1]) @ lps(body))  # LPS as NIfTI's RAS
 
     with TestClient(create_app(Predictor.from_run(demo_run), ServeSettings())) as binary:
         mask = np.asarray(Image.open(io.BytesIO(post(binary, body).content)))
@@ -199,7 +212,7 @@ def test_a_multi_frame_dicom_is_segmented_as_a_volume(client, predictor):
     stack = np.stack([frames, frames[::-1], frames[:, ::-1]])
     body = dicom(NumberOfFrames=3, PixelData=stack.astype(frames.dtype).tobytes())
     volume = read_dicom_bytes(body, "ct")
-    expected = predict_volume(predictor, volume).labels
+    expected = volume.to_file(predict_volume(predictor, volume).labels)
     summary = post(client, body, "json", "application/dicom").json()
     assert summary["shape"] == [128, 128, 3] and summary["spacing_mm"] == pytest.approx(volume.spacing)
     for entry in summary["classes"]:
@@ -208,7 +221,7 @@ def test_a_multi_frame_dicom_is_segmented_as_a_volume(client, predictor):
         assert entry["volume_mm3"] == pytest.approx(voxels * np.prod(volume.spacing))
     labels = nib.Nifti1Image.from_bytes(gzip.decompress(post(client, body, "nifti").content))
     assert (np.asarray(labels.dataobj) == expected).all()
-    np.testing.assert_allclose(labels.affine, LPS_TO_RAS @ volume.affine)
+    np.testing.assert_allclose(labels.affine, np.diag([-1.0, -1.0, 1, 1]) @ lps(body))
 
 
 def _huge_nifti_header() -> bytes:

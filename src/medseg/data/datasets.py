@@ -26,9 +26,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from medseg.config import Config
-from medseg.data.readers import (IMAGE_EXTENSIONS, UNLABELLED, UNLABELLED_VALUE, Reader, volume_info, write_array,
+from medseg.data.readers import (UNLABELLED, UNLABELLED_VALUE, Reader, volume_info, write_array,
                                  write_mask)
-from medseg.data.volumes import is_volume_file, volume_stem
+from medseg.data.volumes import IMAGE_EXTENSIONS, is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_csv, read_csv
 from medseg.log import get_logger

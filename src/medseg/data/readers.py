@@ -29,7 +29,6 @@ from medseg.data.volumes import Volume, VolumeInfo, is_nifti, is_volume_file, ni
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 LOSSY_FORMATS = ("JPEG", "MPO", "WEBP")
 MAX_PIXELS = 2**30  # 1 gigapixel per plane: larger declared sizes are refused as decompression bombs
@@ -129,7 +128,7 @@ class Reader:
 
             volume = read_dicom(path)
             if label:
-                volume = Volume(_dicom_labels(volume, path), volume.spacing, volume.affine)
+                volume = Volume(_dicom_labels(volume, path), volume.spacing, volume.affine, volume.orientation)
         self._volumes[key] = (volume, None if label else volume.statistics())
         while len(self._volumes) > self.max_volumes:
             self._volumes.popitem(last=False)

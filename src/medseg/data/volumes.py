@@ -1,10 +1,16 @@
 """Volumes (NIfTI and DICOM) as the rest of medseg sees them: a :class:`Volume` of voxels with its spacing and
 affine, the header facts needed to list its slices without decoding it, and NIfTI decoding and writing.
 
-A volume's voxel axes are the file's own: NIfTI ``i, j, k``; DICOM ``rows, columns, slices`` (a series folder's
-files sorted by position, or a multi-frame file's frames), so axis 2 is the acquisition's slice axis. Image
-intensities are kept as stored after the modality LUT (MRI in scanner units, CT in HU), never rescaled to [0, 1]:
-a volume is normalised per case, as nnU-Net does. DICOM decoding lives in :mod:`medseg.data.dicom`.
+Every volume is brought to one canonical orientation when it is read, whatever its file's voxel order: voxel axis
+0 runs towards the patient's right, 1 towards anterior, 2 towards superior (RAS, nibabel's closest canonical), so
+axis 0 indexes sagittal slices, 1 coronal and 2 axial ones (:data:`AXIS_NAMES`), and the affine maps canonical
+voxels to RAS world coordinates (a DICOM's patient LPS turned into RAS). The :class:`Orientation` each volume keeps
+maps its canonical voxels back to its file's order, so a prediction is written in its input's own orientation,
+affine and header. Image intensities are kept as stored after the modality LUT (MRI in scanner units, CT in HU),
+never rescaled to [0, 1]. DICOM decoding lives in :mod:`medseg.data.dicom`.
+
+A NIfTI's geometry is its affine (the sform, else the qform, as nibabel chooses); a pixdim that disagrees with the
+affine's voxel sizes gets a warning naming the value used (the affine's).
 """
 
 from __future__ import annotations
@@ -17,21 +23,81 @@ import numpy as np
 
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes
+from medseg.log import get_logger
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")  # 2D image files, never DICOM
+AXIS_NAMES = ("sagittal", "coronal", "axial")  # the slices along canonical axes 0, 1, 2
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient coordinates to NIfTI's world coordinates
+SPACING_TOLERANCE = 1e-3  # relative: a pixdim this close to the affine's voxel size agrees with it
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a file's voxels map to the canonical ones: file axis ``i`` becomes canonical axis ``ornt[i, 0]``,
+    reversed where ``ornt[i, 1]`` is -1 (nibabel's orientation array); ``shape`` and ``affine`` (to RAS world) are
+    the file's own."""
+
+    ornt: np.ndarray
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @classmethod
+    def of(cls, affine: np.ndarray, shape: tuple[int, ...]) -> "Orientation":
+        """The orientation of a file whose voxel-to-RAS ``affine`` and voxel ``shape`` (3 axes) are given."""
+        from nibabel.orientations import io_orientation
+
+        return cls(io_orientation(affine), (int(shape[0]), int(shape[1]), int(shape[2])), np.asarray(affine, float))
+
+    @property
+    def identity(self) -> bool:
+        return bool((self.ornt[:, 0] == np.arange(3)).all() and (self.ornt[:, 1] == 1).all())
+
+    def to_canonical(self, data: np.ndarray) -> np.ndarray:
+        """File-order voxels (3 axes, any after them kept) in canonical order."""
+        from nibabel.orientations import apply_orientation
+
+        return data if self.identity else np.ascontiguousarray(apply_orientation(data, self.ornt))
+
+    def to_file(self, data: np.ndarray) -> np.ndarray:
+        """Canonical voxels back in the file's order."""
+        from nibabel.orientations import apply_orientation, ornt_transform
+
+        if self.identity:
+            return data
+        back = ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], float), self.ornt)
+        return np.ascontiguousarray(apply_orientation(data, back))
+
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        from nibabel.orientations import inv_ornt_aff
+
+        return self.affine @ inv_ornt_aff(self.ornt, self.shape)
+
+    def canonical(self, values: tuple[float, ...]) -> tuple:
+        """Per-axis values of the file (a shape, a spacing) in canonical axis order."""
+        ordered = [0.0] * 3
+        for axis, (target, _) in enumerate(self.ornt):
+            ordered[int(target)] = values[axis]
+        return tuple(ordered)
 
 
 @dataclass(frozen=True)
 class VolumeInfo:
-    """Header facts of a volume: voxel ``shape`` (3 axes), ``spacing`` per axis in mm, ``channels``."""
+    """Header facts of a volume, in canonical axes: voxel ``shape`` (3 axes), ``spacing`` per axis in mm,
+    ``channels``."""
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     channels: int
 
     def slice_axis(self) -> int:
-        """The axis to slice along: the coarsest spacing (nnU-Net's 2D configuration), ties to the last axis."""
+        """The axis to slice along: the one axis of a single slice (a 2D image stored as a volume); else the
+        coarsest spacing (nnU-Net's 2D configuration), ties to the last axis (axial)."""
+        single = [axis for axis in range(3) if self.shape[axis] == 1]
+        if single:
+            return single[-1]
         coarsest = max(self.spacing)
         return max(axis for axis in range(3) if self.spacing[axis] >= coarsest * 0.999)
 
@@ -42,12 +108,25 @@ class VolumeInfo:
 
 @dataclass(frozen=True)
 class Volume:
-    """A decoded volume: ``data`` float32 ``X x Y x Z x C`` (images) or int64 ``X x Y x Z`` (labels), ``spacing``
-    in mm per voxel axis and the ``4 x 4`` voxel-to-world ``affine``."""
+    """A decoded volume in canonical axes: ``data`` float32 ``X x Y x Z x C`` (images) or int64 ``X x Y x Z``
+    (labels), ``spacing`` in mm per axis, the ``4 x 4`` voxel-to-RAS ``affine``, and the ``orientation`` of the
+    file it came from (None: it came from no file, and is canonical as it is)."""
 
     data: np.ndarray
     spacing: tuple[float, float, float]
     affine: np.ndarray
+    orientation: Orientation | None = None
+
+    @classmethod
+    def canonical(cls, data: np.ndarray, spacing: tuple[float, ...], affine: np.ndarray) -> "Volume":
+        """A volume from a file's voxels (3 axes, then channels), spacing and voxel-to-RAS affine, reoriented."""
+        orientation = Orientation.of(affine, data.shape[:3])
+        return cls(orientation.to_canonical(data), orientation.canonical(tuple(float(s) for s in spacing)),
+                   orientation.canonical_affine, orientation)
+
+    def to_file(self, data: np.ndarray) -> np.ndarray:
+        """Canonical voxels of this volume (labels, a map) in its file's order."""
+        return data if self.orientation is None else self.orientation.to_file(data)
 
     @property
     def info(self) -> VolumeInfo:
@@ -75,10 +154,19 @@ def is_nifti(path: Path) -> bool:
 
 
 def is_dicom(path: Path) -> bool:
-    """A DICOM file by its suffix, or a folder holding one series (any ``.dcm`` file in it)."""
+    """A DICOM file -- by its suffix, else by its content (``DICM`` after the 128-byte preamble), as exports named
+    by UID have no suffix -- or a folder holding DICOM files (a series)."""
     if path.is_dir():
-        return any(is_dicom(child) for child in path.iterdir() if child.is_file())
-    return path.suffix.lower() in DICOM_SUFFIXES
+        return any(is_dicom(child) for child in path.iterdir() if child.is_file() and not child.name.startswith("."))
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix.lower() in IMAGE_EXTENSIONS or is_nifti(path):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def is_volume_file(path: Path) -> bool:
@@ -105,39 +193,66 @@ def _nifti(path: Path):
         raise MedsegError(path, f"cannot read NIfTI header ({type(exc).__name__}: {exc})") from None
 
 
-def nifti_info(path: Path) -> VolumeInfo:
-    """Shape, spacing and channels from the header alone (a 4th axis holds channels, as in the MSD)."""
-    image = _nifti(path)
+def nifti_shape(image: Any, where: str | Path) -> tuple[tuple[int, int, int], int]:
+    """A NIfTI header's voxel shape (a 2D image as one slice) and channel count (a 4th axis, as in the MSD)."""
     shape = tuple(int(s) for s in image.shape)
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] < 1):
-        raise MedsegError(path, f"expected a 2D or 3D volume (with channels in a 4th axis), got shape {shape}")
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3]) + (1.0,) * max(0, 3 - len(shape[:3]))
-    return VolumeInfo((shape[0], shape[1], shape[2]), (zooms[0], zooms[1], zooms[2]),
-                      shape[3] if len(shape) == 4 else 1)
+        raise MedsegError(where, f"expected a 2D or 3D volume (with channels in a 4th axis), got shape {shape}")
+    return (shape[0], shape[1], shape[2]), shape[3] if len(shape) == 4 else 1
+
+
+def nifti_orientation(image: Any, where: str | Path) -> Orientation:
+    """A NIfTI's orientation from its affine, warning once when its pixdim disagrees with the affine's voxel
+    sizes (the affine's are used)."""
+    shape, _ = nifti_shape(image, where)
+    affine = np.asarray(image.affine, np.float64)
+    from_affine = np.linalg.norm(affine[:3, :3], axis=0)
+    pixdim = np.array([float(z) for z in image.header.get_zooms()[:3]] + [1.0] * (3 - len(image.shape[:3])))
+    if not np.allclose(from_affine, pixdim, rtol=SPACING_TOLERANCE, atol=1e-6) and str(where) not in _WARNED:
+        _WARNED.add(str(where))
+        get_logger().warning("%s: the affine's voxel sizes (%s mm) differ from pixdim (%s); using the affine's",
+                             where, " x ".join(f"{v:g}" for v in from_affine), " x ".join(f"{v:g}" for v in pixdim))
+    return Orientation.of(affine, shape)
+
+
+_WARNED: set[str] = set()  # files already warned about
+
+
+def nifti_info(path: Path) -> VolumeInfo:
+    """Shape, spacing and channels, in canonical axes, from the header alone."""
+    image = _nifti(path)
+    shape, channels = nifti_shape(image, path)
+    orientation = nifti_orientation(image, path)
+    spacing = tuple(float(v) for v in np.linalg.norm(orientation.affine[:3, :3], axis=0))
+    return VolumeInfo(orientation.canonical(shape), orientation.canonical(spacing), channels)
 
 
 def read_nifti(path: Path, label: bool = False) -> Volume:
-    """A NIfTI file as a :class:`Volume`: images float32 ``X x Y x Z x C``; labels (``label``) int64 ``X x Y x Z``
-    with whole-number values (anything else is an error naming the file)."""
+    """A NIfTI file as a canonical :class:`Volume`: images float32 ``X x Y x Z x C``; labels (``label``) int64
+    ``X x Y x Z`` with whole-number values (anything else is an error naming the file)."""
     image = _nifti(path)
-    info = nifti_info(path)
+    shape, _ = nifti_shape(image, path)
+    orientation = nifti_orientation(image, path)
     try:
         data = np.asanyarray(image.dataobj)
     except Exception as exc:
         raise MedsegError(path, f"cannot decode NIfTI data ({type(exc).__name__}: {exc})") from None
-    data = data.reshape(*info.shape, -1) if data.ndim < 4 else data
+    data = data.reshape(*shape, -1) if data.ndim < 4 else data
     if label:
         if data.shape[3] != 1:
             raise MedsegError(path, f"a label volume must be 3D, got shape {tuple(image.shape)} (4D)")
-        return Volume(label_values(data[..., 0], path), info.spacing, np.asarray(image.affine, np.float64))
-    if not np.issubdtype(data.dtype, np.number):
+        data = label_values(data[..., 0], path)
+    elif not np.issubdtype(data.dtype, np.number):
         raise MedsegError(path, f"unsupported voxel type {data.dtype}")
-    data = data.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
-        raise MedsegError(path, "image contains NaN or infinite values")
-    return Volume(data, info.spacing, np.asarray(image.affine, np.float64))
+    else:
+        data = data.astype(np.float32, copy=False)
+        if not np.isfinite(data).all():
+            raise MedsegError(path, "image contains NaN or infinite values")
+    spacing = tuple(float(v) for v in np.linalg.norm(orientation.affine[:3, :3], axis=0))
+    return Volume(orientation.to_canonical(data), orientation.canonical(spacing), orientation.canonical_affine,
+                  orientation)
 
 
 def label_values(data: np.ndarray, path: Path) -> np.ndarray:
@@ -154,10 +269,11 @@ def label_values(data: np.ndarray, path: Path) -> np.ndarray:
 
 
 def write_nifti_labels(path: Path, labels: np.ndarray, like: Path) -> None:
-    """Class ids ``X x Y x Z`` as a uint8 NIfTI with the affine and header of the image ``like`` (so it overlays
-    in ITK-SNAP or 3D Slicer), atomically."""
+    """Canonical class ids ``X x Y x Z`` as a uint8 NIfTI in the voxel order, affine and header of the image
+    ``like`` (so it overlays in ITK-SNAP or 3D Slicer), atomically."""
     source = _nifti(like)
-    atomic_write_bytes(path, nifti_label_bytes(labels, source.affine, source.header,
+    file_labels = nifti_orientation(source, like).to_file(labels)
+    atomic_write_bytes(path, nifti_label_bytes(file_labels, source.affine, source.header,
                                                gz=path.name.lower().endswith(".gz")))
 
 
@@ -168,10 +284,11 @@ def nifti_label_bytes(labels: np.ndarray, affine: np.ndarray, header: Any = None
 
 
 def write_nifti_map(path: Path, values: np.ndarray, like: Path) -> None:
-    """A float map ``X x Y x Z`` (e.g. uncertainty) as a float32 NIfTI with the affine and header of the image
-    ``like``, atomically."""
+    """A canonical float map ``X x Y x Z`` (e.g. uncertainty) as a float32 NIfTI in the voxel order, affine and
+    header of the image ``like``, atomically."""
     source = _nifti(like)
-    atomic_write_bytes(path, nifti_volume_bytes(values.astype(np.float32), source.affine, source.header,
+    file_values = nifti_orientation(source, like).to_file(values.astype(np.float32))
+    atomic_write_bytes(path, nifti_volume_bytes(file_values, source.affine, source.header,
                                                 gz=path.name.lower().endswith(".gz")))
 
 

@@ -12,8 +12,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from medseg.data.readers import IMAGE_EXTENSIONS, Reader, mask_pixels, volume_slice, write_array, write_mask
-from medseg.data.volumes import Volume, is_nifti, is_volume_file, volume_stem, write_nifti_labels, write_nifti_map
+from medseg.data.readers import Reader, mask_pixels, volume_slice, write_array, write_mask
+from medseg.data.volumes import (IMAGE_EXTENSIONS, Volume, is_nifti, is_volume_file, volume_stem, write_nifti_labels,
+                                 write_nifti_map)
 from medseg.files import atomic_write_csv
 from medseg.inference.predictor import Predictor
 from medseg.inference.uncertainty import entropy_map, entropy_pixels, uncertainty_score, unsure_fraction
@@ -94,10 +95,12 @@ def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str |
     with Reader() as reader:
         for path in progress(files, desc="predict", unit="img"):
             if is_volume_file(path):
-                prediction = predict_volume(predictor, reader.volume(path), path, save_uncertainty)
-                written.append(_write_volume(out, path, predictor, prediction.labels))
-                if prediction.uncertainty is not None:
-                    scores.append(_write_uncertainty(out, path, [prediction.uncertainty], volume=True))
+                for part, volume in _volumes(reader, path):
+                    prediction = predict_volume(predictor, volume, path, save_uncertainty)
+                    stem = "_".join([volume_stem(path), *([part.replace(" ", "")] if part else [])])
+                    written.append(_write_volume(out, path, stem, part, predictor, volume, prediction.labels))
+                    if prediction.uncertainty is not None:
+                        scores.append(_write_volume_uncertainty(out, path, stem, volume, prediction.uncertainty))
                 continue
             labels_stack, prob_stack, overlays, entropies = [], [], [], []
             for image in frames(reader, path, spec.channels):
@@ -112,7 +115,7 @@ def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str |
                     entropies.append(entropy_map(probabilities, spec.n_classes))
             written.append(_write(out, path, spec.n_classes, labels_stack, prob_stack, overlays))
             if entropies:
-                scores.append(_write_uncertainty(out, path, entropies, volume=False))
+                scores.append(_write_uncertainty(out, path, entropies))
     if scores:
         atomic_write_csv(out / "uncertainty.csv", scores)
     get_logger().info("wrote %d mask file(s) to %s (threshold %.2f, post-processing: %s)%s", len(written), out,
@@ -121,33 +124,57 @@ def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str |
     return written
 
 
-def _write_uncertainty(out: Path, source: Path, entropies: list[np.ndarray], volume: bool) -> dict[str, object]:
-    """An input's scaled entropy beside its mask -- a NIfTI volume's as a float NIfTI, any other as 8-bit PNG (a
-    TIFF stack for several frames or slices) -- and its ``uncertainty.csv`` row."""
-    stem = volume_stem(source) if volume else source.stem
-    whole = entropies[0] if volume else np.stack(entropies)
-    if volume and is_nifti(source):
+def _volumes(reader: Reader, path: Path) -> list[tuple[str, Volume]]:
+    """A volume file's volumes: one, or a DICOM folder's parts (series, echoes, ...), each named."""
+    if is_nifti(path):
+        return [("", reader.volume(path))]
+    from medseg.data.dicom import read_dicom_parts
+
+    return read_dicom_parts(path)
+
+
+def _write_uncertainty(out: Path, source: Path, entropies: list[np.ndarray]) -> dict[str, object]:
+    """A 2D input's scaled entropy beside its mask as 8-bit PNG (a TIFF stack for a stack's frames), and its
+    ``uncertainty.csv`` row."""
+    planes = [entropy_pixels(e) for e in entropies]
+    path = out / f"{source.stem}_uncertainty.{'tif' if len(planes) > 1 else 'png'}"
+    write_array(path, np.stack(planes) if len(planes) > 1 else planes[0], stack=len(planes) > 1)
+    return _uncertainty_row(source, np.stack(entropies), path)
+
+
+def _write_volume_uncertainty(out: Path, source: Path, stem: str, volume: Volume,
+                              entropy: np.ndarray) -> dict[str, object]:
+    """A volume's scaled entropy (canonical) beside its mask, in the input's voxel order: a float NIfTI for a NIfTI
+    input, an 8-bit PNG (a TIFF stack for several slices) for a DICOM one; and its ``uncertainty.csv`` row."""
+    if is_nifti(source):
         path = out / f"{stem}_uncertainty.nii.gz"
-        write_nifti_map(path, whole, source)
-    else:
-        planes = [entropy_pixels(whole[..., z]) for z in range(whole.shape[-1])] if volume else [
-            entropy_pixels(e) for e in entropies]
-        path = out / f"{stem}_uncertainty.{'tif' if len(planes) > 1 else 'png'}"
-        write_array(path, np.stack(planes) if len(planes) > 1 else planes[0], stack=len(planes) > 1)
-    return {"input": source.name, "uncertainty": round(uncertainty_score(whole), 6),
-            "unsure_fraction": round(unsure_fraction(whole), 6), "map": path.name}
+        write_nifti_map(path, entropy, source)
+        return _uncertainty_row(source, entropy, path)
+    whole = volume.to_file(entropy)
+    planes = [entropy_pixels(whole[..., z]) for z in range(whole.shape[-1])]
+    path = out / f"{stem}_uncertainty.{'tif' if len(planes) > 1 else 'png'}"
+    write_array(path, np.stack(planes) if len(planes) > 1 else planes[0], stack=len(planes) > 1)
+    return _uncertainty_row(source, entropy, path)
 
 
-def _write_volume(out: Path, source: Path, predictor: Predictor, labels: np.ndarray) -> Path:
-    """A volume's mask: NIfTI beside a NIfTI input; PNG (TIFF stack) and DICOM SEG for a DICOM input."""
+def _uncertainty_row(source: Path, entropy: np.ndarray, path: Path) -> dict[str, object]:
+    return {"input": source.name, "uncertainty": round(uncertainty_score(entropy), 6),
+            "unsure_fraction": round(unsure_fraction(entropy), 6), "map": path.name}
+
+
+def _write_volume(out: Path, source: Path, stem: str, part: str, predictor: Predictor, volume: Volume,
+                  labels: np.ndarray) -> Path:
+    """A volume's mask (canonical ``labels``) in its input's voxel order: NIfTI beside a NIfTI input; PNG (TIFF
+    stack) and DICOM SEG for a DICOM input (``part`` of its folder)."""
     from medseg.data.dicom import write_dicom_seg
 
-    spec, stem = predictor.spec, volume_stem(source)
+    spec = predictor.spec
     if is_nifti(source):
         path = out / f"{stem}.nii.gz"
         write_nifti_labels(path, labels, source)
         return path
-    write_dicom_seg(out / f"{stem}_seg.dcm", labels, source, spec.class_names)
+    labels = volume.to_file(labels)  # rows x columns x slices
+    write_dicom_seg(out / f"{stem}_seg.dcm", labels, source, spec.class_names, part)
     planes = [mask_pixels(labels[:, :, z], spec.n_classes) for z in range(labels.shape[2])]
     if len(planes) == 1:
         write_array(out / f"{stem}.png", planes[0])

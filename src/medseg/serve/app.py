@@ -150,24 +150,28 @@ def _bbox(box: tuple[slice, ...]) -> list[int]:
 
 
 def render(result: np.ndarray | VolumePrediction, upload: Upload, predictor: Predictor, fmt: str) -> Response:
-    """The response body for a prediction: ``result`` is an image's probabilities or a volume's prediction (CPU
-    work: run it in a thread)."""
-    if fmt == "tiff":
-        return Response(encode_array(result.astype(np.float32), ".tif", stack=result.ndim == 3),
-                        media_type="image/tiff")
+    """The response body for a prediction, in the upload's own voxel order: ``result`` is an image's probabilities
+    or a volume's prediction (CPU work: run it in a thread)."""
     spec = predictor.spec
     volume = isinstance(result, VolumePrediction)
-    labels = result.labels if volume else predictor.labels(result)
-    entropy = result.uncertainty if volume else entropy_map(result, spec.n_classes)
+    if volume:
+        labels = upload.to_file(result.labels)
+        entropy = None if result.uncertainty is None else upload.to_file(result.uncertainty)
+    else:
+        probabilities = upload.to_file(result)
+        if fmt == "tiff":
+            return Response(encode_array(probabilities.astype(np.float32), ".tif", stack=probabilities.ndim == 3),
+                            media_type="image/tiff")
+        labels, entropy = predictor.labels(probabilities), entropy_map(probabilities, spec.n_classes)
     if fmt == "uncertainty":
         return _uncertainty_response(entropy, upload)
     if fmt == "json":
-        summary = objects_json(labels, predictor, upload.spacing)
+        summary = objects_json(labels, predictor, upload.file_spacing)
         return JSONResponse({**summary, "uncertainty": uncertainty_score(entropy),
                              "unsure_fraction": unsure_fraction(entropy)})
     if fmt == "nifti":
-        volume = labels if upload.is_volume else np.expand_dims(labels, upload.axis)
-        return Response(nifti_labels(volume, upload), media_type="application/gzip",
+        shape = upload.volume.orientation.shape if upload.volume.orientation is not None else labels.shape
+        return Response(nifti_labels(labels.reshape(shape), upload), media_type="application/gzip",
                         headers={"Content-Disposition": 'attachment; filename="mask.nii.gz"'})
     if predictor.spec.n_classes == 2:
         return Response(encode_array(mask_pixels(labels, 2), ".png"), media_type="image/png")

@@ -5,8 +5,9 @@ Every kind meets the same limits before its pixels are decoded: a volume's decla
 against the pixel limit, its longest axis against the side limit; a gzip NIfTI is inflated only up to the size its
 header declares. A volume with one slice is a 2D image (its plane across that slice, normalised with its own
 statistics and resampled from its spacing to the run's, as for a volume's slices); with more, it is segmented as a
-volume. The label volume goes back as a gzip NIfTI with the upload's
-affine (a NIfTI's own header; a DICOM's patient LPS axes turned into NIfTI's RAS).
+volume. Volumes are segmented in medseg's canonical orientation and every result goes back in the upload's own
+voxel order: a 2D mask in its rows and columns, a label volume as a gzip NIfTI with the upload's affine (a NIfTI's
+own header; a DICOM's patient LPS axes turned into NIfTI's RAS).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from typing import Any
 import numpy as np
 
 from medseg.data.readers import ImageTooLarge, decode_image_bytes, volume_slice
-from medseg.data.volumes import Volume, nifti_label_bytes, nifti_volume_bytes
+from medseg.data.volumes import Volume, nifti_volume_bytes
 from medseg.errors import MedsegError
 
 NIFTI_MAGIC = {b"n+1\0": 344, b"n+2\0": 4}  # magic -> offset (``ni1``: a header without its .img is refused)
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,29 @@ class Upload:
     @property
     def is_volume(self) -> bool:
         return self.image is None
+
+    def to_file(self, values: np.ndarray) -> np.ndarray:
+        """A result in the upload's own voxel order: a volume's (``X x Y x Z``), or a single slice's plane
+        (``[K x] H x W``, back to the rows and columns of the file); a plain image's as it is."""
+        if self.volume is None:
+            return values
+        if self.is_volume:
+            return self.volume.to_file(values)
+        planes = values if values.ndim == 3 else values[None]
+        back = np.stack([self.volume.to_file(np.expand_dims(plane, self.axis)) for plane in planes])
+        single = next(a for a in range(3) if self.volume.orientation is None or self.volume.orientation.shape[a] == 1)
+        back = back.squeeze(axis=1 + single)
+        return back if values.ndim == 3 else back[0]
+
+    @property
+    def file_spacing(self) -> tuple[float, ...] | None:
+        """The spacing (mm) of :meth:`to_file`'s axes, where the upload says it."""
+        if self.spacing is None or self.volume is None or self.volume.orientation is None:
+            return self.spacing
+        sizes = tuple(float(v) for v in np.linalg.norm(self.volume.orientation.affine[:3, :3], axis=0))
+        if self.is_volume:
+            return sizes
+        return tuple(v for a, v in enumerate(sizes) if self.volume.orientation.shape[a] != 1)
 
     def describe(self) -> str:
         shape = self.volume.data.shape[:3] if self.volume is not None else self.image.shape[:2]
@@ -167,22 +190,24 @@ def _nifti(data: bytes, limits: Limits, where: str) -> tuple[Volume, Any]:
     pixels = pixels.reshape(*pixels.shape[:3], *(1,) * (3 - pixels.ndim), -1).astype(np.float32, copy=False)
     if not np.isfinite(pixels).all():
         raise MedsegError(where, "image contains NaN or infinite values")
-    zooms = [float(z) for z in header.get_zooms()[:3]] + [1.0] * max(0, 3 - len(shape))
-    return Volume(pixels, (zooms[0], zooms[1], zooms[2]), np.asarray(image.affine, np.float64)), header
+    affine = np.asarray(image.affine, np.float64)
+    return Volume.canonical(pixels, tuple(np.linalg.norm(affine[:3, :3], axis=0)), affine), header
 
 
 def nifti_labels(labels: np.ndarray, upload: Upload) -> bytes:
-    """Class ids ``X x Y x Z`` as gzip NIfTI bytes with the upload's affine (and, for a NIfTI upload, its header),
-    as `medseg predict` writes files."""
-    if upload.header is None:
-        return nifti_label_bytes(labels, LPS_TO_RAS @ upload.volume.affine)
-    labels = labels.reshape(upload.header.get_data_shape()[:3])  # the upload's own shape, less a channel axis
-    return nifti_label_bytes(labels, upload.volume.affine, upload.header)
+    """Class ids ``X x Y x Z`` in the upload's voxel order as gzip NIfTI bytes with its affine (and, for a NIfTI
+    upload, its header), as `medseg predict` writes files."""
+    return _nifti_bytes(labels.astype(np.uint8), upload)
 
 
 def nifti_map(values: np.ndarray, upload: Upload) -> bytes:
-    """A float map ``X x Y x Z`` (uncertainty) of a volume upload as gzip float32 NIfTI bytes with its affine."""
+    """A float map ``X x Y x Z`` (uncertainty) in the upload's voxel order as gzip float32 NIfTI bytes."""
+    return _nifti_bytes(values.astype(np.float32), upload)
+
+
+def _nifti_bytes(values: np.ndarray, upload: Upload) -> bytes:
+    affine = upload.volume.orientation.affine  # the file's own, in RAS world coordinates
     if upload.header is None:
-        return nifti_volume_bytes(values.astype(np.float32), LPS_TO_RAS @ upload.volume.affine)
-    values = values.reshape(upload.header.get_data_shape()[:3])
-    return nifti_volume_bytes(values.astype(np.float32), upload.volume.affine, upload.header)
+        return nifti_volume_bytes(values, affine)
+    values = values.reshape(upload.header.get_data_shape()[:3])  # the upload's own shape, less a channel axis
+    return nifti_volume_bytes(values, affine, upload.header)

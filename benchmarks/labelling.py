@@ -143,13 +143,13 @@ def dense(source: Source, item: str) -> Annotation:
     return Annotation(tuple(truth(source, item)[0]), 1.0)
 
 
-def scribble(source: Source, item: str, share: float, rng: np.random.Generator) -> Annotation:
-    """Strokes on ``item``'s mask (every slice of a volume) covering at most ``share`` of its pixels inside the
-    region, the rest unlabelled."""
+def scribble(source: Source, item: str, share: float, rng: np.random.Generator, style: str) -> Annotation:
+    """Strokes (:func:`strokes_of`'s ``style``) on ``item``'s mask (every slice of a volume) covering at most
+    ``share`` of its pixels inside the region, the rest unlabelled."""
     from medseg.data.readers import UNLABELLED
 
     planes, region = truth(source, item)
-    strokes = [strokes_of(plane, region, share, rng) for plane in planes]
+    strokes = [strokes_of(plane, region, share, rng, style) for plane in planes]
     inside = region.sum() if region is not None else planes[0].size
     return Annotation(tuple(np.where(s, p, UNLABELLED) for s, p in zip(strokes, planes)),
                       float(sum(s.sum() for s in strokes) / (inside * len(planes))))
@@ -175,11 +175,14 @@ def write_annotation(source: Source, folder: Path, item: str, annotation: Annota
     nib.save(nib.Nifti1Image(stored, image.affine, header), str(target))
 
 
-def strokes_of(labels: np.ndarray, region: np.ndarray | None, share: float, rng: np.random.Generator) -> np.ndarray:
-    """Scribbles on an ``H x W`` label map: strokes :data:`BRUSH` px wide along each class's skeleton, and in the
-    background along its skeleton and around the objects (:data:`RING` brushes from them), cut into pieces by a
-    grid and drawn at random while they fit in ``share`` of the region's pixels: half for the objects, half for
-    the background (all for the background of an image without objects)."""
+def strokes_of(labels: np.ndarray, region: np.ndarray | None, share: float, rng: np.random.Generator,
+               style: str = "border") -> np.ndarray:
+    """Scribbles on an ``H x W`` label map: strokes :data:`BRUSH` px wide, cut into pieces by a grid and drawn at
+    random while they fit in ``share`` of the region's pixels, half for the objects and half for the background
+    (all for the background of an image without objects). ``skeleton``: along each class's skeleton, and in the
+    background along its skeleton and around the objects (:data:`RING` brushes from them). ``border`` (after
+    Gotkowski et al. 2024, "Embarrassingly simple scribble supervision"): each class's skeleton and a stroke along
+    the inside of its border, so the background's runs just outside the objects."""
     inside = region if region is not None else np.ones(labels.shape, bool)
     budget = share * inside.sum()
     classes = [c for c in np.unique(labels[inside]) if c != 0]
@@ -187,10 +190,14 @@ def strokes_of(labels: np.ndarray, region: np.ndarray | None, share: float, rng:
     shares = {0: 0.5 if classes else 1.0, **{c: 0.5 / len(classes) for c in classes}}
     for cls, part in shares.items():
         own = (labels == cls) & inside
-        line = skeleton(own)
-        if cls == 0:
+        if style == "border":
+            depth = ndimage.distance_transform_edt(np.pad(own, 1))[1:-1, 1:-1]
+            line = skeleton(own) | (np.rint(depth) == BRUSH // 2 + 1)
+        elif cls == 0:
             away = ndimage.distance_transform_edt(labels == 0)
             line = skeleton(ndimage.binary_erosion(own, iterations=BRUSH)) | (np.rint(away) == RING * BRUSH)
+        else:
+            line = skeleton(own)
         chosen |= _pieces(line, own, part * budget, rng)
     return chosen
 
@@ -295,19 +302,25 @@ def test_dice(dataset: Dataset, run: Path) -> dict[str, float]:
 
 @dataclass
 class Cells:
-    """Measurements cached in ``work/cells`` (one JSON each), so that an interrupted benchmark resumes."""
+    """Measurements cached in ``work/cells`` (one JSON each), so that an interrupted benchmark resumes. A cell
+    measured by other code (this script, or medseg's source) is measured again; only the ``arms`` named are
+    measured (None: all), the others are taken as cached, by whatever code measured them (their ``code`` is in
+    the report)."""
 
     work: Path
     code: str
+    arms: frozenset[str] | None = None
     done: list[dict[str, Any]] = field(default_factory=list)
 
-    def get(self, key: str, measure) -> dict[str, Any]:
+    def get(self, key: str, measure) -> dict[str, Any] | None:
         path = self.work / "cells" / f"{key}.json"
-        if path.is_file():
-            cached = json.loads(path.read_text())
-            if cached.get("code") == self.code:
-                self.done.append(cached)
-                return cached
+        cached = json.loads(path.read_text()) if path.is_file() else None
+        wanted = self.arms is None or key.rsplit("_", 1)[1].rstrip("0123456789.") in self.arms
+        if cached is not None and (cached.get("code") == self.code or not wanted):
+            self.done.append(cached)
+            return cached
+        if not wanted:
+            return None
         print(f"{time.strftime('%H:%M:%S')} {key}", flush=True)
         started = time.perf_counter()
         result = {**measure(), "key": key, "code": self.code, "wall_seconds": round(time.perf_counter() - started)}
@@ -335,18 +348,26 @@ class Annotator(Protocol):
     def __call__(self, source: Source, item: str) -> Annotation: ...
 
 
-def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, tool: Tool, cells: Cells,
-                mode: str) -> None:
+SCRIBBLE_STYLES = ("border", "skeleton")
+
+
+def scribble_arm(style: str, share: float) -> str:
+    """The name of a scribble measurement (the first style measured, ``skeleton``, kept its plain name)."""
+    return f"scribble{share:g}" if style == "skeleton" else f"scribble-{style}{share:g}"
+
+
+def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, styles: Sequence[str], tool: Tool,
+                cells: Cells, mode: str) -> None:
     """Every measurement of one dataset and seed."""
     name, pool = source.dataset.name, source.pool
     runs = cells.work / "runs" / mode / name / f"seed{seed}"
     first = max(2, round(FIRST_SHARE * len(pool)))
     step = max(1, round(ROUND_SHARE * len(pool)))
     start = [str(i) for i in np.random.default_rng(seed).choice(pool, first, replace=False)]
-    strokes = np.random.default_rng([seed, 7])
 
-    def scribbles(source: Source, item: str) -> Annotation:
-        return scribble(source, item, share, strokes)
+    def scribbles(style: str) -> Annotator:
+        strokes = np.random.default_rng([seed, 7])
+        return lambda source, item: scribble(source, item, share, strokes, style)
 
     def label(folder: Path, items: Sequence[str], annotator: Annotator) -> list[float]:
         """The labelled shares of the ``items`` not labelled in ``folder`` yet, now labelled."""
@@ -369,10 +390,13 @@ def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, tool:
 
     key = f"{mode}_{name}_seed{seed}"
     cells.get(f"{key}_dense", lambda: train("dense", pool, budgets.scribble))
-    cells.get(f"{key}_scribble{share:g}", lambda: train("scribble", pool, budgets.scribble, annotator=scribbles))
+    for style in styles:
+        arm = scribble_arm(style, share)
+        cells.get(f"{key}_{arm}", lambda: train(arm.removesuffix(f"{share:g}"), pool, budgets.scribble,
+                                                annotator=scribbles(style)))
     cells.get(f"{key}_pool", lambda: train("pool", pool, budgets.loop))
     round0 = cells.get(f"{key}_round0", lambda: train("round0", start, budgets.first))
-    for order in ORDERS:
+    for order in ORDERS if round0 is not None else ():
         labelled, previous = list(start), Path(round0["run"])
         label(make_folder(source, runs / order / "data"), start, dense)
         choices = np.random.default_rng([seed, 11])
@@ -384,14 +408,16 @@ def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, tool:
                 return {"picked": picks, **train(order, labelled + picks, budgets.round, init=previous)}
 
             result = cells.get(f"{key}_{order}{k}", measure)
+            if result is None:
+                break
             labelled, previous = labelled + result["picked"], Path(result["run"])
-        if order == "suggest":
+        if order == "suggest" and len(labelled) == first + ROUNDS * step:
             cells.get(f"{key}_scratch", lambda: train("scratch", labelled, 3 * budgets.round))
 
 
 # -- the report -----------------------------------------------------------------------------------------------------
 
-def summarise(done: list[dict[str, Any]], names: list[str], seeds: list[int], share: float,
+def summarise(done: list[dict[str, Any]], names: list[str], seeds: list[int], share: float, styles: Sequence[str],
               budgets: Budgets, mode: str) -> tuple[dict[str, Any], str]:
     """The curves' table and the targets, per dataset (means over seeds)."""
     by_key = {cell["key"]: cell for cell in done}
@@ -412,23 +438,26 @@ def summarise(done: list[dict[str, Any]], names: list[str], seeds: list[int], sh
             continue
         pool = sample["pool"]
         counts = [max(2, round(FIRST_SHARE * pool)) + k * max(1, round(ROUND_SHARE * pool)) for k in range(ROUNDS + 1)]
-        scribbled = [by_key[k]["labelled_share"] for k in by_key if k.startswith(f"{mode}_{name}_seed")
-                     and k.endswith(f"_scribble{share:g}")]
+        scribbles = {}
+        for style in styles:
+            arm = scribble_arm(style, share)
+            shares = [by_key[k]["labelled_share"] for k in by_key
+                      if k.startswith(f"{mode}_{name}_seed") and k.endswith(f"_{arm}")]
+            scribbles[style] = {"dice": mean(arm), "over_dense": mean(arm) / mean("dense"), "seeds": len(figures(arm)),
+                                "labelled_share": float(np.mean(shares)) if shares else math.nan}
         targets[name] = {
-            "scribble_over_dense": mean(f"scribble{share:g}") / mean("dense"),
-            "scribble_labelled_share": float(np.mean(scribbled)) if scribbled else math.nan,
+            "scribbles": scribbles,
             "suggest_over_pool": rounds["suggest"][-1] / mean("pool"),
             "suggest_minus_random": [s - r for s, r in zip(rounds["suggest"][1:], rounds["random"][1:])],
             "finetune_over_scratch3x": rounds["suggest"][-1] / mean("scratch"),
             "rounds": rounds, "labelled_images": counts, "pool": pool, "dense": mean("dense"),
-            "scribble": mean(f"scribble{share:g}"), "whole_pool": mean("pool"), "scratch3x": mean("scratch"),
-            "seeds": len(figures("pool")),
+            "whole_pool": mean("pool"), "scratch3x": mean("scratch"), "seeds": len(figures("pool")),
         }
-        lines += _table(name, targets[name], budgets, share)
+        lines += _table(name, targets[name], budgets)
     return targets, "\n".join(lines)
 
 
-def _table(name: str, t: dict[str, Any], budgets: Budgets, share: float) -> list[str]:
+def _table(name: str, t: dict[str, Any], budgets: Budgets) -> list[str]:
     counts, pool = t["labelled_images"], t["pool"]
     rows = [f"### {name} (training pool {pool} images; mean of {t['seeds']} seeds)", "",
             "| labelled images | " + " | ".join(f"{c} ({100 * c / pool:.0f}%)" for c in counts) + " |",
@@ -437,8 +466,9 @@ def _table(name: str, t: dict[str, Any], budgets: Budgets, share: float) -> list
         rows.append(f"| {order} order | " + " | ".join(f"{d:.4f}" for d in t["rounds"][order]) + " |")
     rows += ["", "| measurement | test Dice | target | |", "|---|---:|---|---|",
              f"| dense masks, {budgets.scribble:g} min | {t['dense']:.4f} | | |",
-             f"| scribbles ({100 * t['scribble_labelled_share']:.1f}% of pixels), {budgets.scribble:g} min | "
-             f"{t['scribble']:.4f} | >= 90% of dense | {100 * t['scribble_over_dense']:.1f}% |",
+             *(f"| scribbles, {style} strokes ({100 * sc['labelled_share']:.1f}% of pixels; {sc['seeds']} seeds), "
+               f"{budgets.scribble:g} min | {sc['dice']:.4f} | >= 90% of dense | {100 * sc['over_dense']:.1f}% |"
+               for style, sc in t["scribbles"].items()),
              f"| whole pool, {budgets.loop:g} min | {t['whole_pool']:.4f} | | |",
              f"| suggest after {ROUNDS} rounds ({counts[-1]} images, {budgets.loop:g} min in all) | "
              f"{t['rounds']['suggest'][-1]:.4f} | >= 95% of whole pool | {100 * t['suggest_over_pool']:.1f}% |",
@@ -465,8 +495,9 @@ def curves_png(targets: dict[str, Any], path: Path) -> None:
         left.legend(fontsize=8)
         pixels = [100 * c / t["pool"] for c in t["labelled_images"]]
         right.plot(pixels, t["rounds"]["suggest"], marker="o", label="full masks (suggest order)")
-        right.plot([100 * t["scribble_labelled_share"]], [t["scribble"]], marker="s", linestyle="",
-                   label="scribbles on every image")
+        for style, sc in t["scribbles"].items():
+            right.plot([100 * sc["labelled_share"]], [sc["dice"]], marker="s", linestyle="",
+                       label=f"scribbles on every image ({style})")
         right.plot([100], [t["dense"]], marker="^", linestyle="", label="full masks on every image")
         right.set(title=f"{name}: Dice against labelled pixels", xlabel="% of the pool's pixels labelled",
                   ylabel="test Dice", xscale="log")
@@ -496,6 +527,8 @@ def main() -> None:
     parser.add_argument("--budget-round", type=float, default=1.0, help="minutes for each later round")
     parser.add_argument("--budget-scribble", type=float, default=3.0, help="minutes for scribbles and dense")
     parser.add_argument("--scribble", type=float, default=0.05, help="the largest share of pixels a scribble labels")
+    parser.add_argument("--scribble-styles", default=",".join(SCRIBBLE_STYLES), help="how strokes are simulated")
+    parser.add_argument("--arms", help="measure only these (e.g. scribble-border); report the rest as cached")
     parser.add_argument("--threads", type=int, help="torch threads of every run (OMP_NUM_THREADS)")
     parser.add_argument("--through-api", action="store_true", help="drive the labelling page's HTTP API")
     parser.add_argument("--work", default="/tmp/medseg-labelling")
@@ -512,20 +545,22 @@ def main() -> None:
         from labelling_api import PageApi
 
         tool = PageApi()
-    cells = Cells(Path(args.work), code_version())
+    styles = args.scribble_styles.split(",")
+    cells = Cells(Path(args.work), code_version(), frozenset(args.arms.split(",")) if args.arms else None)
     missing = [name for name in names if not (SHARED / name).is_dir()]
     if missing:
         raise SystemExit(f"{SHARED / missing[0]} not found: the benchmark needs ../shared/data")
     try:
         for seed in seeds:  # every dataset's first seed before any second: an early stop leaves a complete picture
             for name in names:
-                run_dataset(Source.of(DATASETS[name]), seed, budgets, args.scribble, tool, cells, mode)
+                run_dataset(Source.of(DATASETS[name]), seed, budgets, args.scribble, styles, tool, cells, mode)
     finally:
         tool.close()
-    targets, markdown = summarise(cells.done, names, seeds, args.scribble, budgets, mode)
+    targets, markdown = summarise(cells.done, names, seeds, args.scribble, styles, budgets, mode)
+    codes = sorted({cell["code"] for cell in cells.done})
     header = (f"Machine: {platform.machine()}, {os.environ.get('OMP_NUM_THREADS', 'all')} thread(s); "
               f"budgets: first round {budgets.first:g} min, later rounds {budgets.round:g} min, scribbles "
-              f"{budgets.scribble:g} min; {mode}.\n\n")
+              f"{budgets.scribble:g} min; {mode}; cells measured by code {', '.join(codes)}.\n\n")
     print(markdown)
     Path(args.out).write_text(json.dumps({"cells": cells.done, "targets": targets}, indent=1))
     if args.markdown:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medseg.data.datasets import Sample
 from medseg.data.transforms import (AugmentConfig, GridElasticDeformation, augment, build_augmentation, normalize,
@@ -107,3 +108,22 @@ def test_rescaling_keeps_labels_and_leaves_volume_slices_to_their_spacing():
     scaled = rescale_sample(sample, 0.5)
     assert scaled.image.shape == (20, 30, 1) and scaled.mask.shape == (20, 30) and set(np.unique(scaled.mask)) == {0, 2}
     assert rescale_sample(Sample("s", sample.image, mask, None, spacing=(1.0, 1.0)), 0.5).mask.shape == (40, 60)
+
+
+@pytest.mark.parametrize("scale", [0.37, 0.5, 0.71])
+def test_a_label_resampled_down_and_up_stays_centred(scale):
+    """Bug: labels were resized with OpenCV's INTER_NEAREST, whose grid is shifted towards the top-left: every
+    resized mask moved up to half a pixel against its image."""
+    from medseg.data.transforms import _resized, rescale_sample, scaled_shape
+
+    ys, xs = np.mgrid[:101, :97]
+    disc = ((ys - 50.0) ** 2 + (xs - 48.0) ** 2 < 20**2).astype(np.int64)
+    sample = Sample("x", disc[..., None].astype(np.float32), disc)
+    down = rescale_sample(sample, scale)
+    assert down.mask.shape == scaled_shape(disc.shape, scale)
+    up = _resized(down, disc.shape)
+    for before, after in zip(ndimage.center_of_mass(disc), ndimage.center_of_mass(up.mask)):
+        assert abs(before - after) < 0.5
+    image_centre = ndimage.center_of_mass(down.image[..., 0].clip(0, 1))
+    mask_centre = ndimage.center_of_mass(down.mask)
+    assert all(abs(a - b) < 0.25 for a, b in zip(image_centre, mask_centre))  # the mask lies on its image

@@ -132,3 +132,29 @@ def test_dataset_json_with_gaps_in_its_label_ids_is_named(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "2": "posterior"}}))
     message = _one_line_error(lambda: find_classes(root, load_items(root)))
     assert "dataset.json" in message and "0..K-1" in message
+
+
+def test_single_slices_and_2d_nifti_are_2d_images(tmp_path):
+    """A 2D NIfTI, (W, H) or (W, H, 1) as nnU-Net writes them, and a single thin CT slice (0.7 mm pixels, 0.625 mm
+    thick) are one 2D image each, in their files' own rows and columns; the slice is never cut into strips."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    image, labels = fixtures.blob_volume(0, shape=(20, 24, 1))
+    fixtures.write_nifti(tmp_path / "images" / "flat.nii.gz", image[..., 0])
+    fixtures.write_nifti(tmp_path / "masks" / "flat.nii.gz", labels[..., 0])
+    fixtures.write_nifti(tmp_path / "images" / "one.nii.gz", image)
+    fixtures.write_nifti(tmp_path / "masks" / "one.nii.gz", labels)
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    ct.PixelSpacing, ct.SliceThickness = [0.7, 0.7], 0.625
+    ct.save_as(tmp_path / "images" / "thin.dcm")
+    fixtures._png(tmp_path / "masks" / "thin.png", (ct.pixel_array > 1100).astype(np.uint8) * 255)
+    items = {item.id: item for item in load_items(tmp_path)}
+    assert set(items) == {"flat", "one", "thin"} and all(item.case is None for item in items.values())
+    for name in ("flat", "one"):
+        sample = load_sample(items[name], None, 3)
+        assert sample.image.shape == (20, 24, 1) and np.array_equal(sample.image[..., 0], image[..., 0])
+        assert np.array_equal(sample.mask, labels[..., 0])
+    thin = load_sample(items["thin"], None, 2)
+    assert thin.image.shape == (128, 128, 1) and thin.spacing == pytest.approx((0.7, 0.7))
+    assert np.array_equal(thin.mask, ct.pixel_array > 1100)  # the PNG mask lies on the slice as stored

@@ -77,6 +77,13 @@ def test_16_bit_image(tmp_path):
     assert read_image(path)[0, :, 0].tolist() == [0.0, 1.0]
 
 
+def test_16_bit_images_are_scaled_by_their_bit_depth_not_their_content(tmp_path):
+    """Bug: a 16-bit image whose values stayed under 256 was divided by 255, a brighter one by 65535: 257x apart."""
+    dark = _png(tmp_path / "dark.png", np.array([[0, 200]], np.uint16))
+    bright = _png(tmp_path / "bright.png", np.array([[200, 40000]], np.uint16))
+    assert read_image(dark)[0, 1, 0] == read_image(bright)[0, 0, 0] == pytest.approx(200 / 65535)
+
+
 def test_constant_image_normalises_and_predicts_finite(tmp_path):
     image = np.zeros((20, 30, 1), np.float32)
     assert np.isfinite(normalize(image, "zscore")).all()

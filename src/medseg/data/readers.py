@@ -1,6 +1,6 @@
 """The one place that decodes and writes image files. Every problem is a one-line MedsegError naming the file.
 
-Images come back as ``H x W x C`` arrays scaled to float32 [0, 1] (8/16-bit integers divided by their maximum,
+Images come back as ``H x W x C`` arrays scaled to float32 [0, 1] (8/16-bit integers divided by their type's maximum,
 float TIFFs checked for NaN/inf and kept as they are); masks as ``H x W`` int64 class ids, with
 :data:`UNLABELLED` where a partial label leaves a pixel unlabelled (the dataset's stored value for it: 128 in the
 folder format, a trimap's grey; dataset.json's ``ignore`` label in nnU-Net raw). Slices of volumes
@@ -344,13 +344,12 @@ def as_unit_image(pixels: np.ndarray, channels: int | None = None, where: str | 
 
 
 def _to_unit_float(pixels: np.ndarray, path: str | Path) -> np.ndarray:
+    """Integers divided by their type's maximum (8-bit by 255, 16-bit by 65535: by the bit depth, never by an image's
+    own content, so every image of a dataset is scaled alike), floats kept as they are."""
     if pixels.dtype == np.bool_:
         return pixels.astype(np.float32)
     if np.issubdtype(pixels.dtype, np.integer):
-        maximum = 255.0 if pixels.dtype.itemsize == 1 or pixels.max(initial=0) <= 255 else 65535.0
-        if pixels.dtype.itemsize > 2 and pixels.max(initial=0) > 65535:
-            maximum = float(np.iinfo(pixels.dtype).max)
-        return pixels.astype(np.float32) / maximum
+        return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
     if np.issubdtype(pixels.dtype, np.floating):
         if not np.isfinite(pixels).all():
             raise MedsegError(path, "image contains NaN or infinite values")

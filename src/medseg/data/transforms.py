@@ -20,6 +20,11 @@ import numpy as np  # noqa: E402
 from medseg.config import AugmentConfig, Normalization  # noqa: E402
 from medseg.data.datasets import Sample  # noqa: E402
 
+# Labels are resized on the images' centre-aligned grid: OpenCV's INTER_NEAREST samples a grid shifted towards the
+# top-left (opencv#10146), which moved every resized mask up to half a pixel against its image.
+LABEL_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+IMAGE_RESAMPLING = cv2.INTER_CUBIC  # images resampled by a scale or to a spacing, in training and prediction
+
 
 class GridElasticDeformation(A.DualTransform):
     """Elastic deformation of the U-Net paper: random displacements (std ``sigma`` pixels) on a coarse
@@ -149,12 +154,13 @@ def _centred(candidates: np.ndarray, size: int, rng: np.random.Generator) -> tup
 
 
 def resize_sample(sample: Sample, size: int) -> Sample:
-    """Resize image (bilinear), mask and region (nearest) to ``size x size``."""
+    """Resize image (bilinear, as prediction resizes), mask and region (nearest, centre-aligned) to
+    ``size x size``."""
     image = cv2.resize(sample.image, (size, size), interpolation=cv2.INTER_LINEAR).reshape(size, size, -1)
-    mask = cv2.resize(sample.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    mask = cv2.resize(sample.mask.astype(np.uint8), (size, size), interpolation=LABEL_INTERPOLATION)
     region = None
     if sample.region is not None:
-        region = cv2.resize(sample.region.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+        region = cv2.resize(sample.region.astype(np.uint8), (size, size), interpolation=LABEL_INTERPOLATION) > 0
     return Sample(sample.id, image.astype(np.float32), mask.astype(np.int64), region)
 
 
@@ -207,9 +213,9 @@ def _resized(sample: Sample, size: tuple[int, int]) -> Sample:
 
     def nearest(part: np.ndarray | None) -> np.ndarray | None:
         return None if part is None else resize_image(part[..., None].astype(np.uint8), size,
-                                                      cv2.INTER_NEAREST)[..., 0]
+                                                      LABEL_INTERPOLATION)[..., 0]
 
-    image = resize_image(sample.image, size, cv2.INTER_CUBIC)
+    image = resize_image(sample.image, size, IMAGE_RESAMPLING)
     mask, region, labelled = (nearest(part) for part in (sample.mask, sample.region, sample.labelled))
     return replace(sample, image=image, mask=None if mask is None else mask.astype(np.int64),
                    region=None if region is None else region > 0, labelled=None if labelled is None else labelled > 0)

@@ -1,7 +1,8 @@
 """Volumes (NIfTI and DICOM) as the rest of medseg sees them: a :class:`Volume` of voxels with its spacing and
 affine, the header facts needed to list its slices without decoding it, and NIfTI decoding and writing.
 
-Every volume is brought to one canonical orientation when it is read, whatever its file's voxel order: voxel axis
+Every volume of several slices is brought to one canonical orientation when it is read, whatever its file's voxel
+order (a single slice is a 2D image and keeps its file's rows and columns): voxel axis
 0 runs towards the patient's right, 1 towards anterior, 2 towards superior (RAS, nibabel's closest canonical), so
 axis 0 indexes sagittal slices, 1 coronal and 2 axial ones (:data:`AXIS_NAMES`), and the affine maps canonical
 voxels to RAS world coordinates (a DICOM's patient LPS turned into RAS). The :class:`Orientation` each volume keeps
@@ -45,10 +46,14 @@ class Orientation:
 
     @classmethod
     def of(cls, affine: np.ndarray, shape: tuple[int, ...]) -> "Orientation":
-        """The orientation of a file whose voxel-to-RAS ``affine`` and voxel ``shape`` (3 axes) are given."""
+        """The orientation of a file whose voxel-to-RAS ``affine`` and voxel ``shape`` (3 axes) are given. A single
+        slice is a 2D image: it keeps its file's rows and columns, as its 2D mask and any viewer have them."""
         from nibabel.orientations import io_orientation
 
-        return cls(io_orientation(affine), (int(shape[0]), int(shape[1]), int(shape[2])), np.asarray(affine, float))
+        shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+        single = 1 in shape
+        ornt = np.array([[0, 1], [1, 1], [2, 1]], float) if single else io_orientation(affine)
+        return cls(ornt, shape, np.asarray(affine, float))
 
     @property
     def identity(self) -> bool:

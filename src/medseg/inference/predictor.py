@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from medseg.data.readers import as_unit_image
-from medseg.data.transforms import normalize, resampled_shape, scaled_shape, resize_image
+from medseg.data.transforms import IMAGE_RESAMPLING, normalize, resampled_shape, resize_image, scaled_shape
 from medseg.run.folder import member_weights
 from medseg.run.weights import load_model
 from medseg.run.contract import InferenceSpec, RunContract, contract_from_dict
@@ -189,7 +190,8 @@ class Predictor:
         height, width = images[0].shape[:2]
         size = self._network_size(height, width, spacing)
         statistics = statistics or [None] * len(images)
-        x = np.stack([resize_image(normalize(image, spec.normalize, stats), size)
+        interpolation = cv2.INTER_LINEAR if spec.resize else IMAGE_RESAMPLING  # as training resampled them
+        x = np.stack([resize_image(normalize(image, spec.normalize, stats), size, interpolation)
                       for image, stats in zip(images, statistics)])
         total: np.ndarray | None = None
         for backend in self.backends:

@@ -111,3 +111,34 @@ def test_cross_validation_scores_each_held_out_volume_once_in_3d(tmp_path):
     with open(tmp_path / "cv" / "cv_per_image.csv", newline="") as handle:
         ids = [row["id"] for row in csv.DictReader(handle)]
     assert sorted(ids) == [f"case_{i:03d}" for i in range(4)] and summary.n_images == 4
+
+
+def _channel_files(root, cases, channels=3):
+    for case in cases:
+        image, _ = fixtures.blob_volume(int(case.split("_")[1]))
+        for channel in range(channels):
+            folder = "imagesTs" if case == "case_100" else "imagesTr"
+            fixtures.write_nifti(root / folder / f"{case}_{channel:04d}.nii.gz", image * (channel + 1) - 20 * channel)
+
+
+def test_nnunet_raw_with_three_channel_files_trains_and_predicts(tmp_path):
+    from medseg.errors import MedsegError
+
+    root = fixtures.make_msd(tmp_path / "task", n=4, suffix="_0000")
+    _channel_files(root, [f"case_{i:03d}" for i in range(4)] + ["case_100"])
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "T2", "1": "ADC", "2": "DWI"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    train(tiny_config(root, epochs=1, steps=1), tmp_path / "run")
+    assert run_contract(tmp_path / "run").inference.channels == 3
+    predictor = Predictor.from_run(tmp_path / "run")
+    written = predict_paths(predictor, [root / "imagesTs"], tmp_path / "out")
+    assert [path.name for path in written] == ["case_100.nii.gz"]  # one mask for the case's three files
+    mask, image = nib.load(str(written[0])), nib.load(str(root / "imagesTs" / "case_100_0000.nii.gz"))
+    assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+    (root / "imagesTs" / "case_100_0002.nii.gz").unlink()
+    with pytest.raises(MedsegError, match=r"case_100_0000.nii.gz: no channel file case_100_0002.* takes 3 channels"):
+        predict_paths(predictor, [root / "imagesTs"], tmp_path / "out2")
+    other = fixtures.write_nifti(tmp_path / "other" / "scan.nii.gz", fixtures.blob_volume(7)[0])
+    with pytest.raises(MedsegError, match="scan.nii.gz: has 1 channels, expected 3"):
+        predict_paths(predictor, [other], tmp_path / "out3")

@@ -158,3 +158,27 @@ def test_single_slices_and_2d_nifti_are_2d_images(tmp_path):
     thin = load_sample(items["thin"], None, 2)
     assert thin.image.shape == (128, 128, 1) and thin.spacing == pytest.approx((0.7, 0.7))
     assert np.array_equal(thin.mask, ct.pixel_array > 1100)  # the PNG mask lies on the slice as stored
+
+
+def test_nnunet_raw_with_a_file_per_channel_is_read_as_channels(tmp_path):
+    """Bug: several channel files per case (BraTS, prostate T2 + ADC) were refused, or, once a _0001 file was
+    there, detected as the MSD with a misleading error."""
+    root = fixtures.make_msd(tmp_path / "task", n=3, suffix="_0000")
+    for case in range(3):
+        image, _ = fixtures.blob_volume(case)
+        for channel in (1, 2):
+            fixtures.write_nifti(root / "imagesTr" / f"case_{case:03d}_{channel:04d}.nii.gz", image * channel + 7)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta.pop("modality")
+    meta["channel_names"] = {"0": "T2", "1": "ADC", "2": "DWI"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "imagesTs" / "case_100_0000.nii.gz").unlink()
+    assert detect_format(root) == "nnunet"
+    items = load_items(root)
+    sample = load_sample(items[0], None, 3)
+    image = fixtures.blob_volume(0)[0][::-1]  # LAS files: the canonical first axis is reversed
+    assert sample.image.shape == (20, 24, 3)
+    assert np.allclose(sample.image[..., 2], image[:, :, 0] * 2 + 7) and sample.statistics[0].shape == (1, 1, 3)
+    (root / "imagesTr" / "case_001_0002.nii.gz").unlink()
+    with pytest.raises(MedsegError, match=r"case_001_0000.nii.gz: no channel file case_001_0002.<ext> \(dataset.json"):
+        load_items(root)

@@ -274,3 +274,26 @@ def test_bfloat16_autocast_trains_on_cpu(tiny_config, tmp_path):
     assert np.isfinite(result.history[-1].train_loss)
     weights = load_checkpoint(tmp_path / "run" / "final_model.safetensors").weights
     assert weights and all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+
+
+def test_volume_validation_takes_whole_cases(tmp_path):
+    """Bug: train.val_images picked slice indices, so a volume's "per-case" validation Dice and its 3D largest
+    component were taken over random, non-adjacent slices stacked as if they were one volume."""
+    from medseg.data.datasets import load_items
+    from medseg.distributed import DistributedContext
+    from medseg.training.components import prepare_data
+    from medseg.training.schedule import WallClock
+    from medseg.training.trainer import Trainer
+    from tests.data import fixtures
+    from tests.helpers import tiny_config
+
+    root = fixtures.make_msd(tmp_path / "task", n=8)
+    config = tiny_config(root)
+    config.data.n_classes, config.data.val_fraction, config.train.val_images = 3, 0.5, 9
+    data = prepare_data(config, load_items(root))
+    trainer = Trainer(config, tmp_path / "run", DistributedContext(), WallClock(), [], data)
+    chosen = [data.val.items[i] for i in trainer.validator.indices]
+    cases = {item.case for item in chosen}
+    assert len(chosen) <= 9 and cases
+    for case in cases:  # every slice of each chosen case, none of the others
+        assert sum(item.case == case for item in chosen) == sum(item.case == case for item in data.val.items)

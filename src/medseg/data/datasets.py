@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from medseg.config import Config
-from medseg.data.readers import (UNLABELLED, UNLABELLED_VALUE, Reader, volume_info, write_array,
+from medseg.data.readers import (UNLABELLED, UNLABELLED_VALUE, Reader, read_channels, volume_info, write_array,
                                  write_mask)
 from medseg.data.volumes import IMAGE_EXTENSIONS, is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
@@ -54,6 +54,7 @@ class Item:
     case: str | None = None
     axis: int | None = None
     unlabelled_value: int | None = None
+    more_channels: tuple[Path, ...] = ()  # the image's further channels, a file each (nnU-Net raw's _0001, ...)
 
     @property
     def group(self) -> str:
@@ -100,7 +101,7 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
     if reader is None:
         with Reader() as own:
             return load_sample(item, channels, n_classes, own)
-    image = reader.image(item.image, channels, item.frame, item.axis)
+    image = read_channels(reader, (item.image, *item.more_channels), channels, item.frame, item.axis)
     mask = None
     for path in item.masks:
         if is_volume_file(path) and is_volume_file(item.image):
@@ -123,7 +124,9 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
     if not is_volume_file(item.image):
         return Sample(item.id, image, mask, region, labelled=labelled)
     volume = reader.volume(item.image)
-    return Sample(item.id, image, mask, region, reader.volume_statistics(item.image),
+    statistics = [reader.volume_statistics(path) for path in (item.image, *item.more_channels)]
+    statistics = (np.concatenate([s[0] for s in statistics], axis=2), np.concatenate([s[1] for s in statistics], 2))
+    return Sample(item.id, image, mask, region, statistics,
                   volume.info.in_plane_spacing(2 if item.axis is None else item.axis), labelled)
 
 
@@ -138,17 +141,19 @@ def _check_aligned(reader: Reader, image: Path, label: Path) -> None:
 
 
 def volume_items(case: str, image: Path, masks: tuple[Path, ...], split: str | None, axis: int | None = None,
-                 unlabelled_value: int | None = None) -> list[Item]:
-    """The 2D items of one image file: a volume's slices along ``axis`` (None: the coarsest spacing, as nnU-Net's
-    2D configuration), ids ``<case>_<zzz>``; a 2D image or single-slice volume is one item with id ``case``."""
+                 unlabelled_value: int | None = None, more_channels: tuple[Path, ...] = ()) -> list[Item]:
+    """The 2D items of one image file (and its ``more_channels`` files): a volume's slices along ``axis`` (None: the
+    coarsest spacing, as nnU-Net's 2D configuration), ids ``<case>_<zzz>``; a 2D image or single-slice volume is
+    one item with id ``case``."""
+    shared = {"split": split, "unlabelled_value": unlabelled_value, "more_channels": more_channels}
     if not is_volume_file(image):
-        return [Item(case, image, masks, split=split, unlabelled_value=unlabelled_value)]
+        return [Item(case, image, masks, **shared)]
     info = volume_info(image)
     axis = info.slice_axis() if axis is None else axis
     if info.shape[axis] == 1:
-        return [Item(case, image, masks, frame=0, split=split, axis=axis, unlabelled_value=unlabelled_value)]
-    return [Item(f"{case}_{z:03d}", image, masks, frame=z, split=split, case=case, axis=axis,
-                 unlabelled_value=unlabelled_value) for z in range(info.shape[axis])]
+        return [Item(case, image, masks, frame=0, axis=axis, **shared)]
+    return [Item(f"{case}_{z:03d}", image, masks, frame=z, case=case, axis=axis, **shared)
+            for z in range(info.shape[axis])]
 
 
 def reslice(items: Iterable[Item], axis: int) -> list[Item]:
@@ -160,7 +165,8 @@ def reslice(items: Iterable[Item], axis: int) -> list[Item]:
             resliced.append(item)
         elif item.group not in done:
             done.add(item.group)
-            resliced += volume_items(item.group, item.image, item.masks, item.split, axis, item.unlabelled_value)
+            resliced += volume_items(item.group, item.image, item.masks, item.split, axis, item.unlabelled_value,
+                                     item.more_channels)
     return resliced
 
 
@@ -298,44 +304,68 @@ def dataset_json_labels(root: Path) -> tuple[tuple[str, ...], int | None] | None
     return tuple(by_id[k] for k in range(len(by_id))), ignore
 
 
-def _load_decathlon(root: Path, channel_suffix: str, axis: int | None) -> list[Item]:
-    """MSD and nnU-Net raw: ``imagesTr/<case><suffix>.<ext>`` with ``labelsTr/<case>.<ext>``, and labelled test
-    cases in ``imagesTs`` + ``labelsTs``. Unlabelled ``imagesTs`` files are for `medseg predict`, not listed. A
-    label's pixels of the ``ignore`` label (nnU-Net v2) are unlabelled."""
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net raw: <case>_0000, <case>_0001, ...
+
+
+def channel_files(files: dict[str, Path], count: int, source: str) -> dict[str, tuple[Path, ...]]:
+    """nnU-Net raw's channel files (``<case>_XXXX``) grouped by case, ``count`` each in channel order; a missing or
+    an unexpected channel is a one-line error naming the file and the ``source`` of the count."""
+    cases: dict[str, dict[int, Path]] = {}
+    for stem, path in files.items():
+        match = CHANNEL_FILE.match(stem)
+        if match is None:
+            raise MedsegError(path, "expected file names {case}_0000.<ext> (one file per channel: _0000, _0001, ...)")
+        cases.setdefault(match["case"], {})[int(match["channel"])] = path
+    grouped = {}
+    for case, found in cases.items():
+        missing = [k for k in range(count) if k not in found]
+        if missing or len(found) != count:
+            first = next(iter(found.values()))
+            problem = (f"no channel file {case}_{missing[0]:04d}.<ext>" if missing else
+                       f"channel files {sorted(found)} beyond the {count}")
+            raise MedsegError(first, f"{problem} ({source})")
+        grouped[case] = tuple(found[k] for k in range(count))
+    return grouped
+
+
+def _load_decathlon(root: Path, per_channel: bool, axis: int | None) -> list[Item]:
+    """MSD (channels in an image's 4th axis) and nnU-Net raw (``per_channel``: one file per channel,
+    ``<case>_0000``, ``<case>_0001``, ..., as many as dataset.json's ``channel_names``):
+    ``imagesTr/<case>...`` with ``labelsTr/<case>.<ext>``, and labelled test cases in ``imagesTs`` +
+    ``labelsTs``. Unlabelled ``imagesTs`` files are for `medseg predict`, not listed. A label's pixels of the
+    ``ignore`` label (nnU-Net v2) are unlabelled."""
     meta = read_dataset_json(root)
     ignore = dataset_json_labels(root)[1]
-    channels = meta.get("channel_names", meta.get("modality", {"0": ""}))
-    if channel_suffix and len(channels) != 1:
-        raise MedsegError(root / "dataset.json", "several channel files per case are not supported; merge them "
-                                                 "into one image")
+    count = len(meta.get("channel_names", meta.get("modality", {"0": ""})))
     items = []
     for folder, label_folder, split in (("imagesTr", "labelsTr", None), ("imagesTs", "labelsTs", "test")):
         labels = _files_by_stem(root / label_folder)
-        for stem, image in _files_by_stem(root / folder).items():
-            if not stem.endswith(channel_suffix):
-                raise MedsegError(image, f"expected file names {{case}}{channel_suffix}.<ext>")
-            case = stem[: len(stem) - len(channel_suffix)]
+        files = _files_by_stem(root / folder)
+        cases = (channel_files(files, count, f"dataset.json names {count} channel(s)") if per_channel
+                 else {stem: (path,) for stem, path in files.items()})
+        for case, images in cases.items():
             label = labels.get(case)
             if label is None:
                 if split is None:
-                    raise MedsegError(image, f"no label {case}.<ext> in {root / label_folder}")
+                    raise MedsegError(images[0], f"no label {case}.<ext> in {root / label_folder}")
                 continue
-            items += volume_items(case, _check_inside(root, image), (_check_inside(root, label),), split, axis,
-                                  ignore)
+            items += volume_items(case, _check_inside(root, images[0]), (_check_inside(root, label),), split, axis,
+                                  ignore, tuple(_check_inside(root, image) for image in images[1:]))
     if not items:
         raise MedsegError(root / "imagesTr", "no labelled images found")
     return items
 
 
 def load_nnunet(root: Path, axis: int | None = None) -> list[Item]:
-    """nnU-Net raw: ``imagesTr/{case}_0000.<ext>`` (PNG, NIfTI, ...), ``labelsTr/{case}.<ext>``, ``dataset.json``."""
-    return _load_decathlon(root, "_0000", axis)
+    """nnU-Net raw: ``imagesTr/{case}_0000.<ext>`` (PNG, NIfTI, ...; ``_0001``, ... for further channels),
+    ``labelsTr/{case}.<ext>``, ``dataset.json``."""
+    return _load_decathlon(root, True, axis)
 
 
 def load_msd(root: Path, axis: int | None = None) -> list[Item]:
     """The Medical Segmentation Decathlon: ``imagesTr/{case}.nii.gz`` (channels in the 4th axis),
     ``labelsTr/{case}.nii.gz``, ``dataset.json`` with ``labels`` and ``modality``."""
-    return _load_decathlon(root, "", axis)
+    return _load_decathlon(root, False, axis)
 
 
 def load_tiff_stack(root: Path) -> list[Item]:
@@ -430,7 +460,8 @@ def detect_format(root: Path) -> str:
         return "folder"
     if (root / "dataset.json").is_file():
         stems = _files_by_stem(root / "imagesTr")
-        return "nnunet" if stems and all(stem.endswith("_0000") for stem in stems) else "msd"
+        nnunet = stems and all(CHANNEL_FILE.match(stem) for stem in stems) and any(s.endswith("_0000") for s in stems)
+        return "nnunet" if nnunet else "msd"
     if (root / "training" / "1st_manual").is_dir():
         return "drive"
     if root.is_dir() and any(p.suffix.lower() in (".tif", ".tiff") for p in root.iterdir()):

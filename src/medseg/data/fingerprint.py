@@ -283,7 +283,7 @@ def dataset_hash(items: Iterable[Item]) -> str:
     dataset lives."""
     digest = hashlib.sha256()
     for item in sorted(items, key=lambda i: i.id):
-        for path in (item.image, *item.masks):
+        for path in (item.image, *item.more_channels, *item.masks):
             digest.update(f"{item.id}|{path.name}|{item.frame}|{path.stat().st_size};".encode())
     return digest.hexdigest()[:16]
 

@@ -231,10 +231,24 @@ class Reader:
         return tiff
 
 
+def read_channels(reader: Reader, paths: tuple[Path, ...], channels: int | None, frame: int | None,
+                  axis: int | None) -> np.ndarray:
+    """An image whose channels are in one file or spread over several (nnU-Net raw: a file per channel, of one
+    shape), as float32 ``H x W x C`` with ``channels`` channels if given."""
+    if len(paths) == 1:
+        return reader.image(paths[0], channels, frame, axis)
+    planes = [reader.image(path, None, frame, axis) for path in paths]
+    for path, plane in zip(paths[1:], planes[1:]):
+        if plane.shape[:2] != planes[0].shape[:2]:
+            raise MedsegError(path, f"channel of {plane.shape[1]} x {plane.shape[0]} pixels, the first channel "
+                                    f"{paths[0].name} has {planes[0].shape[1]} x {planes[0].shape[0]}")
+    return _channels_last(np.concatenate(planes, axis=2), paths[0], channels, colour=False)
+
+
 def volume_slice(volume: Volume, axis: int, index: int, channels: int | None, where: str | Path) -> np.ndarray:
     """Slice ``index`` along ``axis`` of an image volume as float32 ``H x W x C`` (intensities as stored),
     with ``channels`` channels if given."""
-    return _channels_last(volume.plane(axis, index), where, channels)
+    return _channels_last(volume.plane(axis, index), where, channels, colour=False)
 
 
 def _slice_axis(axis: int | None) -> int:
@@ -357,21 +371,23 @@ def _to_unit_float(pixels: np.ndarray, path: str | Path) -> np.ndarray:
     raise MedsegError(path, f"unsupported pixel type {pixels.dtype}")
 
 
-def _channels_last(pixels: np.ndarray, path: str | Path, channels: int | None) -> np.ndarray:
-    """``H x W x C`` with RGBA's alpha dropped and channels converted to ``channels`` if given."""
+def _channels_last(pixels: np.ndarray, path: str | Path, channels: int | None, colour: bool = True) -> np.ndarray:
+    """``H x W x C`` with ``channels`` channels if given. A ``colour`` image file's alpha is dropped (a 4th or 2nd
+    channel) and grey and RGB convert into each other where nothing is lost; a volume's channels are modalities,
+    all kept, and must be as many as asked for."""
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if pixels.ndim != 3:
         raise MedsegError(path, f"expected a 2D image, got an array of shape {pixels.shape}")
-    if pixels.shape[2] == 4:
+    if colour and pixels.shape[2] == 4:
         pixels = pixels[..., :3]
-    elif pixels.shape[2] == 2:  # grey + alpha
+    elif colour and pixels.shape[2] == 2:  # grey + alpha
         pixels = pixels[..., :1]
     if channels is None or pixels.shape[2] == channels:
         return pixels
-    if channels == 3 and pixels.shape[2] == 1:
+    if colour and channels == 3 and pixels.shape[2] == 1:
         return np.repeat(pixels, 3, axis=2)
-    if channels == 1 and pixels.shape[2] == 3 and _identical_channels(pixels):
+    if colour and channels == 1 and pixels.shape[2] == 3 and _identical_channels(pixels):
         return pixels[..., :1]
     raise MedsegError(path, f"has {pixels.shape[2]} channels, expected {channels}")
 

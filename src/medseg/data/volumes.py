@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -152,6 +152,17 @@ class Volume:
     def stacked_spacing(self, axis: int) -> tuple[float, float, float]:
         """The spacing of the volume's slices along ``axis`` stacked first: ``(slice, height, width)``."""
         return (self.spacing[axis], *self.info.in_plane_spacing(axis))
+
+
+def with_channels(volumes: list[Volume], paths: Sequence[Path]) -> Volume:
+    """Volumes of one case's channels, a file each (nnU-Net raw), as one volume of their channels; a channel on
+    another grid is a one-line error."""
+    first = volumes[0]
+    for path, volume in zip(paths[1:], volumes[1:]):
+        if volume.data.shape[:3] != first.data.shape[:3] or not np.allclose(volume.affine, first.affine, atol=1e-3):
+            raise MedsegError(path, f"is not on the voxel grid of the case's first channel {paths[0].name}")
+    data = np.concatenate([v.data.reshape(*v.data.shape[:3], -1) for v in volumes], axis=3)
+    return Volume(data, first.spacing, first.affine, first.orientation)
 
 
 def is_nifti(path: Path) -> bool:

@@ -12,9 +12,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from medseg.data.readers import Reader, mask_pixels, volume_slice, write_array, write_mask
-from medseg.data.volumes import (IMAGE_EXTENSIONS, Volume, is_nifti, is_volume_file, volume_stem, write_nifti_labels,
-                                 write_nifti_map)
+from medseg.data.readers import Reader, mask_pixels, read_channels, volume_slice, write_array, write_mask
+from medseg.data.volumes import (IMAGE_EXTENSIONS, Volume, is_nifti, is_volume_file, volume_stem, with_channels,
+                                 write_nifti_labels, write_nifti_map)
 from medseg.files import atomic_write_csv
 from medseg.inference.predictor import Predictor
 from medseg.inference.uncertainty import entropy_map, entropy_pixels, uncertainty_score, unsure_fraction
@@ -75,71 +75,112 @@ def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "vo
                             None if entropy is None else np.moveaxis(entropy, 0, axis))
 
 
+@dataclass(frozen=True)
+class Input:
+    """What is predicted as one: an image or volume file (or a DICOM folder), or nnU-Net raw's channel files of
+    one case (``<case>_0000``, ``<case>_0001``, ...); ``name`` names its outputs."""
+
+    name: str
+    paths: tuple[Path, ...]
+
+    @property
+    def volume(self) -> bool:
+        return is_volume_file(self.paths[0])
+
+
+def channel_inputs(files: Sequence[Path], channels: int) -> list[Input]:
+    """``files`` as inputs: for a run of several channels, nnU-Net raw's channel files (``<case>_XXXX``) grouped by
+    case (a case missing a channel is a one-line error); every other file alone."""
+    from medseg.data.datasets import CHANNEL_FILE, channel_files
+
+    stems = {(volume_stem(p) if is_volume_file(p) else p.stem): p for p in files}
+    split = {stem: path for stem, path in stems.items() if channels > 1 and CHANNEL_FILE.match(stem)}
+    grouped = channel_files(split, channels, f"the run takes {channels} channels") if split else {}
+    alone = [Input(stem, (path,)) for stem, path in stems.items() if stem not in split]
+    return alone + [Input(case, paths) for case, paths in grouped.items()]
+
+
 def predict_paths(predictor: Predictor, inputs: Sequence[str | Path], out: str | Path,
                   save_probabilities: bool = False, save_overlays: bool = False,
                   save_uncertainty: bool = False) -> list[Path]:
-    """Predict every input file (TIFF stacks frame by frame, written back as stacks); returns the mask paths.
-    ``save_uncertainty``: each input's entropy map beside its mask (``<stem>_uncertainty``) and its score in
-    ``uncertainty.csv``."""
-    spec = predictor.spec
+    """Predict every input (TIFF stacks frame by frame, written back as stacks; a run of several channels takes
+    nnU-Net raw's file per channel); returns the mask paths. ``save_uncertainty``: each input's entropy map beside
+    its mask (``<name>_uncertainty``) and its score in ``uncertainty.csv``."""
     files = expand_inputs(inputs)
-    stems: dict[str, Path] = {}
+    names: dict[str, Path] = {}
     for path in files:
         stem = volume_stem(path) if is_volume_file(path) else path.stem
-        if stems.setdefault(stem, path) != path:
-            raise MedsegError(path, f"has the same name as {stems[stem]}, so their masks would overwrite each "
+        if names.setdefault(stem, path) != path:
+            raise MedsegError(path, f"has the same name as {names[stem]}, so their masks would overwrite each "
                                     "other in --out; predict them into separate folders")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, scores = [], []
     with Reader() as reader:
-        for path in progress(files, desc="predict", unit="img"):
-            if is_volume_file(path):
-                for part, volume in _volumes(reader, path):
-                    prediction = predict_volume(predictor, volume, path, save_uncertainty)
-                    stem = "_".join([volume_stem(path), *([part.replace(" ", "")] if part else [])])
-                    written.append(_write_volume(out, path, stem, part, predictor, volume, prediction.labels))
+        for source in progress(channel_inputs(files, predictor.spec.channels), desc="predict", unit="img"):
+            if source.volume:
+                for part, volume in _volumes(reader, source.paths):
+                    prediction = predict_volume(predictor, volume, source.paths[0], save_uncertainty)
+                    stem = "_".join([source.name, *([part.replace(" ", "")] if part else [])])
+                    written.append(_write_volume(out, source.paths[0], stem, part, predictor, volume,
+                                                 prediction.labels))
                     if prediction.uncertainty is not None:
-                        scores.append(_write_volume_uncertainty(out, path, stem, volume, prediction.uncertainty))
+                        scores.append(_write_volume_uncertainty(out, source.paths[0], stem, volume,
+                                                                prediction.uncertainty))
                 continue
-            labels_stack, prob_stack, overlays, entropies = [], [], [], []
-            for image in frames(reader, path, spec.channels):
-                probabilities = predictor.probabilities(image)
-                labels = predictor.labels(probabilities)
-                labels_stack.append(labels)
-                if save_probabilities:
-                    prob_stack.append(probabilities)
-                if save_overlays:
-                    overlays.append(overlay(image, labels))
-                if save_uncertainty:
-                    entropies.append(entropy_map(probabilities, spec.n_classes))
-            written.append(_write(out, path, spec.n_classes, labels_stack, prob_stack, overlays))
-            if entropies:
-                scores.append(_write_uncertainty(out, path, entropies))
+            mask, row = _predict_image(predictor, reader, source, out, save_probabilities, save_overlays,
+                                       save_uncertainty)
+            written.append(mask)
+            scores += [row] if row else []
     if scores:
         atomic_write_csv(out / "uncertainty.csv", scores)
+    spec = predictor.spec
     get_logger().info("wrote %d mask file(s) to %s (threshold %.2f, post-processing: %s)%s", len(written), out,
                       spec.threshold, spec.postprocess.describe(),
                       "; uncertainty maps and uncertainty.csv beside them" if scores else "")
     return written
 
 
-def _volumes(reader: Reader, path: Path) -> list[tuple[str, Volume]]:
-    """A volume file's volumes: one, or a DICOM folder's parts (series, echoes, ...), each named."""
-    if is_nifti(path):
-        return [("", reader.volume(path))]
+def _predict_image(predictor: Predictor, reader: Reader, source: Input, out: Path, save_probabilities: bool,
+                   save_overlays: bool, save_uncertainty: bool) -> tuple[Path, dict[str, object] | None]:
+    """A 2D input's mask (its frames', for a TIFF stack), and the files asked for beside it."""
+    spec = predictor.spec
+    images = (frames(reader, source.paths[0], spec.channels) if len(source.paths) == 1
+              else [read_channels(reader, source.paths, spec.channels, None, None)])
+    labels_stack, prob_stack, overlays, entropies = [], [], [], []
+    for image in images:
+        probabilities = predictor.probabilities(image)
+        labels = predictor.labels(probabilities)
+        labels_stack.append(labels)
+        if save_probabilities:
+            prob_stack.append(probabilities)
+        if save_overlays:
+            overlays.append(overlay(image, labels))
+        if save_uncertainty:
+            entropies.append(entropy_map(probabilities, spec.n_classes))
+    mask = _write(out, source.name, spec.n_classes, labels_stack, prob_stack, overlays)
+    return mask, _write_uncertainty(out, source, entropies) if entropies else None
+
+
+def _volumes(reader: Reader, paths: tuple[Path, ...]) -> list[tuple[str, Volume]]:
+    """An input's volumes: one (its channel files' volumes as one's channels), or a DICOM folder's parts (series,
+    echoes, ...), each named."""
+    if len(paths) > 1:
+        return [("", with_channels([reader.volume(path) for path in paths], paths))]
+    if is_nifti(paths[0]):
+        return [("", reader.volume(paths[0]))]
     from medseg.data.dicom import read_dicom_parts
 
-    return read_dicom_parts(path)
+    return read_dicom_parts(paths[0])
 
 
-def _write_uncertainty(out: Path, source: Path, entropies: list[np.ndarray]) -> dict[str, object]:
+def _write_uncertainty(out: Path, source: Input, entropies: list[np.ndarray]) -> dict[str, object]:
     """A 2D input's scaled entropy beside its mask as 8-bit PNG (a TIFF stack for a stack's frames), and its
     ``uncertainty.csv`` row."""
     planes = [entropy_pixels(e) for e in entropies]
-    path = out / f"{source.stem}_uncertainty.{'tif' if len(planes) > 1 else 'png'}"
+    path = out / f"{source.name}_uncertainty.{'tif' if len(planes) > 1 else 'png'}"
     write_array(path, np.stack(planes) if len(planes) > 1 else planes[0], stack=len(planes) > 1)
-    return _uncertainty_row(source, np.stack(entropies), path)
+    return _uncertainty_row(source.paths[0], np.stack(entropies), path)
 
 
 def _write_volume_uncertainty(out: Path, source: Path, stem: str, volume: Volume,
@@ -183,17 +224,17 @@ def _write_volume(out: Path, source: Path, stem: str, part: str, predictor: Pred
     return out / f"{stem}.tif"
 
 
-def _write(out: Path, source: Path, n_classes: int, labels: list[np.ndarray], probabilities: list[np.ndarray],
+def _write(out: Path, stem: str, n_classes: int, labels: list[np.ndarray], probabilities: list[np.ndarray],
            overlays: list[np.ndarray]) -> Path:
     is_stack = len(labels) > 1
-    mask_path = out / f"{source.stem}{'.tif' if is_stack else '.png'}"
+    mask_path = out / f"{stem}{'.tif' if is_stack else '.png'}"
     if is_stack:
         write_array(mask_path, np.stack([mask_pixels(frame, n_classes) for frame in labels]), stack=True)
     else:
         write_mask(mask_path, labels[0], n_classes)
     if probabilities:
-        write_array(out / f"{source.stem}_prob.tif", np.stack(probabilities) if is_stack else probabilities[0],
+        write_array(out / f"{stem}_prob.tif", np.stack(probabilities) if is_stack else probabilities[0],
                     stack=is_stack)
     for z, picture in enumerate(overlays):
-        write_array(out / f"{source.stem}{f'_{z:03d}' if is_stack else ''}_overlay.png", picture)
+        write_array(out / f"{stem}{f'_{z:03d}' if is_stack else ''}_overlay.png", picture)
     return mask_path

@@ -120,11 +120,22 @@ class Trainer:
             self.restore()
 
     def _val_indices(self) -> list[int]:
-        """All validation images, or a fixed seeded subset of ``train.val_images``."""
-        n, limit = len(self.data.val), self.config.train.val_images
-        if limit is None or limit >= n:
-            return list(range(n))
-        return sorted(np.random.default_rng(self.config.data.split_seed).permutation(n)[:limit].tolist())
+        """All validation images, or a fixed seeded subset of at most ``train.val_images`` of them made of whole
+        cases (a volume's slices all in or all out, at least one case), so per-case scores and 3D post-processing
+        see whole volumes."""
+        items, limit = self.data.val.items, self.config.train.val_images
+        if limit is None or limit >= len(items):
+            return list(range(len(items)))
+        cases: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            cases.setdefault(item.group, []).append(index)
+        groups = list(cases.values())
+        chosen: list[int] = []
+        for pick in np.random.default_rng(self.config.data.split_seed).permutation(len(groups)):
+            if chosen and len(chosen) + len(groups[pick]) > limit:
+                break
+            chosen += groups[pick]
+        return sorted(chosen)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state_for_checkpoint(self) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def test_config_typos_stop_before_any_data_is_read(capsys, tmp_path):
     code = main(["train", "--data", str(tmp_path / "not-even-there"), "--out", str(tmp_path / "r"),
                  "--set", "data.normalize=unitt"])
     assert code == 2
-    assert _error_line(capsys).endswith("data.normalize: 'unitt' is not one of zscore, unit (did you mean 'unit'?)")
+    assert _error_line(capsys).endswith("data.normalize: 'unitt' is not one of zscore, nonzero, ct, unit (did you mean 'unit'?)")
 
 
 def test_cross_validation_is_not_launched_under_ddp(capsys, tmp_path):

@@ -19,7 +19,7 @@ from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_text
 
 DatasetFormat = Literal["auto", "folder", "msd", "nnunet", "tiff-stack", "drive", "isic", "busi"]
-Normalization = Literal["zscore", "unit"]
+Normalization = Literal["zscore", "nonzero", "ct", "unit"]  # see medseg.data.intensity
 LossName = Literal["auto", "bce", "dice", "bce_dice", "ce", "ce_dice"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "cosine", "poly", "plateau"]
@@ -48,7 +48,8 @@ class DataConfig(Section):
     patch_size: int | None = Field(256, ge=8)  # random crops for training; tiles of this size for inference
     resize: int | None = Field(None, ge=8)  # whole images resized to resize x resize (then patch_size is unused)
     foreground_p: float = Field(0.33, ge=0, le=1)
-    normalize: Normalization = "zscore"
+    normalize: Normalization | list[Normalization] = "zscore"  # one scheme, or one per channel (planned for volumes)
+    intensity: list[list[float] | None] | None = None  # per channel, the CT scheme's [low, high, mean, std]
     cache_gb: float = Field(4.0, ge=0)  # keep decoded samples in memory up to this many GB
     workers: int = Field(0, ge=0)
 
@@ -233,7 +234,7 @@ def _message(error: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         full = ".".join(str(p) for p in error["loc"])
         return f"unknown key {full!r}{did_you_mean(full, config_keys())}"
-    choices = _choices(annotation)
+    choices = list(dict.fromkeys(_choices(annotation)))
     if choices and isinstance(value, str):
         return f"{key}: {value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices, cutoff=0.4)}"
     if kind.startswith(("greater", "less")):

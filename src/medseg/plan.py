@@ -13,7 +13,8 @@ import yaml
 from pydantic import ConfigDict
 
 from medseg.config import Config, merge, set_key, validate_config
-from medseg.data.datasets import Item, default_class_names, input_channels, load_sample, split_items
+from medseg.data.datasets import (Item, channel_modalities, default_class_names, input_channels, load_sample,
+                                  split_items)
 from medseg.data.fingerprint import Fingerprint, compute_fingerprint, spread, volume_facts
 from medseg.data.readers import Reader
 from medseg.data.store import batch_seconds
@@ -409,6 +410,7 @@ def _plan(geometry: Geometry, fingerprint: Fingerprint, inputs: PlanInputs, spen
     choices.add("loss.name", loss, f"cross-entropy + soft Dice ({100 * fingerprint.foreground_fraction:.0f}% "
                                    "foreground: Dice keeps the foreground from being ignored)")
     _add_data(choices, fingerprint, inputs)
+    _add_normalization(choices, fingerprint, inputs)
     if inputs.budget_minutes:
         _add_training_time(choices, inputs.budget_minutes, spent_seconds + time.perf_counter() - started)
     else:
@@ -601,6 +603,42 @@ def _add_data(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -
                     "out (seeded) for an honest test score at the end")
 
 
+ZERO_BACKGROUND = 0.1  # a channel with this share of voxels exactly 0 has a masked background (skull-stripped MR)
+
+
+def _add_normalization(choices: _Choices, fingerprint: Fingerprint, inputs: PlanInputs) -> None:
+    """The intensity scheme of each channel of scanner data (volumes, DICOM or NIfTI slices), by its modality:
+    CT's Hounsfield units by nnU-Net's CT scheme (clipped to the foreground's percentiles, z-scored with the
+    dataset's foreground statistics), a masked background by z-scoring over the nonzero voxels, anything else by
+    z-scoring per case. Other 2D images keep the z-score of each image."""
+    if fingerprint.volumes is None and not any(item.axis is not None for item in inputs.examples):
+        return
+    schemes, intensity, reasons = [], [], []
+    for channel in range(fingerprint.channels):
+        modality = fingerprint.modalities[channel] if channel < len(fingerprint.modalities) else ""
+        named = f"channel {channel} ({modality or 'modality not given'})"
+        zeros = fingerprint.zero_share[channel] if channel < len(fingerprint.zero_share) else 0.0
+        if modality.strip().upper().startswith("CT") and channel < len(fingerprint.foreground_intensity):
+            low, high, mean, std = fingerprint.foreground_intensity[channel]
+            schemes.append("ct")
+            intensity.append([low, high, mean, std])
+            reasons.append(f"{named}: HU clipped to the foreground's 0.5-99.5 percentiles [{low:g}, {high:g}] and "
+                           f"z-scored with its mean {mean:.1f} and std {std:.1f} over the dataset (nnU-Net's CT "
+                           "scheme)")
+        elif zeros >= ZERO_BACKGROUND:
+            schemes.append("nonzero")
+            intensity.append(None)
+            reasons.append(f"{named}: {100 * zeros:.0f}% of the voxels are exactly 0 (a masked background): "
+                           "z-scored per case over the nonzero voxels, the background kept at 0")
+        else:
+            schemes.append("zscore")
+            intensity.append(None)
+            reasons.append(f"{named}: z-scored per case (all its voxels)")
+    choices.add("data.normalize", schemes[0] if len(set(schemes)) == 1 else schemes, "; ".join(reasons))
+    if any(values is not None for values in intensity):
+        choices.add("data.intensity", intensity, "the CT channels' statistics over the dataset's foreground")
+
+
 def _add_training_time(choices: _Choices, budget_minutes: float, planning: float) -> None:
     """The budget less the planning time, but never less than :data:`MIN_TRAIN_SHARE` of it (a tiny budget on a
     busy machine overruns a little rather than failing)."""
@@ -712,7 +750,8 @@ def fingerprint_dataset(config: Config, items: list[Item], hold_out: bool = True
     channels = input_channels(config, splits)
     with Reader() as reader:
         samples = (load_sample(labelled[i], channels, data.n_classes, reader) for i in spread(len(labelled)))
-        fingerprint = compute_fingerprint(samples, data.n_classes, volume_facts(labelled))
+        fingerprint = compute_fingerprint(samples, data.n_classes, volume_facts(labelled),
+                                          channel_modalities(data.root, labelled))
     examples = tuple(splits.train[i] for i in spread(len(splits.train), EXAMPLES))
     return PlannedData(fingerprint, len(splits.train), len(splits.val), test_fraction, examples)
 

@@ -7,8 +7,9 @@ import pytest
 from scipy import ndimage
 
 from medseg.data.datasets import Sample
-from medseg.data.transforms import (AugmentConfig, GridElasticDeformation, augment, build_augmentation, normalize,
-                                    random_patch, rescale_sample)
+from medseg.data.intensity import normalize
+from medseg.data.transforms import (AugmentConfig, GridElasticDeformation, augment, build_augmentation, random_patch,
+                                    rescale_sample)
 
 
 def _mask_shaped_sample(rng, size=64):

@@ -14,7 +14,7 @@ from PIL import Image
 from medseg.cli import main
 from medseg.data.datasets import load_items, load_sample, split_items
 from medseg.data.readers import read_image, read_mask
-from medseg.data.transforms import normalize
+from medseg.data.intensity import normalize
 from medseg.inference.predictor import Predictor, TorchBackend
 from medseg.errors import MedsegError
 from medseg.models import create_model

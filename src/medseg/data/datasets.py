@@ -21,14 +21,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from medseg.config import Config
+from medseg.config import Config, Normalization
+from medseg.data.intensity import nonzero_channels
 from medseg.data.readers import (UNLABELLED, UNLABELLED_VALUE, Reader, read_channels, volume_info, write_array,
                                  write_mask)
-from medseg.data.volumes import IMAGE_EXTENSIONS, is_volume_file, volume_stem
+from medseg.data.volumes import IMAGE_EXTENSIONS, is_nifti, is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_csv, read_csv
 from medseg.log import get_logger
@@ -95,12 +96,14 @@ class Sample:
         return self.region & self.labelled
 
 
-def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader | None = None) -> Sample:
-    """Decode an item, checking that image, mask(s) and region agree in size. Pass the dataset's ``reader`` to keep
-    its TIFF stacks open between items."""
+def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader | None = None,
+                normalize: Normalization | Sequence[Normalization] = "zscore") -> Sample:
+    """Decode an item, checking that image, mask(s) and region agree in size; a volume's slice carries its case's
+    statistics for ``normalize``'s schemes. Pass the dataset's ``reader`` to keep its TIFF stacks open between
+    items."""
     if reader is None:
         with Reader() as own:
-            return load_sample(item, channels, n_classes, own)
+            return load_sample(item, channels, n_classes, own, normalize)
     image = read_channels(reader, (item.image, *item.more_channels), channels, item.frame, item.axis)
     mask = None
     for path in item.masks:
@@ -124,10 +127,20 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
     if not is_volume_file(item.image):
         return Sample(item.id, image, mask, region, labelled=labelled)
     volume = reader.volume(item.image)
-    statistics = [reader.volume_statistics(path) for path in (item.image, *item.more_channels)]
-    statistics = (np.concatenate([s[0] for s in statistics], axis=2), np.concatenate([s[1] for s in statistics], 2))
+    statistics = _case_statistics(reader, (item.image, *item.more_channels), nonzero_channels(normalize, image.shape[2]))
     return Sample(item.id, image, mask, region, statistics,
                   volume.info.in_plane_spacing(2 if item.axis is None else item.axis), labelled)
+
+
+def _case_statistics(reader: Reader, paths: tuple[Path, ...],
+                     nonzero: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel statistics of a case whose channels are in one volume file or spread over several."""
+    parts, first = [], 0
+    for path in paths:
+        count = reader.volume(path).info.channels
+        parts.append(reader.volume_statistics(path, nonzero[first:first + count]))
+        first += count
+    return np.concatenate([p[0] for p in parts], axis=2), np.concatenate([p[1] for p in parts], axis=2)
 
 
 def _check_aligned(reader: Reader, image: Path, label: Path) -> None:
@@ -711,6 +724,23 @@ def dataset_items(config: Config) -> tuple[Config, list[Item], Classes | None]:
                           len(unlabelled), ", ".join(unlabelled[:3]))
     config, classes = with_classes(config, items)
     return config, items, classes
+
+
+def channel_modalities(root: str | Path, items: Sequence[Item]) -> tuple[str, ...]:
+    """Each channel's modality: dataset.json's ``channel_names`` (or the MSD's ``modality``) in channel order, else
+    a DICOM image's ``Modality`` (for its channels), else none known (empty)."""
+    path = Path(root) / "dataset.json"
+    if path.is_file():
+        meta = read_dataset_json(Path(root))
+        names = meta.get("channel_names", meta.get("modality"))
+        if isinstance(names, dict):
+            return tuple(str(names[key]) for key in sorted(names, key=lambda k: int(k) if str(k).isdigit() else 0))
+    first = next((item for item in items if item.labelled and is_volume_file(item.image)), None)
+    if first is None or is_nifti(first.image):
+        return ()
+    from medseg.data.dicom import dicom_modality
+
+    return (dicom_modality(first.image),) * volume_info(first.image).channels
 
 
 def default_class_names(n_classes: int) -> tuple[str, ...]:

@@ -66,6 +66,11 @@ def dicom_info(path: Path) -> VolumeInfo:
     return _info(_one(Path(path), headers_only=True), path)
 
 
+def dicom_modality(path: Path) -> str:
+    """The ``Modality`` of a DICOM file or folder (its first part's first file), from the header."""
+    return str(dicom_parts(Path(path), headers_only=True)[0].datasets[0].get("Modality", ""))
+
+
 def read_dicom(path: Path) -> Volume:
     """A DICOM file or a folder of one part as a canonical :class:`Volume` (float32 ``X x Y x Z x C``)."""
     return _volume(_one(Path(path), headers_only=False), path)

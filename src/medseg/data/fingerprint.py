@@ -19,6 +19,7 @@ from medseg.files import atomic_write_json
 from medseg.typed_file import TypedFile
 
 MAX_SAMPLES = 32  # the fingerprint measures at most this many images, spread over the dataset
+CT_PERCENTILES = (0.5, 99.5)  # the foreground's intensity range the CT scheme clips to (nnU-Net's)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class Fingerprint:
     # images whose masks leave pixels unlabelled: their class shares count, but objects (sizes, widths, counts,
     # layout) and the foreground fraction are measured on the dense masks only
     n_partial: int = 0
+    modalities: tuple[str, ...] = ()  # per channel, as dataset.json or the DICOM headers name it ("" unknown)
+    zero_share: tuple[float, ...] = ()  # per channel: the share of pixels exactly 0 (a masked background)
+    # per channel, over the foreground pixels of the dense masks, in stored units: 0.5th and 99.5th percentiles,
+    # mean and standard deviation (the CT scheme's statistics)
+    foreground_intensity: tuple[tuple[float, float, float, float], ...] = ()
 
     @property
     def n_dense(self) -> int:
@@ -183,6 +189,9 @@ class _Accumulator:
         self.leftright: list[float] = []
         self.layout: list[np.ndarray] = []
         self.partial = 0
+        self.zeros = self.pixels = 0.0
+        self.foreground_samples: list[np.ndarray] = []
+        self.foreground_sum = self.foreground_sq = self.foreground_n = 0.0
         self.rng = np.random.default_rng(0)
 
     def add(self, sample: Sample) -> None:
@@ -196,6 +205,8 @@ class _Accumulator:
         self.pixel_sq = self.pixel_sq + (inside.astype(np.float64) ** 2).sum(axis=0)
         self.pixel_n += inside.shape[0]
         self.percentile_samples.append(inside[self.rng.integers(0, inside.shape[0], min(10_000, inside.shape[0]))])
+        self.zeros = self.zeros + (inside == 0).sum(axis=0)
+        self.pixels += inside.shape[0]
         counted_pixels = sample.counted()
         counted = mask[counted_pixels] if counted_pixels is not None else mask.ravel()
         self.class_counts += np.bincount(counted.ravel(), minlength=self.n_classes)[: self.n_classes]
@@ -207,6 +218,7 @@ class _Accumulator:
             return
         self.foreground.append(float((counted > 0).mean()) if counted.size else 0.0)
         foreground = mask > 0
+        self._add_foreground(image[foreground & (region if region is not None else True)])
         labels, count = ndimage.label(foreground)
         self.components.append(count)
         if count:
@@ -222,6 +234,24 @@ class _Accumulator:
         background = ~foreground if region is None else ~foreground & region
         self.background_widths.append(structure_widths(background))
         self.layout += _class_offsets(mask, self.n_classes)
+
+    def _add_foreground(self, values: np.ndarray) -> None:
+        """Pooled sums and a sample of the foreground's intensities (``N x C``)."""
+        if not values.size:
+            return
+        self.foreground_sum = self.foreground_sum + values.sum(axis=0, dtype=np.float64)
+        self.foreground_sq = self.foreground_sq + (values.astype(np.float64) ** 2).sum(axis=0)
+        self.foreground_n += values.shape[0]
+        self.foreground_samples.append(values[self.rng.integers(0, values.shape[0], min(10_000, values.shape[0]))])
+
+    def _foreground_intensity(self) -> tuple[tuple[float, float, float, float], ...]:
+        if not self.foreground_n:
+            return ()
+        pooled = np.concatenate(self.foreground_samples)
+        low, high = np.percentile(pooled, CT_PERCENTILES, axis=0)
+        mean = self.foreground_sum / self.foreground_n
+        std = np.sqrt(np.maximum(self.foreground_sq / self.foreground_n - mean**2, 0))
+        return tuple(tuple(round(float(v), 4) for v in values) for values in zip(low, high, mean, std))
 
     def result(self) -> Fingerprint:
         if not self.heights:
@@ -264,18 +294,21 @@ class _Accumulator:
             object_width=round(area_percentile(np.concatenate(self.object_widths or [np.zeros(0)]),
                                                np.concatenate(self.object_areas or [np.zeros(0)]), 0.9), 2),
             n_partial=self.partial,
+            zero_share=tuple(round(float(z) / max(self.pixels, 1), 4) for z in np.atleast_1d(self.zeros)),
+            foreground_intensity=self._foreground_intensity(),
         )
 
 
-def compute_fingerprint(samples: Iterable[Sample], n_classes: int, volumes: VolumeFacts | None = None) -> Fingerprint:
+def compute_fingerprint(samples: Iterable[Sample], n_classes: int, volumes: VolumeFacts | None = None,
+                        modalities: tuple[str, ...] = ()) -> Fingerprint:
     """The fingerprint of labelled samples (each decoded once, by the caller), with the ``volumes`` they come
-    from."""
+    from and their channels' ``modalities``."""
     accumulator = _Accumulator(n_classes)
     for sample in samples:
         if sample.mask is None:
             raise MedsegError(sample.id, "has no mask; the fingerprint needs labelled images")
         accumulator.add(sample)
-    return replace(accumulator.result(), volumes=volumes)
+    return replace(accumulator.result(), volumes=volumes, modalities=modalities)
 
 
 def dataset_hash(items: Iterable[Item]) -> str:

@@ -110,12 +110,15 @@ class Reader:
         """A NIfTI file, DICOM file or DICOM series folder decoded whole (images, or ``label`` maps)."""
         return self._volume(Path(path), label)[0]
 
-    def volume_statistics(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std of a whole image volume (shapes ``1 x 1 x C``): its slices are normalised
-        with them, so a slice is scaled as in its case."""
-        return self._volume(Path(path), False)[1]
+    def volume_statistics(self, path: str | Path, nonzero: tuple[bool, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std of a whole image volume (shapes ``1 x 1 x C``; over its nonzero voxels in the
+        ``nonzero`` channels): its slices are normalised with them, so a slice is scaled as in its case."""
+        volume, known = self._volume(Path(path), False)
+        if nonzero not in known:
+            known[nonzero] = volume.statistics(nonzero)
+        return known[nonzero]
 
-    def _volume(self, path: Path, label: bool) -> tuple[Volume, tuple[np.ndarray, np.ndarray]]:
+    def _volume(self, path: Path, label: bool) -> tuple[Volume, dict[tuple[bool, ...], tuple[np.ndarray, np.ndarray]]]:
         stat = path.stat() if path.exists() else None  # a file rewritten since it was decoded is decoded again
         key = (str(path.resolve()), label, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
         if key in self._volumes:
@@ -129,7 +132,7 @@ class Reader:
             volume = read_dicom(path)
             if label:
                 volume = Volume(_dicom_labels(volume, path), volume.spacing, volume.affine, volume.orientation)
-        self._volumes[key] = (volume, None if label else volume.statistics())
+        self._volumes[key] = (volume, {})  # its statistics, by the channels taken over nonzero voxels
         while len(self._volumes) > self.max_volumes:
             self._volumes.popitem(last=False)
         return self._volumes[key]

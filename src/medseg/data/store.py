@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medseg.config import AugmentConfig, DataConfig
+from medseg.config import AugmentConfig, DataConfig, Normalization
 from medseg.data.datasets import Item, Sample, load_sample
 from medseg.data.readers import Reader
-from medseg.data.transforms import (augment, build_augmentation, image_statistics, normalize, random_patch,
-                                    resample_sample, rescale_sample, resize_sample)
+from medseg.data.intensity import jitter, normalize, statistics
+from medseg.data.transforms import (augment, build_augmentation, random_patch, resample_sample, rescale_sample,
+                                    resize_sample)
 from medseg.errors import MedsegError
 from medseg.log import get_logger
 
@@ -65,9 +66,10 @@ class SampleStore:
     """
 
     def __init__(self, items: list[Item], channels: int | None, n_classes: int, cache_gb: float,
-                 spacing: tuple[float, float] | None = None, scale: float | None = None) -> None:
+                 spacing: tuple[float, float] | None = None, scale: float | None = None,
+                 normalize: Normalization | list[Normalization] = "zscore") -> None:
         self.items, self.channels, self.n_classes, self.spacing = items, channels, n_classes, spacing
-        self.scale = scale
+        self.scale, self.normalize = scale, normalize
         self.reader = Reader()
         self._cache: dict[int, _Compact] = {}
         self.shapes: list[tuple[int, int]] = []  # H x W of every sample
@@ -79,8 +81,7 @@ class SampleStore:
             self.shapes.append(sample.mask.shape)
             if item.case is not None and (sample.mask > 0).any():
                 self.foreground_slices.setdefault(item.case, []).append(index)
-            self.statistics.append(sample.statistics if sample.statistics is not None
-                                   else image_statistics(sample.image))
+            self.statistics.append(sample.statistics if sample.statistics is not None else statistics(sample.image))
             compact = _Compact.of(sample)
             if used + compact.nbytes <= budget:
                 self._cache[index] = compact
@@ -92,7 +93,7 @@ class SampleStore:
     def load(self, index: int) -> Sample:
         """Decode item ``index`` from disk (a volume's slice resampled to ``spacing``, a 2D image by ``scale``)."""
         item = self.items[index]
-        sample = load_sample(item, self.channels, self.n_classes, self.reader)
+        sample = load_sample(item, self.channels, self.n_classes, self.reader, self.normalize)
         if sample.mask is None:
             raise MedsegError(item.image, "no mask for this image (needed for training and validation)")
         if self.spacing is not None:
@@ -123,7 +124,7 @@ def batch_seconds(items: list[Item], data: DataConfig, augmentation: AugmentConf
     normalisation), timed on a second batch once the first has decoded and cached the samples."""
     import time
 
-    store = SampleStore(items, channels, n_classes, data.cache_gb, data.spacing, data.scale)
+    store = SampleStore(items, channels, n_classes, data.cache_gb, data.spacing, data.scale, data.normalize)
     dataset = PatchDataset(store, data, augmentation, epoch_keys(len(store), 2, batch_size, 0, 0))
     for position in range(batch_size):
         dataset[position]
@@ -151,8 +152,9 @@ class PatchDataset(Dataset):
 
     def __init__(self, store: SampleStore, data: DataConfig, augmentation: AugmentConfig,
                  keys: list[tuple[int, int]]) -> None:
-        self.store, self.data, self.keys = store, data, keys
+        self.store, self.data, self.keys, self.augmentation = store, data, keys, augmentation
         self.pipeline = build_augmentation(augmentation)
+        self.spatial = build_augmentation(augmentation, intensity=False)  # a volume's slice: jittered apart
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -170,8 +172,14 @@ class PatchDataset(Dataset):
         elif self.data.patch_size:
             sample = random_patch(sample, self.data.patch_size, rng, self.data.foreground_p,
                                   self.store.statistics[index][0].reshape(-1), within_region=partial)
-        sample = augment(self.pipeline, sample, int(rng.integers(2**31)))
-        image = normalize(sample.image, self.data.normalize, self.store.statistics[index])
+        seed, stats = int(rng.integers(2**31)), self.store.statistics[index]
+        if sample.statistics is None:  # a 2D image: augmented in [0, 1], then normalised
+            sample = augment(self.pipeline, sample, seed)
+            image = normalize(sample.image, self.data.normalize, stats, self.data.intensity)
+        else:  # a volume's slice: normalised, then its intensities augmented in normalised units
+            sample = replace(sample, image=normalize(sample.image, self.data.normalize, stats, self.data.intensity))
+            sample = augment(self.spatial, sample, seed, normalised=True)
+            image = jitter(sample.image, self.augmentation, np.random.default_rng(seed))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "mask": torch.from_numpy(sample.mask),

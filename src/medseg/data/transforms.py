@@ -1,8 +1,9 @@
 """Joint image/mask augmentation (albumentations + the U-Net paper's coarse-grid elastic deformation), patch
-sampling with foreground oversampling, and intensity normalisation.
+sampling with foreground oversampling, and resampling.
 
-Images are float32 ``H x W x C`` in [0, 1] during augmentation (so brightness/contrast/gamma are well defined) and
-normalised afterwards; masks and regions are warped with nearest-neighbour interpolation.
+A 2D image is augmented in the reader's [0, 1] (so brightness/contrast/gamma are well defined) and normalised
+afterwards; a volume's slice is normalised first and its intensities are augmented in normalised units
+(:func:`medseg.data.intensity.jitter`). Masks and regions are warped with nearest-neighbour interpolation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from medseg.config import AugmentConfig, Normalization  # noqa: E402
+from medseg.config import AugmentConfig  # noqa: E402
 from medseg.data.datasets import Sample  # noqa: E402
 
 # Labels are resized on the images' centre-aligned grid: OpenCV's INTER_NEAREST samples a grid shifted towards the
@@ -55,8 +56,10 @@ class GridElasticDeformation(A.DualTransform):
         return ("grid", "sigma")
 
 
-def build_augmentation(config: AugmentConfig) -> A.Compose:
-    """The joint augmentation pipeline of a config (masks: ``mask`` and ``region`` targets, nearest)."""
+def build_augmentation(config: AugmentConfig, intensity: bool = True) -> A.Compose:
+    """The joint augmentation pipeline of a config (masks: ``mask`` and ``region`` targets, nearest); without
+    ``intensity``, its spatial transforms, blur and noise only (a normalised volume's slice: its intensities are
+    jittered in normalised units)."""
     steps: list[A.BasicTransform] = []
     if config.flip:
         steps.append(A.HorizontalFlip(p=0.5))
@@ -78,9 +81,9 @@ def build_augmentation(config: AugmentConfig) -> A.Compose:
         )
     if config.elastic_p > 0:
         steps.append(GridElasticDeformation(config.elastic_grid, config.elastic_sigma, p=config.elastic_p))
-    if config.intensity_p > 0:
+    if intensity and config.intensity_p > 0:
         steps.append(A.RandomBrightnessContrast(config.brightness, config.contrast, p=config.intensity_p))
-    if config.gamma_p > 0:
+    if intensity and config.gamma_p > 0:
         low, high = 100 * (1 - config.gamma), 100 * (1 + config.gamma)
         steps.append(A.RandomGamma(gamma_limit=(low, high), p=config.gamma_p))
     if config.blur_p > 0:
@@ -100,17 +103,17 @@ def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
         transform.set_random_seed(int(stream))
 
 
-def augment(pipeline: A.Compose, sample: Sample, seed: int) -> Sample:
-    """Apply ``pipeline`` to a sample with a per-sample seed (reproducible whatever the worker). Intensities
-    outside [0, 1] (a volume's, as stored) are mapped to [0, 1] by their range and back, so the intensity
-    transforms act as on 8-bit images."""
+def augment(pipeline: A.Compose, sample: Sample, seed: int, normalised: bool = False) -> Sample:
+    """Apply ``pipeline`` to a sample with a per-sample seed (reproducible whatever the worker). A ``normalised``
+    image (a volume's slice) goes through as it is; other intensities outside [0, 1] (a float TIFF's) are mapped
+    to [0, 1] by their range and back, so the intensity transforms act as on 8-bit images."""
     seed_pipeline(pipeline, seed)
     region = sample.region if sample.region is not None else np.ones(sample.image.shape[:2], bool)
     low, high = float(sample.image.min()), float(sample.image.max())
-    scale = max(high - low, 1e-6) if low < 0 or high > 1 else None
+    scale = max(high - low, 1e-6) if (low < 0 or high > 1) and not normalised else None
     image = sample.image if scale is None else (sample.image - low) / np.float32(scale)
     out = pipeline(image=image, mask=sample.mask.astype(np.uint8), region=region.astype(np.uint8))
-    image = np.clip(out["image"], 0.0, None) if scale is not None or low >= 0 else out["image"]
+    image = np.clip(out["image"], 0.0, None) if scale is not None or (low >= 0 and not normalised) else out["image"]
     if scale is not None:
         image = image * np.float32(scale) + np.float32(low)
     return replace(sample, image=image.astype(np.float32), mask=out["mask"].astype(np.int64),
@@ -219,19 +222,3 @@ def _resized(sample: Sample, size: tuple[int, int]) -> Sample:
     mask, region, labelled = (nearest(part) for part in (sample.mask, sample.region, sample.labelled))
     return replace(sample, image=image, mask=None if mask is None else mask.astype(np.int64),
                    region=None if region is None else region > 0, labelled=None if labelled is None else labelled > 0)
-
-
-def image_statistics(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of an ``H x W x C`` image (shapes ``1 x 1 x C``)."""
-    return image.mean(axis=(0, 1), keepdims=True), image.std(axis=(0, 1), keepdims=True)
-
-
-def normalize(image: np.ndarray, mode: Normalization,
-              statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """``zscore``: zero mean and unit variance per channel, with the statistics of the whole image (given, for a
-    crop of it; as nnU-Net, so a patch seen in training is scaled as the same pixels are at inference);
-    ``unit``: keep the [0, 1] scaling of the reader."""
-    if mode == "unit":
-        return image.astype(np.float32)
-    mean, std = statistics if statistics is not None else image_statistics(image)
-    return ((image - mean) / np.maximum(std, 1e-6)).astype(np.float32)

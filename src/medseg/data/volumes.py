@@ -143,11 +143,12 @@ class Volume:
         """Slice ``index`` along ``axis``: ``H x W [x C]`` (the two remaining axes, in order)."""
         return np.take(self.data, index, axis=axis)
 
-    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std over the whole image volume (shapes ``1 x 1 x C``): its slices are
-        normalised with them, so a slice is scaled as in its case."""
-        channels = self.data.reshape(-1, self.data.shape[3] if self.data.ndim == 4 else 1)
-        return channels.mean(axis=0).reshape(1, 1, -1), channels.std(axis=0).reshape(1, 1, -1)
+    def statistics(self, nonzero: Sequence[bool] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std over the whole image volume (shapes ``1 x 1 x C``; over its nonzero voxels in
+        the ``nonzero`` channels): its slices are normalised with them, so a slice is scaled as in its case."""
+        from medseg.data.intensity import statistics
+
+        return statistics(self.data.reshape(-1, self.data.shape[3] if self.data.ndim == 4 else 1), nonzero)
 
     def stacked_spacing(self, axis: int) -> tuple[float, float, float]:
         """The spacing of the volume's slices along ``axis`` stacked first: ``(slice, height, width)``."""

@@ -147,7 +147,7 @@ def _score(predictor: Predictor, chosen: list[Item], accumulator: MetricAccumula
     first ``max_overlays`` cases, and each case's scored pixels and pixels (inside its region)."""
     spec, grid_rows, coverage, total = predictor.spec, [], [], len(case_groups(chosen))
     with Reader() as reader:
-        cases = load_cases(chosen, spec.channels, spec.n_classes, reader)
+        cases = load_cases(chosen, spec, reader)
         for scored in progress(score_cases(predictor, cases, accumulator), desc="evaluate", total=total, unit="case"):
             coverage.append(_coverage(scored.case))
             if len(grid_rows) < max_overlays:

@@ -16,6 +16,7 @@ from medseg.data.readers import Reader, mask_pixels, read_channels, volume_slice
 from medseg.data.volumes import (IMAGE_EXTENSIONS, Volume, is_nifti, is_volume_file, volume_stem, with_channels,
                                  write_nifti_labels, write_nifti_map)
 from medseg.files import atomic_write_csv
+from medseg.data.intensity import nonzero_channels
 from medseg.inference.predictor import Predictor
 from medseg.inference.uncertainty import entropy_map, entropy_pixels, uncertainty_score, unsure_fraction
 from medseg.visualize import overlay
@@ -67,7 +68,8 @@ def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "vo
     slice's entropy map too."""
     spec = predictor.spec
     axis = spec.slice_axis if spec.slice_axis is not None else volume.info.slice_axis()
-    statistics, spacing = volume.statistics(), volume.info.in_plane_spacing(axis)
+    statistics = volume.statistics(nonzero_channels(spec.normalize, spec.channels))
+    spacing = volume.info.in_plane_spacing(axis)
     probabilities = [predictor.probabilities(volume_slice(volume, axis, z, spec.channels, where), statistics, spacing)
                      for z in range(volume.data.shape[axis])]
     entropy = np.stack([entropy_map(p, spec.n_classes) for p in probabilities]) if uncertainty else None

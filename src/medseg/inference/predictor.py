@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from medseg.data.readers import as_unit_image
-from medseg.data.transforms import IMAGE_RESAMPLING, normalize, resampled_shape, resize_image, scaled_shape
+from medseg.data.intensity import normalize
+from medseg.data.transforms import IMAGE_RESAMPLING, resampled_shape, resize_image, scaled_shape
 from medseg.run.folder import member_weights
 from medseg.run.weights import load_model
 from medseg.run.contract import InferenceSpec, RunContract, contract_from_dict
@@ -191,7 +192,7 @@ class Predictor:
         size = self._network_size(height, width, spacing)
         statistics = statistics or [None] * len(images)
         interpolation = cv2.INTER_LINEAR if spec.resize else IMAGE_RESAMPLING  # as training resampled them
-        x = np.stack([resize_image(normalize(image, spec.normalize, stats), size, interpolation)
+        x = np.stack([resize_image(normalize(image, spec.normalize, stats, spec.intensity), size, interpolation)
                       for image, stats in zip(images, statistics)])
         total: np.ndarray | None = None
         for backend in self.backends:

@@ -15,7 +15,7 @@ from medseg.errors import MedsegError
 from medseg.inference.postprocess import ValidationCase, postprocess, to_labels
 from medseg.inference.predictor import Predictor
 from medseg.metrics import MetricAccumulator, MetricRow
-from medseg.run.contract import PostprocessSpec
+from medseg.run.contract import InferenceSpec, PostprocessSpec
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,16 @@ def make_case(items: Sequence[Item], samples: Sequence[Sample], spacing: tuple[f
     return Case(items[0].group, tuple(samples), items[0].case is not None, spacing)
 
 
-def load_cases(items: Sequence[Item], channels: int | None, n_classes: int, reader: Reader) -> Iterator[Case]:
-    """The cases of ``items`` decoded from disk one at a time (a volume with its spacing in mm)."""
+def load_cases(items: Sequence[Item], spec: InferenceSpec, reader: Reader) -> Iterator[Case]:
+    """The cases of ``items`` decoded from disk one at a time as ``spec``'s model takes them (its channels, its
+    classes, its cases' statistics), a volume with its spacing in mm."""
     for group in case_groups(items):
         members = [items[p] for p in group]
         first = members[0]
         spacing = (reader.volume(first.image).stacked_spacing(first.axis if first.axis is not None else 2)
                    if first.case is not None else None)
-        yield make_case(members, [load_sample(item, channels, n_classes, reader) for item in members], spacing)
+        samples = [load_sample(item, spec.channels, spec.n_classes, reader, spec.normalize) for item in members]
+        yield make_case(members, samples, spacing)
 
 
 def predict_case(predictor: Predictor, case: Case) -> PredictedCase:

@@ -115,7 +115,7 @@ class Proposals:
         if predictor is None or done:
             return self._settle(entry_id)
         try:
-            samples = self.workspace.samples(entry_id)
+            samples = self.workspace.samples(entry_id, predictor.spec.normalize)
             probabilities = [predictor.probabilities(s.image, s.statistics, s.spacing) for s in samples]
         except MedsegError as exc:
             with self.lock:

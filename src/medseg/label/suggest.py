@@ -63,7 +63,7 @@ def suggest(predictor: Predictor, items: Sequence[Item], count: int) -> list[Sug
     with Reader() as reader:
         for group in progress(groups, desc="suggest", unit="img"):
             try:
-                samples = [load_sample(item, spec.channels, spec.n_classes, reader) for item in group]
+                samples = [load_sample(item, spec.channels, spec.n_classes, reader, spec.normalize) for item in group]
             except MedsegError as exc:  # one unreadable file does not stop the ranking of the others
                 get_logger().warning("skipped: %s", exc)
                 continue

@@ -21,6 +21,7 @@ import numpy as np
 
 from medseg.data.datasets import (Classes, Item, Sample, default_class_names, find_classes, label_kind, load_items,
                                   load_sample, read_dataset_json)
+from medseg.data.intensity import Schemes
 from medseg.data.readers import UNLABELLED, UNLABELLED_VALUE, Reader, volume_slice, write_mask
 from medseg.data.volumes import is_nifti, is_volume_file, write_nifti_labels
 from medseg.errors import MedsegError
@@ -155,14 +156,15 @@ class Workspace:
             raise MedsegError(entry_id, "no such image in the dataset") from None
 
     # -- reading ----------------------------------------------------------------------------------------------------
-    def sample(self, entry_id: str, slice_index: int = 0) -> Sample:
-        """An image (a volume's slice), its mask and its labelled pixels, as training reads them."""
+    def sample(self, entry_id: str, slice_index: int = 0, normalize: Schemes = "zscore") -> Sample:
+        """An image (a volume's slice), its mask and its labelled pixels, as training reads them (a volume's slice
+        with its case's statistics for ``normalize``'s schemes)."""
         with self._lock:
-            return load_sample(self.entry(entry_id).item(slice_index), None, self.n_classes, self._reader)
+            return load_sample(self.entry(entry_id).item(slice_index), None, self.n_classes, self._reader, normalize)
 
-    def samples(self, entry_id: str) -> list[Sample]:
+    def samples(self, entry_id: str, normalize: Schemes = "zscore") -> list[Sample]:
         entry = self.entry(entry_id)
-        return [self.sample(entry_id, z) for z in range(entry.slices)]
+        return [self.sample(entry_id, z, normalize) for z in range(entry.slices)]
 
     def labels(self, entry_id: str, slice_index: int = 0) -> tuple[np.ndarray, str]:
         """The saved labels of an image (slice) as uint8 class ids with :data:`WIRE_UNLABELLED` where nothing is

@@ -64,7 +64,7 @@ class InferenceSpec:
     __pydantic_config__ = STRICT
     n_classes: int
     channels: int
-    normalize: Normalization
+    normalize: Normalization | tuple[Normalization, ...]  # one scheme, or one per channel
     patch_size: int | None
     resize: int | None
     threshold: float
@@ -77,6 +77,7 @@ class InferenceSpec:
     slice_axis: int | None = None  # volumes: the voxel axis slices are taken along (None: each one's coarsest)
     spacing: tuple[float, float] | None = None  # volumes: the in-plane spacing (mm) slices are resampled to
     scale: float | None = None  # 2D images: the factor they are resampled by before the network
+    intensity: tuple[tuple[float, float, float, float] | None, ...] | None = None  # per channel: CT's statistics
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,10 @@ def training_contract(config: Config, model: ModelSpec, channels: int, data: Dat
     """The contract a run starts with: inference as the config says, no post-processing yet, best weights."""
     c = config
     inference = InferenceSpec(
-        n_classes=c.data.n_classes, channels=channels, normalize=c.data.normalize, patch_size=c.data.patch_size,
+        n_classes=c.data.n_classes, channels=channels,
+        normalize=c.data.normalize if isinstance(c.data.normalize, str) else tuple(c.data.normalize),
+        intensity=None if c.data.intensity is None else tuple(
+            None if v is None else tuple(v) for v in c.data.intensity), patch_size=c.data.patch_size,
         resize=c.data.resize, threshold=c.inference.threshold, tta=c.inference.tta, tta_vflip=c.inference.tta_vflip,
         tta_hflip=c.inference.tta_hflip,
         overlap=c.inference.overlap, postprocess=PostprocessSpec(),

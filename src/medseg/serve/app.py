@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 import medseg
+from medseg.data.intensity import nonzero_channels
 from medseg.data.readers import ImageTooLarge, encode_array, mask_pixels
 from medseg.inference.predict import VolumePrediction
 from medseg.inference.predictor import Predictor
@@ -289,7 +290,8 @@ async def _decode(request: Request, predictor: Predictor, settings: ServeSetting
         raise ServiceError(400, "empty body: send an image")
     limits = Limits(settings.max_pixels, settings.max_side, predictor.spec.channels)
     try:
-        upload = await run_in_threadpool(decode_upload, data, limits)
+        nonzero = nonzero_channels(predictor.spec.normalize, predictor.spec.channels)
+        upload = await run_in_threadpool(decode_upload, data, limits, "upload", nonzero)
     except ImageTooLarge as exc:
         raise ServiceError(413, exc.reason) from None
     except MedsegError as exc:

@@ -89,8 +89,9 @@ def kind_of(data: bytes) -> str:
     return "image"
 
 
-def decode_upload(data: bytes, limits: Limits, where: str = "upload") -> Upload:
-    """The upload decoded, or a :class:`MedsegError` (:class:`ImageTooLarge` for the limits) naming ``where``."""
+def decode_upload(data: bytes, limits: Limits, where: str = "upload", nonzero: tuple[bool, ...] = ()) -> Upload:
+    """The upload decoded, or a :class:`MedsegError` (:class:`ImageTooLarge` for the limits) naming ``where``; a
+    single slice's statistics are over its nonzero voxels in the ``nonzero`` channels (the model's schemes)."""
     kind = kind_of(data)
     if kind == "image":
         image = decode_image_bytes(data, limits.channels, limits.max_pixels, where)
@@ -104,17 +105,18 @@ def decode_upload(data: bytes, limits: Limits, where: str = "upload") -> Upload:
     else:
         volume, header = _nifti(data, limits, where)
         spacing_known = True  # pixdim is always there (1 mm when the writer knew no better)
-    return _as_upload(kind, volume, header, spacing_known, limits.channels, where)
+    return _as_upload(kind, volume, header, spacing_known, limits.channels, where, nonzero)
 
 
-def _as_upload(kind: str, volume: Volume, header: Any, spacing_known: bool, channels: int, where: str) -> Upload:
+def _as_upload(kind: str, volume: Volume, header: Any, spacing_known: bool, channels: int, where: str,
+               nonzero: tuple[bool, ...]) -> Upload:
     single = [axis for axis in range(3) if volume.data.shape[axis] == 1]
     axis = single[-1] if single else 2
     plane = volume_slice(volume, axis, 0, channels, where)  # wrong channels are refused before inference
     if not single:
         return Upload(kind, volume=volume, spacing=volume.spacing if spacing_known else None, header=header)
     in_plane = volume.info.in_plane_spacing(axis)
-    return Upload(kind, image=plane, volume=volume, axis=axis, statistics=volume.statistics(), plane_spacing=in_plane,
+    return Upload(kind, image=plane, volume=volume, axis=axis, statistics=volume.statistics(nonzero), plane_spacing=in_plane,
                   spacing=in_plane if spacing_known else None, header=header)
 
 

@@ -50,9 +50,11 @@ def prepare_data(config: Config, items: list[Item], fingerprint: Fingerprint | N
         raise MedsegError(data.root, "the val split is empty (check split.csv or data.val_fraction; "
                                      "--fold all trains on every labelled image without validation)")
     channels = input_channels(config, splits, fingerprint.channels if fingerprint else None)
-    train_store = SampleStore(splits.train, channels, data.n_classes, data.cache_gb, data.spacing, data.scale)
+    train_store = SampleStore(splits.train, channels, data.n_classes, data.cache_gb, data.spacing, data.scale,
+                              data.normalize)
     # validation images stay at their own resolution: the predictor resamples them by the scale, as for any image
-    val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb, data.spacing)
+    val_store = SampleStore(splits.val, channels, data.n_classes, data.cache_gb, data.spacing,
+                            normalize=data.normalize)
     if fingerprint is None:  # streamed: one decoded sample at a time
         labelled = itertools.chain((train_store[i] for i in spread(len(train_store))),
                                    (val_store[i] for i in spread(len(val_store), MAX_SAMPLES // 4)))

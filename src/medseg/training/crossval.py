@@ -83,7 +83,7 @@ def _out_of_fold_cases(folder: RunFolder, config: Config, items: dict[str, Item]
                 raise MedsegError(config.data.root, f"fold {fold} validated on ids the dataset no longer has "
                                                     f"(e.g. {missing[0]!r})")
             spec = predictor.spec
-            for case in load_cases([items[i] for i in validated], spec.channels, spec.n_classes, reader):
+            for case in load_cases([items[i] for i in validated], spec, reader):
                 cases.append((fold, predict_case(predictor, case).compact()))
     return cases
 

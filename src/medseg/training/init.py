@@ -19,10 +19,6 @@ from medseg.run.contract import RunContract
 from medseg.run.folder import RunFolder, resolve_weights
 from medseg.run.weights import Checkpoint, load_checkpoint
 
-GEOMETRY_KEYS = ("data.channels", "data.normalize", "data.scale", "data.resize", "data.patch_size",
-                 "data.slice_axis", "data.spacing")
-
-
 @dataclass(frozen=True)
 class InitSource:
     """The weights file a run starts from (``given``: as the user named it) and the contract it holds."""
@@ -56,7 +52,10 @@ class InitSource:
         geometry = f"{self.given} (--init): the input its weights were trained on"
         values: dict[str, Any] = {
             "model.name": model.name, "model.options": dict(model.options), "data.channels": spec.channels,
-            "data.normalize": spec.normalize, "data.scale": spec.scale, "data.resize": spec.resize,
+            "data.normalize": spec.normalize if isinstance(spec.normalize, str) else list(spec.normalize),
+            "data.intensity": None if spec.intensity is None else [
+                None if v is None else list(v) for v in spec.intensity],
+            "data.scale": spec.scale, "data.resize": spec.resize,
             "data.patch_size": spec.patch_size, "data.slice_axis": spec.slice_axis,
             "data.spacing": list(spec.spacing) if spec.spacing is not None else None}
         kept = tuple(PlanChoice(key, value, weights if key.startswith("model.") else geometry)

@@ -17,6 +17,7 @@ from medseg.data.volumes import (IMAGE_EXTENSIONS, Volume, is_nifti, is_volume_f
                                  write_nifti_labels, write_nifti_map)
 from medseg.files import atomic_write_csv
 from medseg.data.intensity import nonzero_channels
+from medseg.inference.postprocess import postprocess, to_labels
 from medseg.inference.predictor import Predictor
 from medseg.inference.uncertainty import entropy_map, entropy_pixels, uncertainty_score, unsure_fraction
 from medseg.visualize import overlay
@@ -64,17 +65,25 @@ class VolumePrediction:
 def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "volume",
                    uncertainty: bool = False) -> VolumePrediction:
     """A whole volume's prediction: slices along the run's axis (else the volume's coarsest), normalised with the
-    volume's statistics, resampled to the run's spacing and back, post-processed in 3D; with ``uncertainty`` each
-    slice's entropy map too."""
+    volume's statistics, resampled to the run's spacing and back, labelled (threshold or argmax) one slice at a
+    time, so that only one slice's probabilities are ever held, then post-processed in 3D; with ``uncertainty``
+    each slice's entropy map too (float16)."""
     spec = predictor.spec
     axis = spec.slice_axis if spec.slice_axis is not None else volume.info.slice_axis()
     statistics = volume.statistics(nonzero_channels(spec.normalize, spec.channels))
     spacing = volume.info.in_plane_spacing(axis)
-    probabilities = [predictor.probabilities(volume_slice(volume, axis, z, spec.channels, where), statistics, spacing)
-                     for z in range(volume.data.shape[axis])]
-    entropy = np.stack([entropy_map(p, spec.n_classes) for p in probabilities]) if uncertainty else None
-    return VolumePrediction(np.moveaxis(predictor.volume_labels(probabilities), 0, axis),
-                            None if entropy is None else np.moveaxis(entropy, 0, axis))
+    shape = tuple(n for a, n in enumerate(volume.data.shape[:3]) if a != axis)
+    labels = np.empty((volume.data.shape[axis], *shape), np.uint8)
+    entropy = np.empty(labels.shape, np.float16) if uncertainty else None
+    for z in range(labels.shape[0]):
+        probabilities = predictor.probabilities(volume_slice(volume, axis, z, spec.channels, where), statistics,
+                                                spacing)
+        labels[z] = to_labels(probabilities, spec.threshold, spec.n_classes)
+        if entropy is not None:
+            entropy[z] = entropy_map(probabilities, spec.n_classes)
+    labels = postprocess(labels, spec.postprocess)  # in 3D: the largest component is the volume's
+    return VolumePrediction(np.moveaxis(labels, 0, axis),
+                            None if entropy is None else np.moveaxis(entropy, 0, axis).astype(np.float32))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,9 @@ from medseg.serve.queue import InferenceQueue, QueueFull
 from medseg.serve.uploads import Limits, Upload, decode_upload, nifti_labels, nifti_map
 
 RAW_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "image/gif", "image/x-ms-bmp",
-             "application/octet-stream", "application/dicom", "application/gzip", "application/x-gzip")
+             "application/octet-stream", "application/dicom", "application/gzip", "application/x-gzip",
+             "application/x-www-form-urlencoded", "")  # raw bodies, told apart by content: curl --data-binary
+# sends its default form type, and a client may send none
 FORMATS = ("png", "json", "tiff", "nifti", "uncertainty")
 VOLUME_FORMATS = ("json", "nifti", "uncertainty")  # a volume of several slices has no 2D mask or probability image
 

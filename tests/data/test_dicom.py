@@ -63,7 +63,7 @@ def ct_series(folder: Path, count: int = 3, step: float = 2.5) -> list[pydicom.D
         ds.InstanceNumber = count - k
         ds.PixelData = (ds.pixel_array + 100 * k).astype(ds.pixel_array.dtype).tobytes()
         datasets.append(ds)
-    names = ["b.dcm", "IM0003", "a.dcm", "c.DICOM"]
+    names = ["b.dcm", "IM0003", "a.dcm", "c.DICOM", "d.dcm"]  # by position
     for k in [count - 1, *range(count - 1)]:
         datasets[k].save_as(folder / names[k])
     (folder / "README").write_text("not a DICOM file")
@@ -305,3 +305,69 @@ def test_seg_errors_name_the_file(tmp_path):
         write_dicom_seg(tmp_path / "seg.dcm", np.full((128, 128, 1), 2, np.uint8), source, ["background", "x"])
     assert_one_line_error(exc_info, tmp_path / "seg.dcm", "class ids 0..1")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def rewrite(path: Path, **tags) -> None:
+    """Set DICOM ``tags`` on the file at ``path``."""
+    ds = pydicom.dcmread(path)
+    for tag, value in tags.items():
+        setattr(ds, tag, value)
+    ds.save_as(path)
+
+
+def test_an_uneven_gap_is_refused_as_a_missing_slice(tmp_path):
+    ct_series(tmp_path / "series", count=5)
+    (tmp_path / "series" / "a.dcm").unlink()  # the slice at z = 5 of 0, 2.5, 5, 7.5, 10
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom(tmp_path / "series")
+    assert_one_line_error(exc_info, tmp_path / "series", "uneven gaps", "2.5 mm apart, but 5 mm", "missing slice")
+
+
+def test_mixed_orientations_are_refused(tmp_path):
+    ct_series(tmp_path / "series")
+    rewrite(tmp_path / "series" / "b.dcm", ImageOrientationPatient=[1, 0, 0, 0, 0, -1])  # a coronal slice
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom(tmp_path / "series")
+    assert_one_line_error(exc_info, tmp_path / "series", "different orientations", "ImageOrientationPatient")
+
+
+def test_gantry_tilt_is_refused_with_its_angle(tmp_path):
+    ct_series(tmp_path / "series")
+    for k, name in enumerate(("b.dcm", "IM0003", "a.dcm")):  # 2.5 mm along y per 2.5 mm in z: 45 degrees
+        rewrite(tmp_path / "series" / name, ImagePositionPatient=[-158.1, -179.0 + 2.5 * k, 2.5 * k])
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom(tmp_path / "series")
+    assert_one_line_error(exc_info, tmp_path / "series", "tilted 45.0 degrees", "gantry tilt")
+
+
+def test_two_echoes_at_the_same_positions_are_two_parts(tmp_path):
+    ct_series(tmp_path / "echoes", count=2)
+    for name in ("b.dcm", "IM0003"):
+        rewrite(tmp_path / "echoes" / name, EchoNumbers=1)
+    for name in ("b.dcm", "IM0003"):  # the second echo: the same series, positions and sizes
+        ds = pydicom.dcmread(tmp_path / "echoes" / name)
+        ds.EchoNumbers = 2
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(tmp_path / "echoes" / f"echo2-{name}")
+
+    parts = read_dicom_parts(tmp_path / "echoes")
+
+    assert [(name, volume.data.shape[:3]) for name, volume in parts] == [
+        ("EchoNumbers 1", (128, 128, 2)), ("EchoNumbers 2", (128, 128, 2))]
+    with pytest.raises(MedsegError) as exc_info:
+        dicom_info(tmp_path / "echoes")
+    assert_one_line_error(exc_info, tmp_path / "echoes", "holds 2 volumes (EchoNumbers 1, EchoNumbers 2)")
+
+
+def test_images_sharing_a_position_without_a_separating_tag_are_refused(tmp_path):
+    ct_series(tmp_path / "series", count=2)
+    ds = pydicom.dcmread(tmp_path / "series" / "b.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "series" / "copy.dcm")
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom_parts(tmp_path / "series")
+    assert_one_line_error(exc_info, tmp_path / "series", "2 images share one position", "no tag tells them apart")

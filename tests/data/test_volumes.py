@@ -29,6 +29,24 @@ def test_nifti_read_keeps_values_spacing_and_affine(tmp_path):
     assert volume.info.slice_axis() == 2 and volume.info.in_plane_spacing(2) == pytest.approx((0.9, 0.9))
 
 
+
+def test_a_pixdim_that_disagrees_with_the_affine_is_a_warning_and_the_affine_wins(tmp_path, capsys):
+    image, _ = fixtures.blob_volume(0)
+    nifti = nib.Nifti1Image(image, fixtures.AFFINE)
+    nifti.header.set_qform(None, code=0)  # only the sform: pixdim is free to disagree, as some writers leave it
+    nifti.header["pixdim"][1:4] = [1.0, 1.0, 1.0]
+    path = tmp_path / "a.nii.gz"
+    nib.save(nib.Nifti1Image(image, None, header=nifti.header), str(path))
+    assert nib.load(str(path)).header.get_zooms()[:3] == (1.0, 1.0, 1.0)
+
+    volume = read_nifti(path)
+    read_nifti(path)  # warned once per file
+
+    assert volume.spacing == pytest.approx((0.9, 0.9, 2.0))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"{path}: the affine's voxel sizes (0.9 x 0.9 x 2 mm) differ from pixdim (1 x 1 x 1); using the affine's")
+
 def test_written_labels_load_with_the_image_shape_and_affine(tmp_path):
     image_path = fixtures.write_nifti(tmp_path / "a.nii.gz", fixtures.blob_volume(0)[0])
     labels = fixtures.blob_volume(0)[1]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from medseg.data.synthetic import make_synthetic_dataset
 from tests.helpers import tiny_config as make_tiny_config
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(max(1, min(2, len(os.sched_getaffinity(0)))))  # the cores this process may use (taskset)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -20,6 +21,21 @@ def shared_dataset(name: str, marker: str = "images") -> Path:
     if not (path / marker).exists():
         pytest.skip(f"shared dataset {name!r} not found at {path} (only present in the project's CI workspace)")
     return path
+
+
+@pytest.fixture
+def medseg_log():
+    """The messages medseg's logger emits during a test (its handler writes to the stdout it first saw, which
+    capsys cannot catch)."""
+    from medseg.log import get_logger
+
+    messages: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(f"{record.levelname} {record.getMessage()}")
+    logger = get_logger()
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
 
 
 @pytest.fixture

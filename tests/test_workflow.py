@@ -87,7 +87,7 @@ def test_volumes_the_plan_slices_along_another_axis_are_not_listed_again(tmp_pat
     across = np.array([[2.0, 0, 0, 0], [0, 0.9, 0, 0], [0, 0, 0.9, 0], [0, 0, 0, 1]])
     fixtures.write_nifti(root / "imagesTr" / "case_005.nii.gz", image, across)
     fixtures.write_nifti(root / "labelsTr" / "case_005.nii.gz", labels, across)
-    assert {item.axis for item in datasets.load_items(root) if item.case == "case_005"} == {0}
+    assert {item.slice.axis for item in datasets.load_items(root) if item.case == "case_005"} == {0}
     listings = _count_calls(monkeypatch, datasets.load_items, "load_items")
     out = tmp_path / "run"
     assert main(["train", "--data", str(root), "--out", str(out), "--iterations", "2", *TINY]) == 0

@@ -611,7 +611,7 @@ def _add_normalization(choices: _Choices, fingerprint: Fingerprint, inputs: Plan
     CT's Hounsfield units by nnU-Net's CT scheme (clipped to the foreground's percentiles, z-scored with the
     dataset's foreground statistics), a masked background by z-scoring over the nonzero voxels, anything else by
     z-scoring per case. Other 2D images keep the z-score of each image."""
-    if fingerprint.volumes is None and not any(item.axis is not None for item in inputs.examples):
+    if fingerprint.volumes is None and not any(item.slice is not None for item in inputs.examples):
         return
     schemes, intensity, reasons = [], [], []
     for channel in range(fingerprint.channels):

@@ -149,7 +149,7 @@ def _prepare(request: TrainRequest, folder: RunFolder, config: Config | None,
     config = plan.apply(config) if plan is not None else config  # the plan's choices under the user's values
     if request.budget_minutes is not None and (plan is None or request.plan_path is not None):
         config.train.budget_minutes = request.budget_minutes  # a budget with a ready plan (or none): as it is
-    if plan is not None and any(item.axis != config.data.slice_axis for item in items if item.case):
+    if plan is not None and any(item.slice.axis != config.data.slice_axis for item in items if item.case):
         items = reslice(items, config.data.slice_axis)  # the plan slices the volumes along another axis
     return Prepared(folder, config, items, plan, fingerprint, "fresh")
 

@@ -70,16 +70,16 @@ def test_bad_masks_are_one_line_errors(tmp_path, make, message):
     assert "m.png" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_tiff_stack_frames(tmp_path):
+def test_tiff_stack_pages(tmp_path):
     stack = np.stack([np.full((4, 6), i * 10, np.uint8) for i in range(3)])
     path = tmp_path / "s.tif"
     tifffile.imwrite(path, stack, photometric="minisblack")
     assert stack_length(path) == 3
-    assert read_image(path, frame=2)[0, 0, 0] == pytest.approx(20 / 255)
+    assert read_image(path, page=2)[0, 0, 0] == pytest.approx(20 / 255)
     with pytest.raises(MedsegError, match="stack of 3"):
         read_image(path)
-    with pytest.raises(MedsegError, match="frame 5"):
-        read_image(path, frame=5)
+    with pytest.raises(MedsegError, match="page 5"):
+        read_image(path, page=5)
 
 
 def test_write_array_round_trip(tmp_path):
@@ -123,4 +123,4 @@ def test_a_stack_written_page_by_page_has_all_its_frames(tmp_path):
         for value in (10, 20, 30):
             writer.write(np.full((4, 6), value, np.uint8), photometric="minisblack", contiguous=False)
     assert stack_length(path) == 3
-    assert read_image(path, frame=2)[0, 0, 0] == pytest.approx(30 / 255)
+    assert read_image(path, page=2)[0, 0, 0] == pytest.approx(30 / 255)

@@ -30,7 +30,7 @@ def test_nifti_read_keeps_values_spacing_and_affine(tmp_path):
 
 
 
-def test_a_pixdim_that_disagrees_with_the_affine_is_a_warning_and_the_affine_wins(tmp_path, capsys):
+def test_a_pixdim_that_disagrees_with_the_affine_is_a_warning_and_the_affine_wins(tmp_path, medseg_log):
     image, _ = fixtures.blob_volume(0)
     nifti = nib.Nifti1Image(image, fixtures.AFFINE)
     nifti.header.set_qform(None, code=0)  # only the sform: pixdim is free to disagree, as some writers leave it
@@ -43,14 +43,13 @@ def test_a_pixdim_that_disagrees_with_the_affine_is_a_warning_and_the_affine_win
     read_nifti(path)  # warned once per file
 
     assert volume.spacing == pytest.approx((0.9, 0.9, 2.0))
-    warnings = [line for line in capsys.readouterr().out.splitlines() if "WARNING" in line]
-    assert len(warnings) == 1 and warnings[0].endswith(
-        f"{path}: the affine's voxel sizes (0.9 x 0.9 x 2 mm) differ from pixdim (1 x 1 x 1); using the affine's")
+    assert medseg_log == [f"WARNING {path}: the affine's voxel sizes (0.9 x 0.9 x 2 mm) differ from pixdim "
+                          "(1 x 1 x 1); using the affine's"]
 
 def test_written_labels_load_with_the_image_shape_and_affine(tmp_path):
     image_path = fixtures.write_nifti(tmp_path / "a.nii.gz", fixtures.blob_volume(0)[0])
     labels = fixtures.blob_volume(0)[1]
-    write_nifti_labels(tmp_path / "out" / "a.nii.gz", labels[::-1], image_path)  # canonical, written as the image
+    write_nifti_labels(tmp_path / "out" / "a.nii.gz", labels[::-1], read_nifti(image_path))  # canonical, as the image
     written = nib.load(str(tmp_path / "out" / "a.nii.gz"))
     assert written.shape == labels.shape and np.allclose(written.affine, fixtures.AFFINE)
     assert np.array_equal(np.asarray(written.dataobj), labels) and written.get_data_dtype() == np.uint8
@@ -62,7 +61,7 @@ def test_decathlon_layouts_are_detected_and_listed_as_slices(tmp_path, suffix, f
     assert detect_format(root) == fmt
     items = load_items(root)
     assert len(items) == 4 * 6 and {item.case for item in items} == {f"case_{i:03d}" for i in range(4)}
-    assert items[0].id == "case_000_000" and items[0].axis == 2  # the coarsest spacing (2 mm)
+    assert items[0].id == "case_000_000" and items[0].slice.axis == 2  # the coarsest spacing (2 mm)
     assert find_classes(root, items).names == ("background", "anterior", "posterior")
     sample = load_sample(items[3], None, 3)
     assert sample.image.shape == (20, 24, 1) and set(np.unique(sample.mask)) == {0, 1, 2}

@@ -11,6 +11,7 @@ import torch
 
 from medseg.data.datasets import Item, Sample, load_items
 from medseg.data.store import SampleStore
+from medseg.data.volumes import Slice
 from medseg.errors import MedsegError
 from medseg.inference.predictor import Predictor
 from medseg.inference.scoring import (Case, case_groups, make_case, predict_case, score_cases, score_predicted,
@@ -55,8 +56,8 @@ def volume_case(rng) -> Case:
 
 
 def test_cases_are_grouped_by_volume_in_slice_order():
-    items = [Item("a_001", None, (), frame=1, case="a"), Item("x", None, ()), Item("a_000", None, (), frame=0,
-             case="a"), Item("b_000", None, (), frame=0, case="b")]
+    items = [Item("a_001", None, (), case="a", slice=Slice(2, 1)), Item("x", None, ()),
+             Item("a_000", None, (), case="a", slice=Slice(2, 0)), Item("b_000", None, (), case="b", slice=Slice(2, 0))]
     assert case_groups(items) == [[2, 0], [1], [3]]
 
 

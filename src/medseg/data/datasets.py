@@ -29,7 +29,7 @@ from medseg.config import Config, Normalization
 from medseg.data.intensity import nonzero_channels
 from medseg.data.readers import (UNLABELLED, UNLABELLED_VALUE, Reader, read_channels, volume_info, write_array,
                                  write_mask)
-from medseg.data.volumes import IMAGE_EXTENSIONS, is_nifti, is_volume_file, volume_stem
+from medseg.data.volumes import IMAGE_EXTENSIONS, Slice, is_nifti, is_volume_file, volume_stem
 from medseg.errors import MedsegError, did_you_mean
 from medseg.files import atomic_write_csv, read_csv
 from medseg.log import get_logger
@@ -41,19 +41,20 @@ _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
 
 @dataclass(frozen=True)
 class Item:
-    """One 2D sample on disk. ``masks`` (OR-merged if several) may be empty for unlabelled images; ``frame``
-    selects a page of a TIFF stack, or the slice along ``axis`` of a volume whose slices share the id ``case``;
-    ``split`` is the source's own split if it has one; ``unlabelled_value`` is the stored mask value that marks an
+    """One 2D sample on disk. ``masks`` (OR-merged if several) may be empty for unlabelled images; ``page``
+    selects a page of a TIFF stack; ``slice`` is where the sample lies in a volume file (None: the file is a 2D
+    image), whose slices share the id ``case`` (None for a single-slice volume); ``split`` is the source's own
+    split if it has one; ``unlabelled_value`` is the stored mask value that marks an
     unlabelled pixel in this source's masks (None: every pixel of a mask is labelled)."""
 
     id: str
     image: Path
     masks: tuple[Path, ...] = ()
     region: Path | None = None
-    frame: int | None = None
+    page: int | None = None
     split: str | None = None
     case: str | None = None
-    axis: int | None = None
+    slice: Slice | None = None
     unlabelled_value: int | None = None
     more_channels: tuple[Path, ...] = ()  # the image's further channels, a file each (nnU-Net raw's _0001, ...)
 
@@ -61,6 +62,11 @@ class Item:
     def group(self) -> str:
         """What a split keeps together: the case of a volume's slice, else the item itself."""
         return self.case or self.id
+
+    @property
+    def slice_index(self) -> int:
+        """The item's place among its case's slices (0 for a 2D image): a volume's slices sort by it."""
+        return 0 if self.slice is None else self.slice.index
 
     @property
     def labelled(self) -> bool:
@@ -104,12 +110,14 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
     if reader is None:
         with Reader() as own:
             return load_sample(item, channels, n_classes, own, normalize)
-    image = read_channels(reader, (item.image, *item.more_channels), channels, item.frame, item.axis)
+    image = read_channels(reader, (item.image, *item.more_channels), channels, item.page, item.slice)
     mask = None
     for path in item.masks:
-        if is_volume_file(path) and is_volume_file(item.image):
+        if is_volume_file(path) and item.slice is not None:
             _check_aligned(reader, item.image, path)
-        part = reader.mask(path, n_classes, item.frame, item.axis, item.unlabelled_value)
+            part = reader.slice_labels(path, item.slice, n_classes, item.unlabelled_value)
+        else:
+            part = reader.mask(path, n_classes, item.page, item.unlabelled_value)
         if part.shape != image.shape[:2]:
             raise MedsegError(path, f"mask size {part.shape[1]}x{part.shape[0]} does not match image size "
                                     f"{image.shape[1]}x{image.shape[0]} ({item.image.name})")
@@ -124,12 +132,12 @@ def load_sample(item: Item, channels: int | None, n_classes: int, reader: Reader
         if region.shape != image.shape[:2]:
             raise MedsegError(item.region, f"region size {region.shape[::-1]} does not match image size "
                                            f"{image.shape[1::-1]}")
-    if not is_volume_file(item.image):
+    if item.slice is None:
         return Sample(item.id, image, mask, region, labelled=labelled)
     volume = reader.volume(item.image)
     statistics = _case_statistics(reader, (item.image, *item.more_channels), nonzero_channels(normalize, image.shape[2]))
     return Sample(item.id, image, mask, region, statistics,
-                  volume.info.in_plane_spacing(2 if item.axis is None else item.axis), labelled)
+                  volume.info.in_plane_spacing(item.slice.axis), labelled)
 
 
 def _case_statistics(reader: Reader, paths: tuple[Path, ...],
@@ -164,8 +172,8 @@ def volume_items(case: str, image: Path, masks: tuple[Path, ...], split: str | N
     info = volume_info(image)
     axis = info.slice_axis() if axis is None else axis
     if info.shape[axis] == 1:
-        return [Item(case, image, masks, frame=0, axis=axis, **shared)]
-    return [Item(f"{case}_{z:03d}", image, masks, frame=z, case=case, axis=axis, **shared)
+        return [Item(case, image, masks, slice=Slice(axis, 0), **shared)]
+    return [Item(f"{case}_{z:03d}", image, masks, case=case, slice=Slice(axis, z), **shared)
             for z in range(info.shape[axis])]
 
 
@@ -174,7 +182,7 @@ def reslice(items: Iterable[Item], axis: int) -> list[Item]:
     again); 2D images and TIFF pages as they are."""
     resliced, done = [], set()
     for item in items:
-        if item.axis is None:
+        if item.slice is None:
             resliced.append(item)
         elif item.group not in done:
             done.add(item.group)
@@ -395,11 +403,11 @@ def load_tiff_stack(root: Path) -> list[Item]:
         labels = [p for p in tiffs if p not in volumes and
                   p.stem.lower().replace("labels", "").replace("label", "").replace("masks", "")
                   .replace("mask", "") == key]
-        n_frames = reader.frames(volume)
-        if labels and (n_labels := reader.frames(labels[0])) != n_frames:
-            raise MedsegError(labels[0], f"has {n_labels} frames, {volume.name} has {n_frames}")
-        for z in range(n_frames):
-            items.append(Item(f"{volume.stem}_{z:03d}", volume, tuple(labels[:1]), frame=z))
+        n_pages = reader.pages(volume)
+        if labels and (n_labels := reader.pages(labels[0])) != n_pages:
+            raise MedsegError(labels[0], f"has {n_labels} pages, {volume.name} has {n_pages}")
+        for z in range(n_pages):
+            items.append(Item(f"{volume.stem}_{z:03d}", volume, tuple(labels[:1]), page=z))
     reader.close()
     return items
 
@@ -607,7 +615,7 @@ def find_classes(root: str | Path, items: Iterable[Item]) -> Classes:
             return Classes(default_class_names(top + 1), f"masks hold the values 0..{top}")
         for path, found in values.items():  # binary: a mask with other values is an error, before any training
             if not (found <= {0, 1} or found <= {0, 255}):
-                reader.mask(path, 2, unlabelled=unlabelled[path])
+                reader.check_mask(path, 2, unlabelled[path])
     return Classes(default_class_names(2), "binary masks")
 
 

@@ -104,7 +104,7 @@ def volume_facts(items: Sequence[Item]) -> VolumeFacts | None:
     infos = [volume_info(item.image) for item in cases.values()]
     shape = np.median([info.shape for info in infos], axis=0)
     spacing = np.median([info.spacing for info in infos], axis=0)
-    axes = Counter(item.axis for item in cases.values())
+    axes = Counter(item.slice.axis for item in cases.values())
     return VolumeFacts(len(cases), tuple(int(v) for v in shape), tuple(round(float(v), 4) for v in spacing),
                        round(float(spacing.max() / max(spacing.min(), 1e-6)), 2), int(axes.most_common(1)[0][0]))
 
@@ -312,12 +312,13 @@ def compute_fingerprint(samples: Iterable[Sample], n_classes: int, volumes: Volu
 
 
 def dataset_hash(items: Iterable[Item]) -> str:
-    """A short hash of items (ids, file names, frames, sizes): the same files give the same hash wherever the
-    dataset lives."""
+    """A short hash of items (ids, file names, pages or slice indices, sizes): the same files give the same hash
+    wherever the dataset lives."""
     digest = hashlib.sha256()
     for item in sorted(items, key=lambda i: i.id):
         for path in (item.image, *item.more_channels, *item.masks):
-            digest.update(f"{item.id}|{path.name}|{item.frame}|{path.stat().st_size};".encode())
+            index = item.page if item.slice is None else item.slice.index
+            digest.update(f"{item.id}|{path.name}|{index}|{path.stat().st_size};".encode())
     return digest.hexdigest()[:16]
 
 

@@ -1,13 +1,15 @@
 """The one place that decodes and writes image files. Every problem is a one-line MedsegError naming the file.
 
-Images come back as ``H x W x C`` arrays scaled to float32 [0, 1] (8/16-bit integers divided by their type's maximum,
-float TIFFs checked for NaN/inf and kept as they are); masks as ``H x W`` int64 class ids, with
-:data:`UNLABELLED` where a partial label leaves a pixel unlabelled (the dataset's stored value for it: 128 in the
-folder format, a trimap's grey; dataset.json's ``ignore`` label in nnU-Net raw). Slices of volumes
-(NIfTI, DICOM) keep their stored intensities (after the modality LUT), since a volume is normalised as a whole.
+One meaning per name. :meth:`Reader.image` decodes a 2D image file, or ``page`` of a TIFF stack, as float32
+``H x W x C`` in [0, 1] (8/16-bit integers divided by their type's maximum, float TIFFs checked for NaN/inf and
+kept as they are); :meth:`Reader.slice` takes a :class:`~medseg.data.volumes.Slice` of a volume (NIfTI, DICOM) in
+its stored intensities (after the modality LUT), since a volume is normalised as a whole. :meth:`Reader.mask` and
+:meth:`Reader.slice_labels` give ``H x W`` int64 class ids, with :data:`UNLABELLED` where a partial label leaves a
+pixel unlabelled (the dataset's stored value for it: 128 in the folder format, a trimap's grey; dataset.json's
+``ignore`` label in nnU-Net raw). Reading a volume file as a 2D image, or the reverse, is a one-line error.
 
-A :class:`Reader` keeps TIFF files open, so a stack's frame count comes from its metadata and each frame is one
-page read: reading N frames of a stack costs N page reads, never N whole-file decodes. It keeps the last few
+A :class:`Reader` keeps TIFF files open, so a stack's page count comes from its metadata and each page is one
+read: reading N pages of a stack costs N page reads, never N whole-file decodes. It keeps the last few
 decoded volumes too, so the slices of a case cost one decode. Datasets own a Reader; the module-level functions
 use a short-lived one.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,7 +27,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from medseg.data.volumes import Volume, VolumeInfo, is_nifti, is_volume_file, nifti_info, read_nifti
+from medseg.data.volumes import Slice, Volume, VolumeInfo, is_nifti, is_volume_file, nifti_info, read_nifti
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_bytes
 
@@ -51,7 +53,7 @@ class Plane:
 
 
 class _OpenTiff:
-    """An open TIFF file and how many 2D frames it holds: the frames of its one series (an ImageJ or shaped
+    """An open TIFF file and how many 2D pages it holds: the planes of its one series (an ImageJ or shaped
     stack, contiguous or not), or, when a tool wrote every page as its own series, its pages."""
 
     def __init__(self, source: Path | IO[bytes], where: str | Path, max_pixels: int = MAX_PIXELS) -> None:
@@ -59,24 +61,24 @@ class _OpenTiff:
         try:
             series = self.handle.series
             self.series = series[0]
-            frame_shape = self.series.keyframe.shape
-            if int(np.prod(frame_shape[:2])) > max_pixels:
-                raise ImageTooLarge(where, f"declared size {frame_shape} is too large (decompression bomb?); the "
+            page_shape = self.series.keyframe.shape
+            if int(np.prod(page_shape[:2])) > max_pixels:
+                raise ImageTooLarge(where, f"declared size {page_shape} is too large (decompression bomb?); the "
                                            f"limit is {max_pixels:,} pixels")
-            self.by_page = len(series) > 1 and all(s.shape == frame_shape and len(s.pages) == 1 for s in series)
-            extra = self.series.shape[: len(self.series.shape) - len(frame_shape)]
-            self.frames = len(series) if self.by_page else int(np.prod(extra)) if extra else 1
-            self.is_stack = self.frames > 1 or bool(extra)
+            self.by_page = len(series) > 1 and all(s.shape == page_shape and len(s.pages) == 1 for s in series)
+            extra = self.series.shape[: len(self.series.shape) - len(page_shape)]
+            self.pages = len(series) if self.by_page else int(np.prod(extra)) if extra else 1
+            self.is_stack = self.pages > 1 or bool(extra)
         except BaseException:
             self.handle.close()
             raise
 
-    def read(self, frame: int) -> np.ndarray:
+    def read(self, page: int) -> np.ndarray:
         if self.by_page:
-            return self.handle.series[frame].asarray()
+            return self.handle.series[page].asarray()
         if not self.is_stack:
             return self.series.asarray()
-        return self.series.asarray(key=frame).reshape(self.series.keyframe.shape)
+        return self.series.asarray(key=page).reshape(self.series.keyframe.shape)
 
     def close(self) -> None:
         self.handle.close()
@@ -131,7 +133,7 @@ class Reader:
 
             volume = read_dicom(path)
             if label:
-                volume = Volume(_dicom_labels(volume, path), volume.spacing, volume.affine, volume.orientation)
+                volume = replace(volume, data=_dicom_labels(volume, path))
         self._volumes[key] = (volume, {})  # its statistics, by the channels taken over nonzero voxels
         while len(self._volumes) > self.max_volumes:
             self._volumes.popitem(last=False)
@@ -143,34 +145,31 @@ class Reader:
                 tiff.close()
         self._tiffs.clear()
 
-    def frames(self, path: str | Path) -> int:
-        """Number of 2D frames in an image file (1 unless it is a TIFF stack), from the metadata."""
+    def pages(self, path: str | Path) -> int:
+        """Number of 2D pages in an image file (1 unless it is a TIFF stack), from the metadata."""
         path = Path(path)
-        return self._tiff(path).frames if _is_tiff(path) else 1
+        return self._tiff(path).pages if _is_tiff(path) else 1
 
-    def image(self, path: str | Path, channels: int | None = None, frame: int | None = None,
-              axis: int | None = None) -> np.ndarray:
-        """One image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack), or slice
-        ``frame`` along ``axis`` of a volume, intensities as stored."""
-        path = Path(path)
-        if is_volume_file(path):
-            return volume_slice(self.volume(path), _slice_axis(axis), frame or 0, channels, path)
-        return as_unit_image(self.plane(path, frame, "images").pixels, channels, path)
+    def image(self, path: str | Path, channels: int | None = None, page: int | None = None) -> np.ndarray:
+        """A 2D image file (``page`` of a TIFF stack) as float32 ``H x W x C`` in [0, 1]."""
+        path = _not_a_volume(Path(path))
+        return as_unit_image(self.plane(path, page, "images").pixels, channels, path)
 
-    def mask(self, path: str | Path, n_classes: int = 2, frame: int | None = None, axis: int | None = None,
+    def slice(self, path: str | Path, where: Slice, channels: int | None = None) -> np.ndarray:
+        """A slice of an image volume as float32 ``H x W x C``, intensities as stored (HU, scanner units)."""
+        return volume_slice(self.volume(path), where.axis, where.index, channels, path)
+
+    def mask(self, path: str | Path, n_classes: int = 2, page: int | None = None,
              unlabelled: int | None = None) -> np.ndarray:
-        """A mask as ``H x W`` int64 class ids, :data:`UNLABELLED` where the stored value is ``unlabelled`` (the
-        dataset's convention for unlabelled pixels; never a class id).
+        """A 2D mask file (``page`` of a TIFF stack) as ``H x W`` int64 class ids, :data:`UNLABELLED` where the
+        stored value is ``unlabelled`` (the dataset's convention for unlabelled pixels; never a class id).
 
         Binary tasks (``n_classes == 2``) accept {0, 1} and {0, 255}; multi-class tasks accept 0..K-1. Multi-channel
         masks are accepted only if their colour channels are identical (alpha ignored); other values are an error
         that says what the values suggest (more classes, or a lossy file).
         """
-        path = Path(path)
-        if is_volume_file(path):
-            labels = self.volume(path, label=True).plane(_slice_axis(axis), frame or 0)
-            return _class_ids(labels, n_classes, path, "NIfTI" if is_nifti(path) else "DICOM", unlabelled)
-        plane = self.plane(path, frame, "masks")
+        path = _not_a_volume(Path(path))
+        plane = self.plane(path, page, "masks")
         pixels = plane.pixels
         if pixels.ndim == 3:
             colour = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
@@ -184,31 +183,49 @@ class Reader:
                 raise MedsegError(path, "mask has non-integer values")
         return _class_ids(pixels, n_classes, path, plane.format, unlabelled)
 
+    def slice_labels(self, path: str | Path, where: Slice, n_classes: int = 2,
+                     unlabelled: int | None = None) -> np.ndarray:
+        """A slice of a label volume as ``H x W`` int64 class ids (:data:`UNLABELLED` as in :meth:`mask`)."""
+        path = Path(path)
+        labels = self.volume(path, label=True).plane(where.axis, where.index)
+        return _class_ids(labels, n_classes, path, "NIfTI" if is_nifti(path) else "DICOM", unlabelled)
+
     def mask_values(self, path: str | Path) -> np.ndarray:
-        """The distinct values of a mask file (every frame of a stack or volume), as stored."""
+        """The distinct values of a mask file (every page of a stack, every voxel of a volume), as stored."""
         path = Path(path)
         if is_volume_file(path):
             return np.unique(self.volume(path, label=True).data)
-        values = [np.unique(self.plane(path, frame if self.frames(path) > 1 else None, "masks").pixels)
-                  for frame in range(self.frames(path))]
+        values = [np.unique(self.plane(path, page if self.pages(path) > 1 else None, "masks").pixels)
+                  for page in range(self.pages(path))]
         return np.unique(np.concatenate(values))
 
-    def plane(self, path: Path, frame: int | None, kind: str) -> Plane:
-        """One raw 2D plane: the file itself, or page ``frame`` of a stack (a stack without ``frame`` is an
-        error)."""
+    def check_mask(self, path: str | Path, n_classes: int, unlabelled: int | None = None) -> None:
+        """The one-line error of :meth:`mask` for a mask file (any page of a stack, any voxel of a volume) whose
+        values are not class ids of ``n_classes``."""
+        path = Path(path)
+        if is_volume_file(path):
+            _class_ids(self.volume(path, label=True).data, n_classes, path, "NIfTI" if is_nifti(path) else "DICOM",
+                       unlabelled)
+            return
+        count = self.pages(path)
+        for page in range(count):
+            self.mask(path, n_classes, page if count > 1 else None, unlabelled)
+
+    def plane(self, path: Path, page: int | None, kind: str) -> Plane:
+        """One raw 2D plane: the file itself, or ``page`` of a stack (a stack without ``page`` is an error)."""
         if not _is_tiff(path):
-            if frame not in (None, 0):
-                raise MedsegError(path, f"has 1 frame, frame {frame} requested")
+            if page not in (None, 0):
+                raise MedsegError(path, f"has 1 page, page {page} requested")
             _check_file(path)
             return _decode_pillow(path, path)
         tiff = self._tiff(path)
-        if frame is None and tiff.is_stack:
-            raise MedsegError(path, f"is a stack of {tiff.frames} {kind}; read it with the tiff-stack adapter")
-        frame = frame or 0
-        if not 0 <= frame < tiff.frames:
-            raise MedsegError(path, f"has {tiff.frames} frame{'s' if tiff.frames > 1 else ''}, frame {frame} requested")
+        if page is None and tiff.is_stack:
+            raise MedsegError(path, f"is a stack of {tiff.pages} {kind}; read it with the tiff-stack adapter")
+        page = page or 0
+        if not 0 <= page < tiff.pages:
+            raise MedsegError(path, f"has {tiff.pages} page{'s' if tiff.pages > 1 else ''}, page {page} requested")
         try:
-            return Plane(tiff.read(frame), "TIFF")
+            return Plane(tiff.read(page), "TIFF")
         except Exception as exc:  # tifffile raises many types for corrupt pages
             raise MedsegError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
@@ -234,13 +251,17 @@ class Reader:
         return tiff
 
 
-def read_channels(reader: Reader, paths: tuple[Path, ...], channels: int | None, frame: int | None,
-                  axis: int | None) -> np.ndarray:
+def read_channels(reader: Reader, paths: tuple[Path, ...], channels: int | None, page: int | None = None,
+                  where: Slice | None = None) -> np.ndarray:
     """An image whose channels are in one file or spread over several (nnU-Net raw: a file per channel, of one
-    shape), as float32 ``H x W x C`` with ``channels`` channels if given."""
+    shape), as float32 ``H x W x C`` with ``channels`` channels if given: 2D files (their ``page``) in [0, 1], or
+    the slice ``where`` of volumes as stored."""
+    def one(path: Path, count: int | None) -> np.ndarray:
+        return reader.image(path, count, page) if where is None else reader.slice(path, where, count)
+
     if len(paths) == 1:
-        return reader.image(paths[0], channels, frame, axis)
-    planes = [reader.image(path, None, frame, axis) for path in paths]
+        return one(paths[0], channels)
+    planes = [one(path, None) for path in paths]
     for path, plane in zip(paths[1:], planes[1:]):
         if plane.shape[:2] != planes[0].shape[:2]:
             raise MedsegError(path, f"channel of {plane.shape[1]} x {plane.shape[0]} pixels, the first channel "
@@ -254,8 +275,10 @@ def volume_slice(volume: Volume, axis: int, index: int, channels: int | None, wh
     return _channels_last(volume.plane(axis, index), where, channels, colour=False)
 
 
-def _slice_axis(axis: int | None) -> int:
-    return 2 if axis is None else axis
+def _not_a_volume(path: Path) -> Path:
+    if is_volume_file(path):
+        raise MedsegError(path, "is a volume: its slices are read with their axis and index")
+    return path
 
 
 def _class_ids(pixels: np.ndarray, n_classes: int, path: Path, fmt: str, unlabelled: int | None) -> np.ndarray:
@@ -404,7 +427,7 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 def decode_image_bytes(data: bytes, channels: int | None, max_pixels: int = MAX_PIXELS,
                        where: str = "upload") -> np.ndarray:
-    """An image file's bytes (PNG, JPEG, TIFF, BMP, GIF; one frame) as float32 ``H x W x C`` in [0, 1], decoded
+    """An image file's bytes (PNG, JPEG, TIFF, BMP, GIF; one page) as float32 ``H x W x C`` in [0, 1], decoded
     in memory; more than ``max_pixels`` declared pixels is an :class:`ImageTooLarge` before any decoding."""
     if not data:
         raise MedsegError(where, "empty body (0 bytes)")
@@ -417,7 +440,7 @@ def decode_image_bytes(data: bytes, channels: int | None, max_pixels: int = MAX_
             raise MedsegError(where, f"cannot decode image ({type(exc).__name__}: {exc})") from None
         try:
             if tiff.is_stack:
-                raise MedsegError(where, f"is a stack of {tiff.frames} frames; send one image")
+                raise MedsegError(where, f"is a stack of {tiff.pages} pages; send one image")
             pixels = tiff.read(0)
         except MedsegError:
             raise
@@ -430,22 +453,22 @@ def decode_image_bytes(data: bytes, channels: int | None, max_pixels: int = MAX_
     return as_unit_image(pixels, channels, where)
 
 
-def read_image(path: str | Path, channels: int | None = None, frame: int | None = None) -> np.ndarray:
-    """Decode one image as float32 ``H x W x C`` in [0, 1] (``frame`` picks a page of a TIFF stack)."""
+def read_image(path: str | Path, channels: int | None = None, page: int | None = None) -> np.ndarray:
+    """Decode one 2D image file as float32 ``H x W x C`` in [0, 1] (``page`` of a TIFF stack)."""
     with Reader() as reader:
-        return reader.image(path, channels, frame)
+        return reader.image(path, channels, page)
 
 
-def read_mask(path: str | Path, n_classes: int = 2, frame: int | None = None) -> np.ndarray:
-    """Decode a mask as ``H x W`` int64 class ids (see :meth:`Reader.mask`)."""
+def read_mask(path: str | Path, n_classes: int = 2, page: int | None = None) -> np.ndarray:
+    """Decode a 2D mask file as ``H x W`` int64 class ids (see :meth:`Reader.mask`)."""
     with Reader() as reader:
-        return reader.mask(path, n_classes, frame)
+        return reader.mask(path, n_classes, page)
 
 
 def stack_length(path: str | Path) -> int:
-    """Number of 2D frames in an image file (1 unless it is a TIFF stack), from the metadata."""
+    """Number of 2D pages in an image file (1 unless it is a TIFF stack), from the metadata."""
     with Reader() as reader:
-        return reader.frames(path)
+        return reader.pages(path)
 
 
 def mask_pixels(mask: np.ndarray, n_classes: int = 2) -> np.ndarray:

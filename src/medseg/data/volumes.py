@@ -16,7 +16,7 @@ affine's voxel sizes gets a warning naming the value used (the affine's).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -88,6 +88,15 @@ class Orientation:
         return tuple(ordered)
 
 
+
+@dataclass(frozen=True)
+class Slice:
+    """Where a 2D sample lies in a volume: slice ``index`` along canonical voxel ``axis`` (0 sagittal, 1 coronal,
+    2 axial)."""
+
+    axis: int
+    index: int
+
 @dataclass(frozen=True)
 class VolumeInfo:
     """Header facts of a volume, in canonical axes: voxel ``shape`` (3 axes), ``spacing`` per axis in mm,
@@ -114,24 +123,33 @@ class VolumeInfo:
 @dataclass(frozen=True)
 class Volume:
     """A decoded volume in canonical axes: ``data`` float32 ``X x Y x Z x C`` (images) or int64 ``X x Y x Z``
-    (labels), ``spacing`` in mm per axis, the ``4 x 4`` voxel-to-RAS ``affine``, and the ``orientation`` of the
-    file it came from (None: it came from no file, and is canonical as it is)."""
+    (labels), ``spacing`` in mm per axis, the ``4 x 4`` voxel-to-RAS ``affine``; and the geometry of the file it
+    came from, which travels to every writer so that nothing is derived again: its ``orientation`` (None: it came
+    from no file, and is canonical as it is) and, for a NIfTI, its ``header``."""
 
     data: np.ndarray
     spacing: tuple[float, float, float]
     affine: np.ndarray
     orientation: Orientation | None = None
+    header: Any = None
 
     @classmethod
-    def canonical(cls, data: np.ndarray, spacing: tuple[float, ...], affine: np.ndarray) -> "Volume":
-        """A volume from a file's voxels (3 axes, then channels), spacing and voxel-to-RAS affine, reoriented."""
+    def canonical(cls, data: np.ndarray, spacing: tuple[float, ...], affine: np.ndarray,
+                  header: Any = None) -> "Volume":
+        """A volume from a file's voxels (3 axes, then channels), spacing, voxel-to-RAS affine and NIfTI
+        ``header`` (if any), reoriented."""
         orientation = Orientation.of(affine, data.shape[:3])
         return cls(orientation.to_canonical(data), orientation.canonical(tuple(float(s) for s in spacing)),
-                   orientation.canonical_affine, orientation)
+                   orientation.canonical_affine, orientation, header)
 
     def to_file(self, data: np.ndarray) -> np.ndarray:
         """Canonical voxels of this volume (labels, a map) in its file's order."""
         return data if self.orientation is None else self.orientation.to_file(data)
+
+    @property
+    def file_affine(self) -> np.ndarray:
+        """The voxel-to-RAS affine of :meth:`to_file`'s voxels."""
+        return self.affine if self.orientation is None else self.orientation.affine
 
     @property
     def info(self) -> VolumeInfo:
@@ -163,7 +181,7 @@ def with_channels(volumes: list[Volume], paths: Sequence[Path]) -> Volume:
         if volume.data.shape[:3] != first.data.shape[:3] or not np.allclose(volume.affine, first.affine, atol=1e-3):
             raise MedsegError(path, f"is not on the voxel grid of the case's first channel {paths[0].name}")
     data = np.concatenate([v.data.reshape(*v.data.shape[:3], -1) for v in volumes], axis=3)
-    return Volume(data, first.spacing, first.affine, first.orientation)
+    return replace(first, data=data)
 
 
 def is_nifti(path: Path) -> bool:
@@ -269,7 +287,7 @@ def read_nifti(path: Path, label: bool = False) -> Volume:
             raise MedsegError(path, "image contains NaN or infinite values")
     spacing = tuple(float(v) for v in np.linalg.norm(orientation.affine[:3, :3], axis=0))
     return Volume(orientation.to_canonical(data), orientation.canonical(spacing), orientation.canonical_affine,
-                  orientation)
+                  orientation, image.header)
 
 
 def label_values(data: np.ndarray, path: Path) -> np.ndarray:
@@ -285,33 +303,23 @@ def label_values(data: np.ndarray, path: Path) -> np.ndarray:
     return labels
 
 
-def write_nifti_labels(path: Path, labels: np.ndarray, like: Path) -> None:
+def write_nifti_labels(path: Path, labels: np.ndarray, like: Volume) -> None:
     """Canonical class ids ``X x Y x Z`` as a uint8 NIfTI in the voxel order, affine and header of the image
-    ``like`` (so it overlays in ITK-SNAP or 3D Slicer), atomically."""
-    source = _nifti(like)
-    file_labels = nifti_orientation(source, like).to_file(labels)
-    atomic_write_bytes(path, nifti_label_bytes(file_labels, source.affine, source.header,
-                                               gz=path.name.lower().endswith(".gz")))
+    volume ``like`` (so it overlays in ITK-SNAP or 3D Slicer), atomically."""
+    atomic_write_bytes(path, nifti_volume_bytes(like.to_file(labels).astype(np.uint8), like.file_affine,
+                                                like.header, gz=path.name.lower().endswith(".gz")))
 
 
-def nifti_label_bytes(labels: np.ndarray, affine: np.ndarray, header: Any = None, gz: bool = True) -> bytes:
-    """Class ids ``X x Y x Z`` as uint8 NIfTI bytes with ``affine``, in the format of an image's ``header`` if
-    given (NIfTI-1 or -2; its data type and shape set for the labels, so an MSD channel axis is dropped)."""
-    return nifti_volume_bytes(labels.astype(np.uint8), affine, header, gz)
-
-
-def write_nifti_map(path: Path, values: np.ndarray, like: Path) -> None:
+def write_nifti_map(path: Path, values: np.ndarray, like: Volume) -> None:
     """A canonical float map ``X x Y x Z`` (e.g. uncertainty) as a float32 NIfTI in the voxel order, affine and
-    header of the image ``like``, atomically."""
-    source = _nifti(like)
-    file_values = nifti_orientation(source, like).to_file(values.astype(np.float32))
-    atomic_write_bytes(path, nifti_volume_bytes(file_values, source.affine, source.header,
-                                                gz=path.name.lower().endswith(".gz")))
+    header of the image volume ``like``, atomically."""
+    atomic_write_bytes(path, nifti_volume_bytes(like.to_file(values).astype(np.float32), like.file_affine,
+                                                like.header, gz=path.name.lower().endswith(".gz")))
 
 
 def nifti_volume_bytes(data: np.ndarray, affine: np.ndarray, header: Any = None, gz: bool = True) -> bytes:
-    """``data`` as NIfTI bytes with ``affine``, in the format of ``header`` if given (its data type and shape set
-    for ``data``)."""
+    """``data`` (3 axes) as NIfTI bytes with ``affine``, in the format of an image's ``header`` if given (NIfTI-1 or
+    -2; its data type set for ``data``, its shape the image's own less any channel axis: a 2D NIfTI stays 2D)."""
     import gzip
 
     import nibabel as nib
@@ -319,6 +327,7 @@ def nifti_volume_bytes(data: np.ndarray, affine: np.ndarray, header: Any = None,
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     if header is not None:
         header = header.copy()
+        data = data.reshape(header.get_data_shape()[:3])
         header.set_data_dtype(data.dtype)
         header.set_data_shape(data.shape)
     output = image_class(data, affine, header)

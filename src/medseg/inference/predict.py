@@ -46,11 +46,11 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def frames(reader: Reader, path: Path, channels: int) -> Iterator[np.ndarray]:
-    """The 2D images of a file: the image itself, or each frame of a TIFF stack (one page read each)."""
-    count = reader.frames(path)
-    for frame in range(count):
-        yield reader.image(path, channels, frame if count > 1 else None)
+def pages(reader: Reader, path: Path, channels: int) -> Iterator[np.ndarray]:
+    """The 2D images of a file: the image itself, or each page of a TIFF stack (one read each)."""
+    count = reader.pages(path)
+    for page in range(count):
+        yield reader.image(path, channels, page if count > 1 else None)
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,8 @@ def _predict_image(predictor: Predictor, reader: Reader, source: Input, out: Pat
                    save_overlays: bool, save_uncertainty: bool) -> tuple[Path, dict[str, object] | None]:
     """A 2D input's mask (its frames', for a TIFF stack), and the files asked for beside it."""
     spec = predictor.spec
-    images = (frames(reader, source.paths[0], spec.channels) if len(source.paths) == 1
-              else [read_channels(reader, source.paths, spec.channels, None, None)])
+    images = (pages(reader, source.paths[0], spec.channels) if len(source.paths) == 1
+              else [read_channels(reader, source.paths, spec.channels)])
     labels_stack, prob_stack, overlays, entropies = [], [], [], []
     for image in images:
         probabilities = predictor.probabilities(image)
@@ -200,7 +200,7 @@ def _write_volume_uncertainty(out: Path, source: Path, stem: str, volume: Volume
     input, an 8-bit PNG (a TIFF stack for several slices) for a DICOM one; and its ``uncertainty.csv`` row."""
     if is_nifti(source):
         path = out / f"{stem}_uncertainty.nii.gz"
-        write_nifti_map(path, entropy, source)
+        write_nifti_map(path, entropy, volume)
         return _uncertainty_row(source, entropy, path)
     whole = volume.to_file(entropy)
     planes = [entropy_pixels(whole[..., z]) for z in range(whole.shape[-1])]
@@ -223,7 +223,7 @@ def _write_volume(out: Path, source: Path, stem: str, part: str, predictor: Pred
     spec = predictor.spec
     if is_nifti(source):
         path = out / f"{stem}.nii.gz"
-        write_nifti_labels(path, labels, source)
+        write_nifti_labels(path, labels, volume)
         return path
     labels = volume.to_file(labels)  # rows x columns x slices
     write_dicom_seg(out / f"{stem}_seg.dcm", labels, source, spec.class_names, part)

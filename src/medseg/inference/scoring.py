@@ -59,7 +59,7 @@ def case_groups(items: Sequence[Item]) -> list[list[int]]:
     groups: dict[str, list[int]] = {}
     for position, item in enumerate(items):
         groups.setdefault(item.group, []).append(position)
-    return [sorted(group, key=lambda p: items[p].frame or 0) for group in groups.values()]
+    return [sorted(group, key=lambda p: items[p].slice_index) for group in groups.values()]
 
 
 def make_case(items: Sequence[Item], samples: Sequence[Sample], spacing: tuple[float, ...] | None = None) -> Case:
@@ -75,8 +75,7 @@ def load_cases(items: Sequence[Item], spec: InferenceSpec, reader: Reader) -> It
     for group in case_groups(items):
         members = [items[p] for p in group]
         first = members[0]
-        spacing = (reader.volume(first.image).stacked_spacing(first.axis if first.axis is not None else 2)
-                   if first.case is not None else None)
+        spacing = reader.volume(first.image).stacked_spacing(first.slice.axis) if first.case is not None else None
         samples = [load_sample(item, spec.channels, spec.n_classes, reader, spec.normalize) for item in members]
         yield make_case(members, samples, spacing)
 

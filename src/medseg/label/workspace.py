@@ -22,7 +22,7 @@ import numpy as np
 from medseg.data.datasets import (Classes, Item, Sample, default_class_names, find_classes, label_kind, load_items,
                                   load_sample, read_dataset_json)
 from medseg.data.intensity import Schemes
-from medseg.data.readers import UNLABELLED, UNLABELLED_VALUE, Reader, volume_slice, write_mask
+from medseg.data.readers import UNLABELLED, UNLABELLED_VALUE, Reader, write_mask
 from medseg.data.volumes import is_nifti, is_volume_file, write_nifti_labels
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_json, atomic_write_text
@@ -256,10 +256,10 @@ class Workspace:
         else:
             stored = np.full(shape, UNLABELLED_VALUE, np.int64)
         index = [slice(None)] * 3
-        index[item.axis] = item.frame
+        index[item.slice.axis] = item.slice.index
         stored[tuple(index)] = np.where(ids == UNLABELLED, UNLABELLED_VALUE, ids)
         entry.mask.parent.mkdir(parents=True, exist_ok=True)
-        write_nifti_labels(entry.mask, stored, entry.image)
+        write_nifti_labels(entry.mask, stored, self._reader.volume(entry.image))
 
     def pixels(self, entry_id: str, slice_index: int = 0) -> np.ndarray:
         """An image (a volume's slice) as float32 ``H x W x C``: a 2D image in the reader's [0, 1], a volume's
@@ -268,7 +268,7 @@ class Workspace:
         with self._lock:
             if entry.volume:
                 item = entry.item(slice_index)
-                return volume_slice(self._reader.volume(entry.image), item.axis, item.frame, None, entry.image)
+                return self._reader.slice(entry.image, item.slice)
             return self.sample(entry_id).image
 
 
@@ -279,7 +279,7 @@ def _entries(root: Path, items: list[Item]) -> dict[str, Entry]:
         groups.setdefault(item.group, []).append(item)
     entries = {}
     for name, members in groups.items():
-        members.sort(key=lambda item: item.frame or 0)
+        members.sort(key=lambda item: item.slice_index)
         first = members[0]
         suffix = ".nii.gz" if is_volume_file(first.image) else ".png"
         mask = first.masks[0] if first.masks else root / "masks" / f"{name}{suffix}"

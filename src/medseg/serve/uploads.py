@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -45,7 +44,6 @@ class Upload:
     statistics: tuple[np.ndarray, np.ndarray] | None = None  # of the single slice's volume
     plane_spacing: tuple[float, float] | None = None  # of the single slice, as its volume says (resampling)
     spacing: tuple[float, ...] | None = None  # mm per axis of the result (2 for a slice, 3 for a volume), if known
-    header: Any = None  # a NIfTI upload's header, copied into the label volume
 
     @property
     def is_volume(self) -> bool:
@@ -101,23 +99,22 @@ def decode_upload(data: bytes, limits: Limits, where: str = "upload", nonzero: t
         return Upload(kind, image=image)
     if kind == "DICOM":
         volume, spacing_known = _dicom(data, limits, where)
-        header = None
     else:
-        volume, header = _nifti(data, limits, where)
+        volume = _nifti(data, limits, where)
         spacing_known = True  # pixdim is always there (1 mm when the writer knew no better)
-    return _as_upload(kind, volume, header, spacing_known, limits.channels, where, nonzero)
+    return _as_upload(kind, volume, spacing_known, limits.channels, where, nonzero)
 
 
-def _as_upload(kind: str, volume: Volume, header: Any, spacing_known: bool, channels: int, where: str,
+def _as_upload(kind: str, volume: Volume, spacing_known: bool, channels: int, where: str,
                nonzero: tuple[bool, ...]) -> Upload:
     single = [axis for axis in range(3) if volume.data.shape[axis] == 1]
     axis = single[-1] if single else 2
     plane = volume_slice(volume, axis, 0, channels, where)  # wrong channels are refused before inference
     if not single:
-        return Upload(kind, volume=volume, spacing=volume.spacing if spacing_known else None, header=header)
+        return Upload(kind, volume=volume, spacing=volume.spacing if spacing_known else None)
     in_plane = volume.info.in_plane_spacing(axis)
     return Upload(kind, image=plane, volume=volume, axis=axis, statistics=volume.statistics(nonzero), plane_spacing=in_plane,
-                  spacing=in_plane if spacing_known else None, header=header)
+                  spacing=in_plane if spacing_known else None)
 
 
 def _check_size(shape: tuple[int, ...], limits: Limits, where: str, what: str) -> None:
@@ -155,9 +152,9 @@ def _dicom(data: bytes, limits: Limits, where: str) -> tuple[Volume, bool]:
     return read_dicom_bytes(data, where), spacing_known
 
 
-def _nifti(data: bytes, limits: Limits, where: str) -> tuple[Volume, Any]:
-    """A NIfTI file's volume (as :func:`medseg.data.volumes.read_nifti` reads files) and header; a gzip file is
-    inflated in steps: the header, then at most the data it declares."""
+def _nifti(data: bytes, limits: Limits, where: str) -> Volume:
+    """A NIfTI file's volume with its header (as :func:`medseg.data.volumes.read_nifti` reads files); a gzip file
+    is inflated in steps: the header, then at most the data it declares."""
     import nibabel as nib
 
     inflater = zlib.decompressobj(wbits=31) if data[:2] == b"\x1f\x8b" else None
@@ -193,7 +190,7 @@ def _nifti(data: bytes, limits: Limits, where: str) -> tuple[Volume, Any]:
     if not np.isfinite(pixels).all():
         raise MedsegError(where, "image contains NaN or infinite values")
     affine = np.asarray(image.affine, np.float64)
-    return Volume.canonical(pixels, tuple(np.linalg.norm(affine[:3, :3], axis=0)), affine), header
+    return Volume.canonical(pixels, tuple(np.linalg.norm(affine[:3, :3], axis=0)), affine, header)
 
 
 def nifti_labels(labels: np.ndarray, upload: Upload) -> bytes:
@@ -208,8 +205,4 @@ def nifti_map(values: np.ndarray, upload: Upload) -> bytes:
 
 
 def _nifti_bytes(values: np.ndarray, upload: Upload) -> bytes:
-    affine = upload.volume.orientation.affine  # the file's own, in RAS world coordinates
-    if upload.header is None:
-        return nifti_volume_bytes(values, affine)
-    values = values.reshape(upload.header.get_data_shape()[:3])  # the upload's own shape, less a channel axis
-    return nifti_volume_bytes(values, affine, upload.header)
+    return nifti_volume_bytes(values, upload.volume.file_affine, upload.volume.header)

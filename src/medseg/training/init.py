@@ -74,7 +74,7 @@ class InitSource:
         if chosen and not same:
             raise MedsegError("--init", f"{self.given} fixes the network ({model.name}); {chosen[0]} cannot change "
                                         "it")
-        volumes = any(item.case is not None or item.axis is not None for item in items)
+        volumes = any(item.slice is not None for item in items)
         if volumes != self.volumes:
             kinds = ("volumes (NIfTI or DICOM slices)", "2D images")
             raise MedsegError("--init", f"{self.given} was trained on {kinds[not self.volumes]}, {config.data.root} "

@@ -223,11 +223,6 @@ class Predictor:
         """Class ids ``H x W`` (uint8) from probabilities: threshold or argmax, then post-processing."""
         return postprocess(to_labels(probabilities, self.spec.threshold, self.spec.n_classes), self.spec.postprocess)
 
-    def volume_labels(self, probabilities: Sequence[np.ndarray]) -> np.ndarray:
-        """Class ids ``Z x H x W`` (uint8) of a volume from its slices' :meth:`probabilities`, post-processed in
-        3D (so "largest component" means the largest in the volume)."""
-        return self.labels(np.stack(probabilities, axis=0 if self.spec.n_classes == 2 else 1))
-
     def predict(self, image: np.ndarray, probabilities: bool = False) -> np.ndarray | Prediction:
         """The mask of an image array (``H x W`` or ``H x W x C``; integers are scaled like files, floats are
         taken as [0, 1]): ``H x W`` uint8 class ids, or a :class:`Prediction` with probabilities."""

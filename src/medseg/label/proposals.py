@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.data.datasets import Sample
+from medseg.inference.postprocess import postprocess, to_labels
 from medseg.inference.predictor import Predictor
 from medseg.inference.uncertainty import entropy_map, entropy_pixels
-from medseg.label.suggest import Assessment, assessment, choose, thumbnail
+from medseg.label.suggest import Assessment, assessment, choose, foreground, thumbnail
 from medseg.label.workspace import Workspace
 from medseg.log import get_logger
 
@@ -116,7 +118,7 @@ class Proposals:
             return self._settle(entry_id)
         try:
             samples = self.workspace.samples(entry_id, predictor.spec.normalize)
-            probabilities = [predictor.probabilities(s.image, s.statistics, s.spacing) for s in samples]
+            labels, foregrounds, entropies = _predict(predictor, samples)
         except MedsegError as exc:
             with self.lock:
                 self.errors[entry_id] = exc.reason
@@ -126,10 +128,6 @@ class Proposals:
             with self.lock:
                 self.errors[entry_id] = f"{type(exc).__name__}: {exc}"
             return self._settle(entry_id)
-        n_classes = predictor.spec.n_classes
-        labels = (predictor.volume_labels(probabilities) if len(samples) > 1  # Z x H x W, post-processed in 3D
-                  else predictor.labels(probabilities[0])[None])
-        entropies = [entropy_map(p, n_classes) for p in probabilities]
         status = self.workspace.status(entry_id)
         proposal = Proposal(tuple(labels), tuple(entropy_pixels(e) for e in entropies))
         with self.lock:
@@ -137,7 +135,7 @@ class Proposals:
                 self.cache[entry_id] = proposal
                 if status != "labelled":
                     label = "none" if status == "unlabelled" else "partial"
-                    self.assessed[entry_id] = assessment(entry_id, label, samples, probabilities, entropies)
+                    self.assessed[entry_id] = assessment(entry_id, label, samples, foregrounds, entropies)
         self._settle(entry_id)
 
     def _settle(self, entry_id: str) -> None:
@@ -182,6 +180,19 @@ class Proposals:
             if self.predictor is None:
                 self.order = Order(tuple([ids[i] for i in order] + broken), "spread")
                 self.ordered.set()
+
+
+def _predict(predictor: Predictor, samples: list[Sample]) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """An image's (a volume's slices') labels ``Z x H x W`` (post-processed in 3D), and each slice's foreground
+    probability and scaled entropy, holding one slice's class probabilities at a time."""
+    spec = predictor.spec
+    labels, foregrounds, entropies = [], [], []
+    for sample in samples:
+        probabilities = predictor.probabilities(sample.image, sample.statistics, sample.spacing)
+        labels.append(to_labels(probabilities, spec.threshold, spec.n_classes))
+        foregrounds.append(foreground(probabilities))
+        entropies.append(entropy_map(probabilities, spec.n_classes))
+    return postprocess(np.stack(labels), spec.postprocess), foregrounds, entropies
 
 
 def _farthest_first(features: np.ndarray) -> list[int]:

@@ -76,19 +76,28 @@ def suggest(predictor: Predictor, items: Sequence[Item], count: int) -> list[Sug
 
 
 def assess(predictor: Predictor, name: str, samples: Sequence[Sample], label: str) -> Assessment:
-    """Predict an image (or a volume's slices) and measure how unsure the model is where nothing is labelled."""
-    probabilities = [predictor.probabilities(s.image, s.statistics, s.spacing) for s in samples]
-    n_classes = predictor.spec.n_classes
-    return assessment(name, label, samples, probabilities, [entropy_map(p, n_classes) for p in probabilities])
+    """Predict an image (or a volume's slices, one at a time) and measure how unsure the model is where nothing is
+    labelled."""
+    foregrounds, entropies = [], []
+    for sample in samples:
+        probabilities = predictor.probabilities(sample.image, sample.statistics, sample.spacing)
+        foregrounds.append(foreground(probabilities))
+        entropies.append(entropy_map(probabilities, predictor.spec.n_classes))
+    return assessment(name, label, samples, foregrounds, entropies)
 
 
-def assessment(name: str, label: str, samples: Sequence[Sample], probabilities: Sequence[np.ndarray],
+def foreground(probabilities: np.ndarray) -> np.ndarray:
+    """The probability ``H x W`` of any foreground class, from a binary ``H x W`` or a ``K x H x W`` map."""
+    return probabilities if probabilities.ndim == 2 else 1 - probabilities[0]
+
+
+def assessment(name: str, label: str, samples: Sequence[Sample], foregrounds: Sequence[np.ndarray],
                entropies: Sequence[np.ndarray]) -> Assessment:
-    """How unsure the model is about an image's (a volume's slices') unlabelled pixels, from its predicted
-    ``probabilities`` and their scaled ``entropies``, and what the image and its prediction look like."""
+    """How unsure the model is about an image's (a volume's slices') unlabelled pixels, from their predicted
+    :func:`foreground` probabilities and scaled ``entropies``, and what the image and its prediction look like."""
     unlabelled = np.concatenate([_unlabelled(sample).ravel() for sample in samples])
     entropy = np.concatenate([e.ravel() for e in entropies])
-    pictures = [(sample.image, p if p.ndim == 2 else 1 - p[0]) for sample, p in zip(samples, probabilities)]
+    pictures = [(sample.image, f) for sample, f in zip(samples, foregrounds)]
     spread = [pictures[round(i)] for i in np.linspace(0, len(pictures) - 1, min(VOLUME_SLICES, len(pictures)))]
     feature = np.concatenate([thumbnail(part) for image, foreground in spread
                               for part in (image.mean(axis=2), foreground)])

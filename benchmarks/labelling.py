@@ -479,6 +479,49 @@ def _table(name: str, t: dict[str, Any], budgets: Budgets) -> list[str]:
     return rows
 
 
+def timings_table(done: list[dict[str, Any]], budgets: Budgets) -> list[str]:
+    """What a person waits for on the page (through the API): from a save to the next image shown, and from
+    starting a round to the refreshed predictions and queue order."""
+    def values(key: str, arms: Sequence[str] = ()) -> np.ndarray:
+        return np.array([v for cell in done if not arms or cell["key"].rsplit("_", 1)[1].rstrip("0123456789.")
+                         in arms for v in cell.get(key, [])])
+
+    rows = ["### Waiting on the page", "", "| wait | n | median | 90th percentile | max |", "|---|---:|---:|---:|---:|"]
+    for label, key, arms in (("save -> next image shown", "save_to_next_seconds", ()),
+                             (f"train ({budgets.first:g} min) -> refreshed predictions", "train_to_refresh_seconds",
+                              ("round",)),
+                             ("  of which refreshing after training", "refresh_seconds", ("round",)),
+                             (f"train ({budgets.round:g} min) -> refreshed predictions", "train_to_refresh_seconds",
+                              ORDERS)):
+        found = values(key, arms)
+        if found.size:
+            rows.append(f"| {label} | {found.size} | {np.median(found):.2f} s | {np.percentile(found, 90):.2f} s | "
+                        f"{found.max():.2f} s |")
+    return rows + [""]
+
+
+def agreement_table(done: list[dict[str, Any]], direct: list[dict[str, Any]]) -> list[str]:
+    """The API's figures beside the direct ones, arm by arm (means over the seeds both measured), with the
+    seed-to-seed spread of the direct figures as the noise to judge the difference by."""
+    by_key = {cell["key"]: cell for cell in direct}
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for cell in done:
+        twin = by_key.get("direct_" + cell["key"].removeprefix("api_"))
+        if twin is not None:
+            _, name_seed_arm = cell["key"].split("_", 1)
+            name, arm = name_seed_arm.rsplit("_seed", 1)[0], name_seed_arm.rsplit("_", 1)[1]
+            groups.setdefault((name, arm), []).append((twin["dice"], cell["dice"]))
+    rows = ["### Through the API against direct", "",
+            "| set | measurement | seeds | direct | through the API | difference | direct's seed spread (sd) |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for (name, arm), pairs in sorted(groups.items()):
+        direct_dice, api_dice = np.array(pairs).T
+        spread = f"{direct_dice.std(ddof=1):.4f}" if len(pairs) > 1 else "-"
+        rows.append(f"| {name} | {arm} | {len(pairs)} | {direct_dice.mean():.4f} | {api_dice.mean():.4f} | "
+                    f"{api_dice.mean() - direct_dice.mean():+.4f} | {spread} |")
+    return rows + [""]
+
+
 def curves_png(targets: dict[str, Any], path: Path) -> None:
     """Test Dice against labelled images (the loop's orders) and against labelled pixels (scribbles, rounds,
     whole pool), one row per dataset."""
@@ -534,6 +577,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/medseg-labelling")
     parser.add_argument("--out", default="labelling.json")
     parser.add_argument("--markdown", help="also write the tables here, and the curves beside it (PNG)")
+    parser.add_argument("--direct", help="with --through-api: the direct benchmark's JSON, to set the figures beside")
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -557,6 +601,9 @@ def main() -> None:
     finally:
         tool.close()
     targets, markdown = summarise(cells.done, names, seeds, args.scribble, styles, budgets, mode)
+    if args.through_api:
+        direct = json.loads(Path(args.direct).read_text())["cells"] if args.direct else []
+        markdown += "\n" + "\n".join(timings_table(cells.done, budgets) + agreement_table(cells.done, direct))
     codes = sorted({cell["code"] for cell in cells.done})
     header = (f"Machine: {platform.machine()}, {os.environ.get('OMP_NUM_THREADS', 'all')} thread(s); "
               f"budgets: first round {budgets.first:g} min, later rounds {budgets.round:g} min, scribbles "

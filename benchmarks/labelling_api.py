@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from labelling import Annotation, Source
+from annotators import Annotation, Source
 
 WIRE_UNLABELLED = 255
 

@@ -353,8 +353,9 @@ def _load_decathlon(root: Path, per_channel: bool, axis: int | None) -> list[Ite
     """MSD (channels in an image's 4th axis) and nnU-Net raw (``per_channel``: one file per channel,
     ``<case>_0000``, ``<case>_0001``, ..., as many as dataset.json's ``channel_names``):
     ``imagesTr/<case>...`` with ``labelsTr/<case>.<ext>``, and labelled test cases in ``imagesTs`` +
-    ``labelsTs``. Unlabelled ``imagesTs`` files are for `medseg predict`, not listed. A label's pixels of the
-    ``ignore`` label (nnU-Net v2) are unlabelled."""
+    ``labelsTs``. An ``imagesTr`` case without a label is unlabelled (listed, never trained on), unless a label
+    there names no case (a misnamed label, most likely: a one-line error); unlabelled ``imagesTs`` files are for
+    `medseg predict`, not listed. A label's pixels of the ``ignore`` label (nnU-Net v2) are unlabelled."""
     meta = read_dataset_json(root)
     ignore = dataset_json_labels(root)[1]
     count = len(meta.get("channel_names", meta.get("modality", {"0": ""})))
@@ -364,16 +365,20 @@ def _load_decathlon(root: Path, per_channel: bool, axis: int | None) -> list[Ite
         files = _files_by_stem(root / folder)
         cases = (channel_files(files, count, f"dataset.json names {count} channel(s)") if per_channel
                  else {stem: (path,) for stem, path in files.items()})
+        orphans = sorted(set(labels) - set(cases))
         for case, images in cases.items():
             label = labels.get(case)
-            if label is None:
+            if label is None and (split is not None or orphans):
                 if split is None:
-                    raise MedsegError(images[0], f"no label {case}.<ext> in {root / label_folder}")
+                    raise MedsegError(images[0], f"no label {case}.<ext> in {root / label_folder}, and "
+                                                 f"{labels[orphans[0]].name} belongs to no case: rename it, or "
+                                                 "remove it to leave the case unlabelled")
                 continue
-            items += volume_items(case, _check_inside(root, images[0]), (_check_inside(root, label),), split, axis,
-                                  ignore, tuple(_check_inside(root, image) for image in images[1:]))
+            items += volume_items(case, _check_inside(root, images[0]),
+                                  () if label is None else (_check_inside(root, label),), split, axis, ignore,
+                                  tuple(_check_inside(root, image) for image in images[1:]))
     if not items:
-        raise MedsegError(root / "imagesTr", "no labelled images found")
+        raise MedsegError(root / "imagesTr", "no images found")
     return items
 
 
@@ -726,7 +731,9 @@ def dataset_items(config: Config) -> tuple[Config, list[Item], Classes | None]:
     items = load_items(data.root, data.format, data.slice_axis)
     unlabelled = sorted({item.group for item in items if not item.labelled})
     if len(unlabelled) == len({item.group for item in items}):
-        raise MedsegError(data.root, "no image has a mask (expected DIR/masks/<id>.png beside DIR/images/<id>.png)")
+        expected = ("labelsTr/<case>.<ext> beside imagesTr/<case>" if (Path(data.root) / "imagesTr").is_dir()
+                    else "DIR/masks/<id>.png beside DIR/images/<id>.png")
+        raise MedsegError(data.root, f"no image has a mask (expected {expected})")
     if unlabelled:
         get_logger().info("%d image(s) have no mask (e.g. %s): listed as unlabelled, never trained on",
                           len(unlabelled), ", ".join(unlabelled[:3]))

@@ -1,9 +1,11 @@
-"""The labelling workspace: a dataset in the folder format being labelled, read and written one image (or one
-slice of a volume) at a time, and the labelling state kept beside it in ``DIR/.medseg-label/`` (``state.json``
-and the training rounds' run folders).
+"""The labelling workspace: a dataset being labelled -- in the folder format, nnU-Net raw or the MSD layout -- read
+and written one image (or one slice of a volume) at a time, and the labelling state kept beside it in
+``DIR/.medseg-label/`` (``state.json`` and the training rounds' run folders).
 
-Masks are written where the dataset keeps them (``DIR/masks/<id>.png``, ``<case>.nii.gz`` for a volume),
-atomically, in the partial-label convention (128: not labelled). Every mask has a version (a digest of its file;
+Masks are written where and as the dataset's layout keeps them (:class:`Layout`), atomically: the folder format's
+``DIR/masks/<id>.png`` (``<case>.nii.gz`` for a volume; binary masks as 0/255; 128: not labelled), or nnU-Net's
+and the MSD's ``labelsTr/<case><file_ending>`` (class ids; nnU-Net v2's ``ignore`` label: not labelled, declared
+in ``dataset.json`` at the first partial save where it is not yet). Every mask has a version (a digest of its file;
 ``none`` before it exists); a save names the version it started from, and one that does not match what is on disk
 is refused (:class:`Conflict`), so a second tab never overwrites a newer label silently.
 """
@@ -19,16 +21,17 @@ from typing import Literal
 
 import numpy as np
 
-from medseg.data.datasets import (Classes, Item, Sample, default_class_names, find_classes, label_kind, load_items,
-                                  load_sample, read_dataset_json)
+from medseg.data.datasets import (IGNORE_NAME, Classes, Item, Sample, dataset_json_labels, default_class_names,
+                                  detect_format, find_classes, label_kind, load_items, load_sample, read_dataset_json)
 from medseg.data.intensity import Schemes
-from medseg.data.readers import UNLABELLED, UNLABELLED_VALUE, Reader, write_mask
+from medseg.data.readers import UNLABELLED, UNLABELLED_VALUE, Reader, mask_pixels, write_array
 from medseg.data.volumes import is_nifti, is_volume_file, write_nifti_labels
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_json, atomic_write_text
 from medseg.typed_file import TypedFile
 
 FOLDER = ".medseg-label"
+LAYOUTS = ("folder", "nnunet", "msd")
 NONE = "none"  # the version of a mask that does not exist yet
 WIRE_UNLABELLED = 255  # an unlabelled pixel in the labels the page sends and receives (uint8 class ids)
 RoundStatus = Literal["running", "done", "failed", "stopped"]
@@ -90,24 +93,75 @@ class State:
 STATE_FILE = TypedFile(State, "labelling state")
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a dataset's layout keeps labels: the ``folder`` format (masks in ``DIR/masks``; binary masks as 0/255,
+    128 for an unlabelled pixel), or ``nnunet`` / ``msd`` (``DIR/labelsTr``, class ids as stored, ``ignore`` for
+    an unlabelled pixel: the id ``dataset.json`` gives it, None until it is declared)."""
+
+    format: str
+    root: Path
+    ignore: int | None = None
+
+    @classmethod
+    def of(cls, root: Path) -> "Layout":
+        if not root.is_dir():
+            raise MedsegError(root, "dataset folder not found")
+        try:
+            fmt = detect_format(root)
+        except MedsegError:
+            fmt = "unrecognised"
+        if fmt not in LAYOUTS:
+            raise MedsegError(root, f"medseg label works on the folder format (DIR/images, DIR/masks), nnU-Net raw "
+                                    f"and the MSD layout, not this one ({fmt}); `medseg data convert` writes other "
+                                    "layouts in the folder format")
+        labels = dataset_json_labels(root) if fmt != "folder" else None
+        return cls(fmt, root, labels[1] if labels else None)
+
+    @property
+    def unlabelled(self) -> int | None:
+        """The stored value of an unlabelled pixel (None: not declared yet)."""
+        return UNLABELLED_VALUE if self.format == "folder" else self.ignore
+
+    def mask_path(self, name: str, volume: bool) -> Path:
+        """Where the mask of image (case) ``name`` goes."""
+        if self.format == "folder":
+            return self.root / "masks" / f"{name}{'.nii.gz' if volume else '.png'}"
+        ending = read_dataset_json(self.root).get("file_ending") or (".nii.gz" if volume else ".png")
+        return self.root / "labelsTr" / f"{name}{ending}"
+
+    def stored(self, ids: np.ndarray, n_classes: int) -> np.ndarray:
+        """Class ids (:data:`UNLABELLED` where not labelled) as the layout stores them, uint8."""
+        if self.format == "folder":
+            return mask_pixels(ids, n_classes)
+        return np.where(ids == UNLABELLED, self.ignore or 0, ids).astype(np.uint8)  # ignore: declared if needed
+
+    def declare_ignore(self, n_classes: int) -> "Layout":
+        """nnU-Net v2's ``ignore`` label added to ``dataset.json`` (the highest id, ``n_classes``), atomically."""
+        meta = read_dataset_json(self.root)
+        labels = dict(meta["labels"])
+        by_name = all(not str(key).strip().isdigit() for key in labels)  # nnU-Net v2 {"name": id}; MSD {"id": name}
+        labels.update({IGNORE_NAME: n_classes} if by_name else {str(n_classes): IGNORE_NAME})
+        atomic_write_text(self.root / "dataset.json", json.dumps({**meta, "labels": labels}, indent=1) + "\n")
+        return replace(self, ignore=n_classes)
+
+
 def mask_version(path: Path) -> str:
     """A digest of a mask file, or :data:`NONE` when there is none."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else NONE
 
 
 class Workspace:
-    """A folder-format dataset ``root`` being labelled, and its state. Thread-safe: the page's requests, the
-    prediction worker and the training watcher share it."""
+    """A dataset ``root`` being labelled (see :class:`Layout`), and its state. Thread-safe: the page's requests,
+    the prediction worker and the training watcher share it."""
 
     def __init__(self, root: str | Path, class_names: tuple[str, ...] | None = None) -> None:
         self.root = Path(root)
-        if not (self.root / "images").is_dir():
-            raise MedsegError(self.root, "medseg label works on the folder format (DIR/images, DIR/masks); "
-                                         "`medseg data convert` writes other layouts in it")
+        self.layout = Layout.of(self.root)
         self.folder = self.root / FOLDER
         self.folder.mkdir(exist_ok=True)
         self.classes = self._classes(class_names)
-        self.entries = _entries(self.root, load_items(self.root, "folder"))
+        self.entries = _entries(self.layout, load_items(self.root, self.layout.format))
         self._lock = threading.RLock()
         self._reader = Reader()
         self._statuses: dict[str, tuple[str, str]] = {}  # id -> (mask version, status)
@@ -128,12 +182,12 @@ class Workspace:
         """dataset.json's classes; else the masks'; else ``names`` (written to dataset.json, so that training
         agrees) or a binary task."""
         path = self.root / "dataset.json"
-        if names is not None and not path.is_file():
+        if names is not None and not path.is_file():  # the folder format: the others have a dataset.json
             labels = {"background": 0, **{name: k for k, name in enumerate(names, 1)}}
             atomic_write_text(path, json.dumps({"name": self.root.name, "labels": labels}, indent=1) + "\n")
         if path.is_file():
             read_dataset_json(self.root)
-        items = load_items(self.root, "folder")
+        items = load_items(self.root, self.layout.format)
         if path.is_file() or any(item.labelled for item in items):
             classes = find_classes(self.root, items)
             if names is not None and classes.names[1:] != tuple(names):
@@ -225,16 +279,29 @@ class Workspace:
             if entry.volume and not is_nifti(entry.image):
                 raise MedsegError(entry.image, "labels of a DICOM volume cannot be saved here yet; convert it to "
                                                "NIfTI (its mask is a NIfTI volume)")
+            partial = (ids == UNLABELLED).any() or (entry.volume and not entry.mask.is_file())  # other slices
+            if partial and self.layout.unlabelled is None:
+                self._declare_ignore()
+                entry = self.entry(entry_id)
             if entry.volume:
                 self._save_slice(entry, slice_index, ids)
             else:
-                write_mask(entry.mask, ids, self.n_classes)
+                write_array(entry.mask, self.layout.stored(ids, self.n_classes))
             if not entry.items[0].masks:  # the image's first mask: its items read it from now on
                 self.entries[entry_id] = replace(entry, items=tuple(replace(item, masks=(entry.mask,))
                                                                     for item in entry.items))
             self.state = replace(self.state, new_labels=self.state.new_labels + 1)
             atomic_write_json(self.state_path, asdict(self.state))
             return mask_version(entry.mask)
+
+    def _declare_ignore(self) -> None:
+        """nnU-Net's ``ignore`` label declared in ``dataset.json`` for the first partial label, and every image
+        read with it."""
+        self.layout = self.layout.declare_ignore(self.n_classes)
+        value = self.layout.unlabelled
+        self.entries = {name: replace(entry, items=tuple(replace(item, unlabelled_value=value)
+                                                         for item in entry.items))
+                        for name, entry in self.entries.items()}
 
     def _ids(self, wire: np.ndarray, entry: Entry, slice_index: int, dense: bool) -> np.ndarray:
         """Wire labels checked against the image's shape and the classes, as class ids with :data:`UNLABELLED`."""
@@ -251,13 +318,14 @@ class Workspace:
         """A volume's mask with one slice replaced (the other slices as saved; not labelled before a mask)."""
         item = entry.item(slice_index)
         shape = self._reader.volume(entry.image).data.shape[:3]
+        unlabelled = self.layout.unlabelled if self.layout.unlabelled is not None else 0  # 0: ids has no unlabelled
         if entry.mask.is_file():
             stored = self._reader.volume(entry.mask, label=True).data.astype(np.int64)
         else:
-            stored = np.full(shape, UNLABELLED_VALUE, np.int64)
+            stored = np.full(shape, unlabelled, np.int64)
         index = [slice(None)] * 3
         index[item.slice.axis] = item.slice.index
-        stored[tuple(index)] = np.where(ids == UNLABELLED, UNLABELLED_VALUE, ids)
+        stored[tuple(index)] = np.where(ids == UNLABELLED, unlabelled, ids)
         entry.mask.parent.mkdir(parents=True, exist_ok=True)
         write_nifti_labels(entry.mask, stored, self._reader.volume(entry.image))
 
@@ -272,7 +340,7 @@ class Workspace:
             return self.sample(entry_id).image
 
 
-def _entries(root: Path, items: list[Item]) -> dict[str, Entry]:
+def _entries(layout: Layout, items: list[Item]) -> dict[str, Entry]:
     """The queue's entries: an image each, a volume's slices as one (in slice order)."""
     groups: dict[str, list[Item]] = {}
     for item in items:
@@ -281,7 +349,6 @@ def _entries(root: Path, items: list[Item]) -> dict[str, Entry]:
     for name, members in groups.items():
         members.sort(key=lambda item: item.slice_index)
         first = members[0]
-        suffix = ".nii.gz" if is_volume_file(first.image) else ".png"
-        mask = first.masks[0] if first.masks else root / "masks" / f"{name}{suffix}"
+        mask = first.masks[0] if first.masks else layout.mask_path(name, is_volume_file(first.image))
         entries[name] = Entry(name, first.image, mask, tuple(members))
     return entries

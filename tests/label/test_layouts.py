@@ -100,3 +100,24 @@ def test_a_layout_it_cannot_label_is_one_line(tmp_path):
     fixtures.make_tiff_stack(tmp_path / "stack")
     with pytest.raises(MedsegError, match=r"works on the folder format .* not this one \(tiff-stack\)"):
         Workspace(tmp_path / "stack")
+
+
+def test_a_slice_of_a_dicom_series_is_saved_as_a_nifti_mask_on_its_grid(tmp_path):
+    from tests.data.test_dicom import ct_series
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    ct_series(root / "images" / "ct", count=3)  # a series folder: one volume, files without position order
+    (root / "images" / "ct" / "README").unlink()
+    workspace = Workspace(root)
+    entry = workspace.entries["ct"]
+    assert entry.volume and entry.slices == 3 and entry.mask == root / "masks" / "ct.nii.gz"
+    labels = np.zeros(workspace.sample("ct", 1).image.shape[:2], np.uint8)
+    labels[10:40, 20:50] = 1
+
+    workspace.save("ct", 1, labels, NONE, dense=True)
+
+    items = [item for item in load_items(root) if item.group == "ct"]  # training reads it, aligned with the series
+    samples = [load_sample(item, 1, 2) for item in sorted(items, key=lambda item: item.slice_index)]
+    np.testing.assert_array_equal(samples[1].mask, labels)
+    assert samples[1].labelled is None and samples[0].labelled is not None and not samples[0].labelled.any()

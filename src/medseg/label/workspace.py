@@ -25,7 +25,7 @@ from medseg.data.datasets import (IGNORE_NAME, Classes, Item, Sample, dataset_js
                                   detect_format, find_classes, label_kind, load_items, load_sample, read_dataset_json)
 from medseg.data.intensity import Schemes
 from medseg.data.readers import UNLABELLED, UNLABELLED_VALUE, Reader, mask_pixels, write_array
-from medseg.data.volumes import is_nifti, is_volume_file, write_nifti_labels
+from medseg.data.volumes import is_volume_file, write_nifti_labels
 from medseg.errors import MedsegError
 from medseg.files import atomic_write_json, atomic_write_text
 from medseg.typed_file import TypedFile
@@ -276,9 +276,6 @@ class Workspace:
                 raise Conflict(entry.mask, "was saved since this image was opened (in another tab?); reload it to "
                                            "see the saved labels before saving again")
             ids = self._ids(wire, entry, slice_index, dense)
-            if entry.volume and not is_nifti(entry.image):
-                raise MedsegError(entry.image, "labels of a DICOM volume cannot be saved here yet; convert it to "
-                                               "NIfTI (its mask is a NIfTI volume)")
             partial = (ids == UNLABELLED).any() or (entry.volume and not entry.mask.is_file())  # other slices
             if partial and self.layout.unlabelled is None:
                 self._declare_ignore()

@@ -530,7 +530,7 @@ def _add_serve_parser(commands: Any) -> None:
 def _add_label_parser(commands: Any) -> None:
     label = commands.add_parser("label", help="label a dataset in the browser: the model proposes, you correct, it "
                                               "retrains in the background")
-    label.add_argument("dir", metavar="DIR", help="dataset folder (folder format: DIR/images, DIR/masks)")
+    label.add_argument("dir", metavar="DIR", help="dataset folder (folder format, nnU-Net raw or the MSD layout)")
     label.add_argument("--run", help="a trained run to start from (its model proposes first)")
     label.add_argument("--budget", metavar="DURATION", help="each training round's time: 90s, 3m (default 3m)")
     label.add_argument("--iterations", type=int, help="train this many steps a round instead of a budget")

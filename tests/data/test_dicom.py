@@ -371,3 +371,16 @@ def test_images_sharing_a_position_without_a_separating_tag_are_refused(tmp_path
     with pytest.raises(MedsegError) as exc_info:
         read_dicom_parts(tmp_path / "series")
     assert_one_line_error(exc_info, tmp_path / "series", "2 images share one position", "no tag tells them apart")
+
+
+def test_every_part_is_checked_as_one_volume(tmp_path):
+    """`medseg predict` reads each part; a part whose slices differ in size is one line, not a traceback."""
+    ct_series(tmp_path / "series", count=2)
+    ds = pydicom.dcmread(tmp_path / "series" / "b.dcm")
+    ds.PixelData = ds.pixel_array[:64].tobytes()
+    ds.Rows = 64
+    ds.save_as(tmp_path / "series" / "b.dcm")
+
+    with pytest.raises(MedsegError) as exc_info:
+        read_dicom_parts(tmp_path / "series")
+    assert_one_line_error(exc_info, tmp_path / "series", "slices of different sizes in one series")

@@ -121,3 +121,12 @@ def test_a_partial_label_is_scored_on_its_labelled_pixels_only():
     dense = sample("img", image, truth)
     (scored,) = score_cases(predictor(), [make_case([Item("img", None, ())], [dense])], MetricAccumulator())
     assert scored.row.dice == pytest.approx(2 * 12 / (18 + 12)) and scored.predicted.dense
+
+
+def test_a_volume_of_other_channels_is_one_line_before_any_slice():
+    from medseg.data.volumes import Volume
+    from medseg.inference.predict import predict_volume
+
+    volume = Volume.canonical(np.zeros((6, 5, 4, 1), np.float32), (1.0, 1.0, 1.0), np.eye(4))
+    with pytest.raises(MedsegError, match=r"scan.nii.gz: has 1 channel\(s\), the run takes 2"):
+        predict_volume(predictor(channels=2, normalize="nonzero"), volume, "scan.nii.gz")

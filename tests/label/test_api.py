@@ -137,6 +137,10 @@ def test_a_round_trains_and_its_model_proposes(service):
     proposal = raw(client.get("/v1/items/img4/proposal"))
     assert proposal.shape == (SIZE, SIZE) and set(np.unique(proposal)) <= {0, 1}
     assert raw(client.get("/v1/items/img4/uncertainty")).shape == (SIZE, SIZE)
+    for bad in (1, -1):  # a 2D image has one slice
+        refused = client.post(f"/v1/items/img4/accept?slice={bad}", headers={"If-Match": "none"})
+        assert refused.status_code == 422 and "slice" in refused.json()["error"]
+    assert not (root / "masks" / "img4.png").exists()
     accepted = client.post("/v1/items/img4/accept", headers={"If-Match": "none"})
     assert accepted.status_code == 200 and accepted.json()["status"] == "labelled"
     assert np.array_equal(np.asarray(Image.open(root / "masks" / "img4.png")) // 255, proposal)

@@ -121,3 +121,21 @@ def test_a_slice_of_a_dicom_series_is_saved_as_a_nifti_mask_on_its_grid(tmp_path
     samples = [load_sample(item, 1, 2) for item in sorted(items, key=lambda item: item.slice_index)]
     np.testing.assert_array_equal(samples[1].mask, labels)
     assert samples[1].labelled is None and samples[0].labelled is not None and not samples[0].labelled.any()
+
+
+def test_a_single_slice_nifti_is_saved_as_a_nifti_mask_and_read_back(tmp_path):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    pixels = np.random.default_rng(0).normal(size=(40, 32, 1)).astype(np.float32)
+    nib.save(nib.Nifti1Image(pixels, np.diag([0.7, 0.7, 0.625, 1.0])), str(root / "images" / "ct.nii.gz"))
+    workspace = Workspace(root)
+    entry = workspace.entries["ct"]
+    assert entry.volume and entry.slices == 1 and entry.mask == root / "masks" / "ct.nii.gz"
+    labels = np.full((40, 32), WIRE_UNLABELLED, np.uint8)
+    labels[5:15, 5:15] = 1
+
+    workspace.save("ct", 0, labels, NONE, dense=False)
+
+    assert nib.load(str(entry.mask)).shape == (40, 32, 1)
+    sample = load_sample(load_items(root)[0], 1, 2)
+    assert (sample.mask[5:15, 5:15] == 1).all() and sample.labelled.sum() == 100

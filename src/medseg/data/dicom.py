@@ -78,7 +78,8 @@ def read_dicom(path: Path) -> Volume:
 
 def read_dicom_parts(path: Path) -> list[tuple[str, Volume]]:
     """Every part of a DICOM file or folder, named, as canonical volumes (`medseg predict` segments each)."""
-    return [(part.name, _volume(list(part.datasets), path)) for part in dicom_parts(Path(path), headers_only=False)]
+    return [(part.name, _volume(_checked(list(part.datasets), Path(path)), path))
+            for part in dicom_parts(Path(path), headers_only=False)]
 
 
 def read_dicom_bytes(data: bytes, where: str) -> Volume:
@@ -224,7 +225,12 @@ def _one(path: Path, headers_only: bool) -> list[Dataset]:
         names = ", ".join(part.name for part in parts[:4]) + (", ..." if len(parts) > 4 else "")
         raise MedsegError(path, f"holds {len(parts)} volumes ({names}); `medseg predict` segments each, to train "
                                 "put each in its own folder")
-    datasets = list(parts[0].datasets)
+    return _checked(list(parts[0].datasets), path)
+
+
+def _checked(datasets: list[Dataset], path: Path) -> list[Dataset]:
+    """One part's datasets sorted along the slice normal, once they are one volume's: a multi-frame file alone,
+    slices of one size."""
     for dataset in datasets:
         if len(datasets) > 1 and _frame_count(dataset) > 1:
             raise MedsegError(dataset.filename, "is a multi-frame file in a series folder; read the file alone")

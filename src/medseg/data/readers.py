@@ -346,6 +346,8 @@ def _decode_pillow(source: Path | IO[bytes], where: str | Path, max_pixels: int 
                     return Plane(np.ascontiguousarray(rgb[..., 0]), fmt)
             elif img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("L" if img.mode == "1" else "RGB")
+            elif img.mode == "I" and fmt == "PNG":  # older Pillow opens 16-bit grey PNGs as int32: 16 bits they are
+                return Plane(np.asarray(img).astype(np.uint16), fmt)
             return Plane(np.asarray(img), fmt)
     except MedsegError:
         raise

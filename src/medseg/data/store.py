@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from medseg.config import AugmentConfig, DataConfig, Normalization
 from medseg.data.datasets import Item, Sample, load_sample
 from medseg.data.readers import Reader
-from medseg.data.intensity import jitter, normalize, statistics
+from medseg.data.intensity import jitter, nonzero_channels, normalize, statistics
 from medseg.data.transforms import (augment, build_augmentation, random_patch, resample_sample, rescale_sample,
                                     resize_sample)
 from medseg.errors import MedsegError
@@ -81,7 +81,8 @@ class SampleStore:
             self.shapes.append(sample.mask.shape)
             if item.case is not None and (sample.mask > 0).any():
                 self.foreground_slices.setdefault(item.case, []).append(index)
-            self.statistics.append(sample.statistics if sample.statistics is not None else statistics(sample.image))
+            self.statistics.append(sample.statistics if sample.statistics is not None else
+                                   statistics(sample.image, nonzero_channels(normalize, sample.image.shape[2])))
             compact = _Compact.of(sample)
             if used + compact.nbytes <= budget:
                 self._cache[index] = compact

@@ -59,6 +59,12 @@ class Orientation:
     def identity(self) -> bool:
         return bool((self.ornt[:, 0] == np.arange(3)).all() and (self.ornt[:, 1] == 1).all())
 
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """The affine's voxel sizes (mm) along the file's own axes."""
+        x, y, z = (float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return x, y, z
+
     def to_canonical(self, data: np.ndarray) -> np.ndarray:
         """File-order voxels (3 axes, any after them kept) in canonical order."""
         from nibabel.orientations import apply_orientation
@@ -134,13 +140,14 @@ class Volume:
     header: Any = None
 
     @classmethod
-    def canonical(cls, data: np.ndarray, spacing: tuple[float, ...], affine: np.ndarray,
+    def canonical(cls, data: np.ndarray, spacing: tuple[float, ...] | None, affine: np.ndarray,
                   header: Any = None) -> "Volume":
-        """A volume from a file's voxels (3 axes, then channels), spacing, voxel-to-RAS affine and NIfTI
-        ``header`` (if any), reoriented."""
+        """A volume from a file's voxels (3 axes, then channels), spacing (None: the affine's voxel sizes),
+        voxel-to-RAS affine and NIfTI ``header`` (if any), reoriented."""
         orientation = Orientation.of(affine, data.shape[:3])
-        return cls(orientation.to_canonical(data), orientation.canonical(tuple(float(s) for s in spacing)),
-                   orientation.canonical_affine, orientation, header)
+        spacing = orientation.spacing if spacing is None else tuple(float(s) for s in spacing)
+        return cls(orientation.to_canonical(data), orientation.canonical(spacing), orientation.canonical_affine,
+                   orientation, header)
 
     def to_file(self, data: np.ndarray) -> np.ndarray:
         """Canonical voxels of this volume (labels, a map) in its file's order."""
@@ -260,8 +267,7 @@ def nifti_info(path: Path) -> VolumeInfo:
     image = _nifti(path)
     shape, channels = nifti_shape(image, path)
     orientation = nifti_orientation(image, path)
-    spacing = tuple(float(v) for v in np.linalg.norm(orientation.affine[:3, :3], axis=0))
-    return VolumeInfo(orientation.canonical(shape), orientation.canonical(spacing), channels)
+    return VolumeInfo(orientation.canonical(shape), orientation.canonical(orientation.spacing), channels)
 
 
 def read_nifti(path: Path, label: bool = False) -> Volume:
@@ -285,9 +291,7 @@ def read_nifti(path: Path, label: bool = False) -> Volume:
         data = data.astype(np.float32, copy=False)
         if not np.isfinite(data).all():
             raise MedsegError(path, "image contains NaN or infinite values")
-    spacing = tuple(float(v) for v in np.linalg.norm(orientation.affine[:3, :3], axis=0))
-    return Volume(orientation.to_canonical(data), orientation.canonical(spacing), orientation.canonical_affine,
-                  orientation, image.header)
+    return Volume.canonical(data, None, orientation.affine, image.header)
 
 
 def label_values(data: np.ndarray, path: Path) -> np.ndarray:

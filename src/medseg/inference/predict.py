@@ -55,8 +55,8 @@ def pages(reader: Reader, path: Path, channels: int) -> Iterator[np.ndarray]:
 
 @dataclass(frozen=True)
 class VolumePrediction:
-    """A volume's class ids (uint8) and, when asked for, its scaled entropy (float32), both ``X x Y x Z`` in the
-    volume's own voxel order."""
+    """A volume's class ids (uint8) and, when asked for, its scaled entropy (float32), both ``X x Y x Z`` in
+    canonical order (as :attr:`Volume.data`; :meth:`Volume.to_file` gives the file's order)."""
 
     labels: np.ndarray
     uncertainty: np.ndarray | None = None
@@ -67,8 +67,10 @@ def predict_volume(predictor: Predictor, volume: Volume, where: str | Path = "vo
     """A whole volume's prediction: slices along the run's axis (else the volume's coarsest), normalised with the
     volume's statistics, resampled to the run's spacing and back, labelled (threshold or argmax) one slice at a
     time, so that only one slice's probabilities are ever held, then post-processed in 3D; with ``uncertainty``
-    each slice's entropy map too (float16)."""
+    each slice's entropy map too (held as float16)."""
     spec = predictor.spec
+    if volume.info.channels != spec.channels:
+        raise MedsegError(where, f"has {volume.info.channels} channel(s), the run takes {spec.channels}")
     axis = spec.slice_axis if spec.slice_axis is not None else volume.info.slice_axis()
     statistics = volume.statistics(nonzero_channels(spec.normalize, spec.channels))
     spacing = volume.info.in_plane_spacing(axis)

@@ -119,7 +119,8 @@ class Labelling:
 
     def accept(self, entry_id: str, slice_index: int, base: str) -> dict[str, Any]:
         proposal = self.proposals.proposal(entry_id)
-        return self.save(entry_id, slice_index, proposal.labels[slice_index], base, dense=True, accepted=True)
+        return self.save(entry_id, slice_index, _slice(proposal.labels, slice_index, entry_id), base, dense=True,
+                         accepted=True)
 
 
 def _key(entry_id: str, slice_index: int, volume: bool) -> str:

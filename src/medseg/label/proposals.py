@@ -117,7 +117,7 @@ class Proposals:
         if predictor is None or done:
             return self._settle(entry_id)
         try:
-            samples = self.workspace.samples(entry_id, predictor.spec.normalize)
+            samples = self.workspace.samples(entry_id, predictor.spec.normalize, predictor.spec.channels)
             labels, foregrounds, entropies = _predict(predictor, samples)
         except MedsegError as exc:
             with self.lock:

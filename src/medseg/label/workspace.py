@@ -52,7 +52,8 @@ class Entry:
 
     @property
     def volume(self) -> bool:
-        return self.items[0].case is not None
+        """The image is a volume file (a single-slice one too): its mask is a volume on the image's grid."""
+        return self.items[0].slice is not None
 
     @property
     def slices(self) -> int:
@@ -210,15 +211,17 @@ class Workspace:
             raise MedsegError(entry_id, "no such image in the dataset") from None
 
     # -- reading ----------------------------------------------------------------------------------------------------
-    def sample(self, entry_id: str, slice_index: int = 0, normalize: Schemes = "zscore") -> Sample:
+    def sample(self, entry_id: str, slice_index: int = 0, normalize: Schemes = "zscore",
+               channels: int | None = None) -> Sample:
         """An image (a volume's slice), its mask and its labelled pixels, as training reads them (a volume's slice
-        with its case's statistics for ``normalize``'s schemes)."""
+        with its case's statistics for ``normalize``'s schemes; in ``channels`` channels, None: as stored)."""
         with self._lock:
-            return load_sample(self.entry(entry_id).item(slice_index), None, self.n_classes, self._reader, normalize)
+            return load_sample(self.entry(entry_id).item(slice_index), channels, self.n_classes, self._reader,
+                               normalize)
 
-    def samples(self, entry_id: str, normalize: Schemes = "zscore") -> list[Sample]:
+    def samples(self, entry_id: str, normalize: Schemes = "zscore", channels: int | None = None) -> list[Sample]:
         entry = self.entry(entry_id)
-        return [self.sample(entry_id, z, normalize) for z in range(entry.slices)]
+        return [self.sample(entry_id, z, normalize, channels) for z in range(entry.slices)]
 
     def labels(self, entry_id: str, slice_index: int = 0) -> tuple[np.ndarray, str]:
         """The saved labels of an image (slice) as uint8 class ids with :data:`WIRE_UNLABELLED` where nothing is
@@ -276,7 +279,7 @@ class Workspace:
                 raise Conflict(entry.mask, "was saved since this image was opened (in another tab?); reload it to "
                                            "see the saved labels before saving again")
             ids = self._ids(wire, entry, slice_index, dense)
-            partial = (ids == UNLABELLED).any() or (entry.volume and not entry.mask.is_file())  # other slices
+            partial = (ids == UNLABELLED).any() or (entry.slices > 1 and not entry.mask.is_file())  # other slices
             if partial and self.layout.unlabelled is None:
                 self._declare_ignore()
                 entry = self.entry(entry_id)
@@ -287,8 +290,7 @@ class Workspace:
             if not entry.items[0].masks:  # the image's first mask: its items read it from now on
                 self.entries[entry_id] = replace(entry, items=tuple(replace(item, masks=(entry.mask,))
                                                                     for item in entry.items))
-            self.state = replace(self.state, new_labels=self.state.new_labels + 1)
-            atomic_write_json(self.state_path, asdict(self.state))
+            self.update(new_labels=self.state.new_labels + 1)
             return mask_version(entry.mask)
 
     def _declare_ignore(self) -> None:

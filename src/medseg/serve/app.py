@@ -342,7 +342,7 @@ async def _read_upload(request: Request) -> bytes:
             raise ServiceError(400, "the multipart body has no file field (send the image as 'image')")
         return await files[0].read()
     if content_type not in RAW_TYPES:
-        raise ServiceError(415, f"content type {content_type or '(none)'!r} is not an image; send PNG, JPEG, TIFF, "
+        raise ServiceError(415, f"content type {content_type!r} is not an image; send PNG, JPEG, TIFF, "
                                 "BMP, GIF, DICOM or NIfTI as the body or as a multipart upload")
     return await request.body()
 

@@ -43,7 +43,7 @@ class Upload:
     axis: int | None = None
     statistics: tuple[np.ndarray, np.ndarray] | None = None  # of the single slice's volume
     plane_spacing: tuple[float, float] | None = None  # of the single slice, as its volume says (resampling)
-    spacing: tuple[float, ...] | None = None  # mm per axis of the result (2 for a slice, 3 for a volume), if known
+    spacing: tuple[float, ...] | None = None  # mm per canonical axis (2 for a slice, 3 for a volume), if known
 
     @property
     def is_volume(self) -> bool:
@@ -190,7 +190,7 @@ def _nifti(data: bytes, limits: Limits, where: str) -> Volume:
     if not np.isfinite(pixels).all():
         raise MedsegError(where, "image contains NaN or infinite values")
     affine = np.asarray(image.affine, np.float64)
-    return Volume.canonical(pixels, tuple(np.linalg.norm(affine[:3, :3], axis=0)), affine, header)
+    return Volume.canonical(pixels, None, affine, header)
 
 
 def nifti_labels(labels: np.ndarray, upload: Upload) -> bytes:

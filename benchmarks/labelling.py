@@ -227,12 +227,18 @@ def run_dataset(source: Source, seed: int, budgets: Budgets, share: float, style
 
 def summarise(done: list[dict[str, Any]], names: list[str], seeds: list[int], share: float, styles: Sequence[str],
               budgets: Budgets, mode: str) -> tuple[dict[str, Any], str]:
-    """The curves' table and the targets, per dataset (means over seeds)."""
+    """The curves' table and the targets, per dataset: means over the seeds that measured every arm the dataset has
+    (a seed cut short is left out, so that every figure and ratio is over the same seeds)."""
     by_key = {cell["key"]: cell for cell in done}
     targets, lines = {}, []
     for name in names:
+        arms = {s: {key.rsplit("_", 1)[1] for key in by_key if key.startswith(f"{mode}_{name}_seed{s}_")}
+                for s in seeds}
+        every = set().union(*arms.values())
+        kept = [s for s in seeds if arms[s] == every]
+
         def figures(arm: str) -> list[float]:
-            return [by_key[f"{mode}_{name}_seed{s}_{arm}"]["dice"] for s in seeds
+            return [by_key[f"{mode}_{name}_seed{s}_{arm}"]["dice"] for s in kept
                     if f"{mode}_{name}_seed{s}_{arm}" in by_key]
 
         def mean(arm: str) -> float:

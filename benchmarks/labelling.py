@@ -320,8 +320,13 @@ def timings_table(done: list[dict[str, Any]], budgets: Budgets) -> list[str]:
 
 def agreement_table(done: list[dict[str, Any]], direct: list[dict[str, Any]]) -> list[str]:
     """The API's figures beside the direct ones, arm by arm (means over the seeds both measured), with the
-    seed-to-seed spread of the direct figures as the noise to judge the difference by."""
+    seed-to-seed spread of the direct figures (over every seed direct measured) as the noise to judge the
+    difference by."""
     by_key = {cell["key"]: cell for cell in direct}
+    spreads: dict[tuple[str, str], list[float]] = {}
+    for cell in direct:
+        name_seed, arm = cell["key"].removeprefix("direct_").rsplit("_", 1)
+        spreads.setdefault((name_seed.rsplit("_seed", 1)[0], arm), []).append(cell["dice"])
     groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for cell in done:
         twin = by_key.get("direct_" + cell["key"].removeprefix("api_"))
@@ -334,7 +339,8 @@ def agreement_table(done: list[dict[str, Any]], direct: list[dict[str, Any]]) ->
             "|---|---|---:|---:|---:|---:|---:|"]
     for (name, arm), pairs in sorted(groups.items()):
         direct_dice, api_dice = np.array(pairs).T
-        spread = f"{direct_dice.std(ddof=1):.4f}" if len(pairs) > 1 else "-"
+        seeds = spreads[name, arm]
+        spread = f"{np.std(seeds, ddof=1):.4f} ({len(seeds)} seeds)" if len(seeds) > 1 else "-"
         rows.append(f"| {name} | {arm} | {len(pairs)} | {direct_dice.mean():.4f} | {api_dice.mean():.4f} | "
                     f"{api_dice.mean() - direct_dice.mean():+.4f} | {spread} |")
     return rows + [""]

@@ -18,8 +18,8 @@ from medseg.errors import MedsegError
 from medseg.data.datasets import Sample
 from medseg.inference.postprocess import postprocess, to_labels
 from medseg.inference.predictor import Predictor
-from medseg.inference.uncertainty import entropy_map, entropy_pixels
-from medseg.label.suggest import Assessment, assessment, choose, foreground, thumbnail
+from medseg.inference.uncertainty import entropy_pixels
+from medseg.label.suggest import Assessment, assessment, choose, slice_maps, thumbnail
 from medseg.label.workspace import Workspace
 from medseg.log import get_logger
 
@@ -187,11 +187,10 @@ def _predict(predictor: Predictor, samples: list[Sample]) -> tuple[np.ndarray, l
     probability and scaled entropy, holding one slice's class probabilities at a time."""
     spec = predictor.spec
     labels, foregrounds, entropies = [], [], []
-    for sample in samples:
-        probabilities = predictor.probabilities(sample.image, sample.statistics, sample.spacing)
+    for probabilities, fg, entropy in slice_maps(predictor, samples):
         labels.append(to_labels(probabilities, spec.threshold, spec.n_classes))
-        foregrounds.append(foreground(probabilities))
-        entropies.append(entropy_map(probabilities, spec.n_classes))
+        foregrounds.append(fg)
+        entropies.append(entropy)
     return postprocess(np.stack(labels), spec.postprocess), foregrounds, entropies
 
 

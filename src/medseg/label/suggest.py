@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -79,11 +79,18 @@ def assess(predictor: Predictor, name: str, samples: Sequence[Sample], label: st
     """Predict an image (or a volume's slices, one at a time) and measure how unsure the model is where nothing is
     labelled."""
     foregrounds, entropies = [], []
+    for _, fg, entropy in slice_maps(predictor, samples):
+        foregrounds.append(fg)
+        entropies.append(entropy)
+    return assessment(name, label, samples, foregrounds, entropies)
+
+
+def slice_maps(predictor: Predictor, samples: Sequence[Sample]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each sample's class probabilities, :func:`foreground` probability ``H x W`` and scaled entropy ``H x W``,
+    predicted one at a time, so that only one slice's probabilities are held."""
     for sample in samples:
         probabilities = predictor.probabilities(sample.image, sample.statistics, sample.spacing)
-        foregrounds.append(foreground(probabilities))
-        entropies.append(entropy_map(probabilities, predictor.spec.n_classes))
-    return assessment(name, label, samples, foregrounds, entropies)
+        yield probabilities, foreground(probabilities), entropy_map(probabilities, predictor.spec.n_classes)
 
 
 def foreground(probabilities: np.ndarray) -> np.ndarray:
